@@ -1,0 +1,773 @@
+//! The typed configuration: read once at start-up, validated, and split so that each layer gets its
+//! own section. Keys and defaults are those of `gateway.md` section 1.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use crate::contract::UnknownFields;
+
+/// The Companies API itself.
+pub const DEFAULT_UPSTREAM: &str = "https://z52mnqg347.execute-api.eu-west-3.amazonaws.com/main";
+
+/// Prefix of the environment variables that override the file.
+const ENV_PREFIX: &str = "GATEWAY_";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listener: ListenerConfig,
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub runtime: RuntimeConfig,
+    pub limits: LimitsConfig,
+    pub shutdown: ShutdownConfig,
+    pub validation: ValidationConfig,
+    pub session: SessionConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    pub tls_handshake_timeout: Dur,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout: Dur::secs(10),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    #[serde(serialize_with = "masked_url")]
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Dur,
+    pub request_timeout: Dur,
+    pub pool_idle_timeout: Dur,
+    pub pool_max_idle_per_host: usize,
+    pub http2: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_UPSTREAM.to_string(),
+            ca_file: None,
+            connect_timeout: Dur::secs(3),
+            request_timeout: Dur::secs(15),
+            pool_idle_timeout: Dur::secs(50),
+            pool_max_idle_per_host: 256,
+            http2: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// 0 = one per core.
+    pub worker_threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Dur,
+    pub body_read_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub max_connections: usize,
+    pub max_concurrent_requests: usize,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 65_536,
+            max_header_bytes: 16_384,
+            max_headers: 64,
+            header_read_timeout: Dur::secs(10),
+            body_read_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            max_connections: 10_000,
+            max_concurrent_requests: 4096,
+            h2_max_concurrent_streams: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    pub drain_delay: Dur,
+    pub drain_timeout: Dur,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_delay: Dur::secs(0),
+            drain_timeout: Dur::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Report,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownRoutes {
+    #[default]
+    Forward,
+    Reject,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    pub mode: Mode,
+    pub unknown_fields: UnknownFields,
+    pub unknown_routes: UnknownRoutes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnVerifierError {
+    #[default]
+    Reject,
+    Allow,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    pub leeway: Dur,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "masked_opt_url"
+    )]
+    pub introspect_url: Option<String>,
+    pub introspect_timeout: Dur,
+    pub learn_from_upstream: bool,
+    pub cache_capacity: u64,
+    pub valid_ttl: Dur,
+    pub invalid_ttl: Dur,
+    pub stale_if_error: Dur,
+    pub on_verifier_error: OnVerifierError,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            leeway: Dur::secs(30),
+            jwt_hs256_secret_file: None,
+            jwt_public_key_file: None,
+            jwks_file: None,
+            introspect_url: None,
+            introspect_timeout: Dur::secs(2),
+            learn_from_upstream: true,
+            cache_capacity: 100_000,
+            valid_ttl: Dur::secs(60),
+            invalid_ttl: Dur::secs(10),
+            stale_if_error: Dur::secs(0),
+            on_verifier_error: OnVerifierError::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Histogram buckets, in seconds.
+    pub buckets: Vec<f64>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            buckets: vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// A duration written as `"250ms"`, `"3s"`, `"5m"`, `"1h"` (or `"0"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn secs(s: u64) -> Self {
+        Dur(Duration::from_secs(s))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "0" {
+            return Ok(Dur(Duration::ZERO));
+        }
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("`{text}` has no unit (use ms, s, m or h)"))?;
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("`{text}` is not a whole number followed by a unit"))?;
+        let d = match unit {
+            "us" | "µs" => Duration::from_micros(n),
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+        };
+        Ok(Dur(d))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 && !self.0.is_zero() {
+            write!(f, "{}us", self.0.as_micros())
+        } else if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Dur::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The upstream URL split into the parts the forwarder uses.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The host, for the `Host` header and SNI.
+    pub host_header: http::HeaderValue,
+    /// Without a trailing slash; empty for the root.
+    pub base_path: String,
+}
+
+impl UpstreamTarget {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") => return Err("http:// is refused: the upstream must be https".into()),
+            _ => return Err(format!("`{url}` must be an absolute https:// URL")),
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("`{url}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err("the upstream URL must not carry credentials".into());
+        }
+        if uri.query().is_some() {
+            return Err("the upstream URL must not have a query string".into());
+        }
+        let host_header = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("`{url}` has an invalid host"))?;
+        Ok(Self {
+            scheme: Scheme::HTTPS,
+            authority,
+            host_header,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// A configuration error; it names the key (and the line, for a parse error).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads the file, applies `GATEWAY_<SECTION>_<KEY>` overrides from the process environment and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path, std::env::vars())
+    }
+
+    /// Parses `text`, applies the overrides found in `env`, and validates.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        // First pass from the text itself, so that an error carries its line and key.
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        let overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != "GATEWAY_CONFIG")
+            .collect();
+        let config = if overrides.is_empty() {
+            config
+        } else {
+            let mut table: toml::Table = text.parse().map_err(|e| parse_error(format!("{e}")))?;
+            for (var, value) in &overrides {
+                apply_override(&mut table, var, value)?;
+            }
+            let de = toml::Value::Table(table);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let key = e.path().to_string();
+                let var = format!("{ENV_PREFIX}{}", key.replace('.', "_").to_uppercase());
+                ConfigError::Env {
+                    var,
+                    message: format!("{key}: {}", e.into_inner()),
+                }
+            })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: URLs, pairs of keys and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        UpstreamTarget::parse(&self.upstream.url).map_err(|m| invalid("upstream.url", m))?;
+        if self.listener.tls_cert.is_some() != self.listener.tls_key.is_some() {
+            return Err(invalid(
+                "listener.tls_cert",
+                "tls_cert and tls_key must be set together",
+            ));
+        }
+        if self.listener.addr == self.admin.addr {
+            return Err(invalid(
+                "admin.addr",
+                "the admin listener needs its own port, not the public one",
+            ));
+        }
+        let non_zero: [(&'static str, Duration); 5] = [
+            ("upstream.connect_timeout", self.upstream.connect_timeout.0),
+            ("upstream.request_timeout", self.upstream.request_timeout.0),
+            ("limits.header_read_timeout", self.limits.header_read_timeout.0),
+            ("limits.body_read_timeout", self.limits.body_read_timeout.0),
+            ("session.introspect_timeout", self.session.introspect_timeout.0),
+        ];
+        for (key, d) in non_zero {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        let positive: [(&'static str, u64); 5] = [
+            ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
+            ("limits.max_headers", self.limits.max_headers as u64),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "limits.max_concurrent_requests",
+                self.limits.max_concurrent_requests as u64,
+            ),
+            ("session.cache_capacity", self.session.cache_capacity),
+        ];
+        for (key, n) in positive {
+            if n == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return Err(invalid(
+                "limits.max_header_bytes",
+                "must be at least 8192 (hyper's smallest read buffer)",
+            ));
+        }
+        if self.limits.h2_max_concurrent_streams == 0 {
+            return Err(invalid("limits.h2_max_concurrent_streams", "must be greater than 0"));
+        }
+        let keys = [
+            &self.session.jwt_hs256_secret_file,
+            &self.session.jwt_public_key_file,
+            &self.session.jwks_file,
+        ];
+        if keys.iter().filter(|k| k.is_some()).count() > 1 {
+            return Err(invalid(
+                "session.jwt_hs256_secret_file",
+                "set at most one of jwt_hs256_secret_file, jwt_public_key_file and jwks_file",
+            ));
+        }
+        if let Some(url) = &self.session.introspect_url {
+            check_introspect_url(url).map_err(|m| invalid("session.introspect_url", m))?;
+        }
+        let b = &self.metrics.buckets;
+        if b.is_empty()
+            || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
+            || b.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(invalid(
+                "metrics.buckets",
+                "must be a non-empty, strictly increasing list of positive seconds",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The upstream URL, parsed (validated at load).
+    pub fn upstream_target(&self) -> Result<UpstreamTarget, ConfigError> {
+        UpstreamTarget::parse(&self.upstream.url).map_err(|m| invalid("upstream.url", m))
+    }
+
+    /// The effective configuration as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+}
+
+/// https, or http only to a loopback address (a sidecar).
+fn check_introspect_url(url: &str) -> Result<(), String> {
+    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let host = uri.host().ok_or("has no host")?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = bare == "localhost"
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| ip.is_loopback())
+                    .unwrap_or(false);
+            if loopback {
+                Ok(())
+            } else {
+                Err("http:// is allowed only to a loopback address".into())
+            }
+        }
+        _ => Err("must be an https:// URL".into()),
+    }
+}
+
+/// Sets `[section] key` from `GATEWAY_SECTION_KEY`. The value is read as a TOML value when it is one
+/// (`100`, `true`, `["10.0.0.0/8"]`) and as a string otherwise.
+fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    const SECTIONS: [&str; 10] = [
+        "listener",
+        "admin",
+        "upstream",
+        "runtime",
+        "limits",
+        "shutdown",
+        "validation",
+        "session",
+        "metrics",
+        "log",
+    ];
+    let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+    let (section, key) = SECTIONS
+        .iter()
+        .find_map(|s| {
+            rest.strip_prefix(s)
+                .and_then(|k| k.strip_prefix('_'))
+                .map(|k| (*s, k))
+        })
+        .ok_or_else(|| ConfigError::Env {
+            var: var.to_string(),
+            message: "names no config section".into(),
+        })?;
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(t) => {
+            t.insert(key.to_string(), value);
+            Ok(())
+        }
+        _ => Err(ConfigError::Env {
+            var: var.to_string(),
+            message: format!("[{section}] is not a table in the file"),
+        }),
+    }
+}
+
+fn mask_url(url: &str) -> String {
+    // Mask userinfo and the query, where credentials hide.
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?***"),
+        None => path.to_string(),
+    };
+    format!("{scheme}://{authority}{path}")
+}
+
+fn masked_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&mask_url(url))
+}
+
+fn masked_opt_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_str(&mask_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_toml(text, Path::new("test.toml"), env)
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.upstream.url, DEFAULT_UPSTREAM);
+        assert_eq!(c.listener.addr.port(), 8080);
+        assert_eq!(c.admin.addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.upstream.request_timeout.0, Duration::from_secs(15));
+        assert_eq!(c.limits.max_body_bytes, 65_536);
+        assert_eq!(c.session.cache_capacity, 100_000);
+        assert_eq!(c.metrics.buckets.first(), Some(&0.0001));
+        assert_eq!(c.metrics.buckets.last(), Some(&10.0));
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid_and_is_the_default() {
+        let text = include_str!("../config.toml");
+        let c = load(text, &[]).unwrap();
+        assert_eq!(c.upstream.url, DEFAULT_UPSTREAM);
+        assert_eq!(c.to_masked_toml(), Config::default().to_masked_toml());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name_and_line() {
+        let err = load("[upstream]\nurl = \"https://a.example\"\nretries = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retries"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        let err = load("[upstrem]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("upstrem"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = load("[limits]\nmax_body_bytes = \"big\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_body_bytes") && err.contains("line 2"), "{err}");
+        let err = load("[upstream]\nrequest_timeout = \"15 parsecs\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("request_timeout"), "{err}");
+        let err = load("[upstream]\nurl = \"http://a.example\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("upstream.url:"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = load(
+            "[limits]\nmax_body_bytes = 10\n",
+            &[
+                ("GATEWAY_LIMITS_MAX_BODY_BYTES", "2048"),
+                ("GATEWAY_UPSTREAM_URL", "https://up.example/base/"),
+                ("GATEWAY_LISTENER_TRUSTED_PROXIES", "[\"10.0.0.0/8\"]"),
+                ("GATEWAY_VALIDATION_MODE", "report"),
+                ("GATEWAY_UPSTREAM_HTTP2", "true"),
+                ("GATEWAY_CONFIG", "ignored.toml"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_body_bytes, 2048);
+        assert_eq!(c.upstream.url, "https://up.example/base/");
+        assert_eq!(c.listener.trusted_proxies.len(), 1);
+        assert_eq!(c.validation.mode, Mode::Report);
+        assert!(c.upstream.http2);
+        let t = c.upstream_target().unwrap();
+        assert_eq!(t.base_path, "/base");
+        assert_eq!(t.authority.as_str(), "up.example");
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        let err = load("", &[("GATEWAY_LIMITS_MAX_BODY_BYTES", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GATEWAY_LIMITS_MAX_BODY_BYTES"), "{err}");
+        let err = load("", &[("GATEWAY_NOPE_X", "1")]).unwrap_err().to_string();
+        assert!(err.contains("GATEWAY_NOPE_X"), "{err}");
+        let err = load("", &[("GATEWAY_LIMITS_NOPE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(Dur::parse("250ms").unwrap().0, Duration::from_millis(250));
+        assert_eq!(Dur::parse("3s").unwrap().0, Duration::from_secs(3));
+        assert_eq!(Dur::parse("5m").unwrap().0, Duration::from_secs(300));
+        assert_eq!(Dur::parse("0").unwrap().0, Duration::ZERO);
+        assert!(Dur::parse("5").is_err());
+        assert!(Dur::parse("s").is_err());
+        assert!(Dur::parse("-1s").is_err());
+        assert_eq!(Dur::parse("1500ms").unwrap().to_string(), "1500ms");
+    }
+
+    #[test]
+    fn semantic_checks_name_the_key() {
+        let cases = [
+            ("[listener]\ntls_cert = \"a.pem\"\n", "listener.tls_cert"),
+            ("[admin]\naddr = \"0.0.0.0:8080\"\n", "admin.addr"),
+            ("[upstream]\nrequest_timeout = \"0s\"\n", "upstream.request_timeout"),
+            ("[metrics]\nbuckets = [1.0, 0.5]\n", "metrics.buckets"),
+            (
+                "[session]\nintrospect_url = \"http://auth.example/x\"\n",
+                "session.introspect_url",
+            ),
+            ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+        ];
+        for (text, key) in cases {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+        load("[session]\nintrospect_url = \"http://127.0.0.1:9/x\"\n", &[]).unwrap();
+    }
+
+    #[test]
+    fn secrets_are_masked_when_printed() {
+        let c = load(
+            "[session]\nintrospect_url = \"https://user:hunter2@auth.example/i?key=hunter2\"\n",
+            &[],
+        )
+        .unwrap();
+        let out = c.to_masked_toml();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(out.contains("https://***@auth.example/i?***"), "{out}");
+    }
+}

@@ -1,0 +1,411 @@
+//! The gateway's one error type, and the one place where an error becomes an HTTP response: an
+//! RFC 9457 problem (gateway.md §2). Errors are sorted by where they came from: the client gets a
+//! 4xx, the upstream a 502 or 504, the gateway itself a 500.
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+use crate::contract::{HeaderProblem, Location, Violation};
+use crate::outcome::{Outcome, OutcomeKind, Reason, UpstreamErrorKind};
+use crate::{full_body, Body, BoxError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Framing or header abuse, or a non-canonical path.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// `Authorization` (stage 1) or `X-Session-Token` (stage 2) missing, repeated or malformed.
+    #[error("unauthorized")]
+    Unauthorized {
+        reason: Reason,
+        problems: Vec<HeaderProblem>,
+    },
+    #[error("unsupported media type")]
+    UnsupportedMediaType(Vec<HeaderProblem>),
+    #[error("body over {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("body not received in time")]
+    RequestTimeout,
+    #[error("unsupported expectation")]
+    ExpectationFailed,
+    #[error("no contract for this route")]
+    UnknownRoute,
+    /// Stage 5: path or body break the contract.
+    #[error("invalid request: {} violation(s)", .0.len())]
+    InvalidRequest(Vec<Violation>),
+    #[error("invalid session")]
+    InvalidSession,
+    #[error("overloaded")]
+    Overloaded,
+    #[error("session verifier unavailable")]
+    SessionUnavailable,
+    #[error("upstream {}: {source}", kind.as_str())]
+    Upstream {
+        kind: UpstreamErrorKind,
+        #[source]
+        source: BoxError,
+    },
+    /// A bug, or a caught panic.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How long a client is asked to wait after a 503.
+const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    instance: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<ProblemItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct ProblemItem<'a> {
+    code: &'a str,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pointer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameter: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header: Option<&'a str>,
+}
+
+impl<'a> ProblemItem<'a> {
+    fn from_header(p: &'a HeaderProblem) -> Self {
+        ProblemItem {
+            code: p.code,
+            detail: &p.detail,
+            pointer: None,
+            parameter: None,
+            header: Some(p.header),
+        }
+    }
+
+    fn from_violation(v: &'a Violation) -> Self {
+        let (pointer, parameter, header) = match &v.location {
+            Location::Pointer(p) => (Some(p.as_str()), None, None),
+            Location::Parameter(p) => (None, Some(*p), None),
+            Location::Header(h) => (None, None, Some(*h)),
+        };
+        ProblemItem {
+            code: v.code.as_str(),
+            detail: &v.detail,
+            pointer,
+            parameter,
+            header,
+        }
+    }
+}
+
+impl GatewayError {
+    /// The error's status, problem slug and title.
+    pub fn status(&self) -> (StatusCode, &'static str, &'static str) {
+        use GatewayError::*;
+        match self {
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
+            ),
+            ExpectationFailed => (
+                StatusCode::EXPECTATION_FAILED,
+                "expectation-failed",
+                "Expectation failed",
+            ),
+            UnknownRoute => (StatusCode::NOT_FOUND, "unknown-route", "Unknown route"),
+            InvalidRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "Request breaks the contract",
+            ),
+            InvalidSession => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-session",
+                "Invalid session",
+            ),
+            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
+            SessionUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session-unavailable",
+                "Session check unavailable",
+            ),
+            Upstream {
+                kind: UpstreamErrorKind::Timeout,
+                ..
+            } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway-timeout",
+                "Gateway timeout",
+            ),
+            Upstream { .. } => (StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway"),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    /// What the observer records for this error.
+    pub fn outcome(&self) -> Outcome {
+        use GatewayError::*;
+        let rejected = Outcome::rejected;
+        match self {
+            BadRequest(_) => rejected(Reason::Framing),
+            Unauthorized { reason, .. } => rejected(*reason),
+            UnsupportedMediaType(_) => rejected(Reason::ContentType),
+            PayloadTooLarge { .. } => rejected(Reason::BodyTooLarge),
+            RequestTimeout => rejected(Reason::Timeout),
+            ExpectationFailed => rejected(Reason::Expectation),
+            UnknownRoute => rejected(Reason::UnknownRoute),
+            InvalidRequest(v) => {
+                let path = v
+                    .iter()
+                    .any(|v| matches!(v.location, Location::Parameter(_)));
+                rejected(if path { Reason::Path } else { Reason::Body })
+            }
+            InvalidSession => rejected(Reason::SessionInvalid),
+            Overloaded => Outcome {
+                kind: OutcomeKind::Shed,
+                reason: None,
+                upstream_error: None,
+            },
+            SessionUnavailable => Outcome {
+                kind: OutcomeKind::Unavailable,
+                reason: None,
+                upstream_error: None,
+            },
+            Upstream { kind, .. } => Outcome {
+                kind: OutcomeKind::UpstreamError,
+                reason: None,
+                upstream_error: Some(*kind),
+            },
+            Internal(_) => Outcome {
+                kind: OutcomeKind::Error,
+                reason: None,
+                upstream_error: None,
+            },
+        }
+    }
+
+    fn detail(&self) -> String {
+        use GatewayError::*;
+        match self {
+            BadRequest(d) => (*d).to_string(),
+            Unauthorized { reason, .. } => match reason {
+                Reason::SessionToken => "X-Session-Token is missing, repeated or malformed".into(),
+                _ => "Authorization must be one `Bearer <token>` header".into(),
+            },
+            UnsupportedMediaType(_) => "Content-Type must be application/json (utf-8)".into(),
+            PayloadTooLarge { limit } => format!("the body must be at most {limit} bytes"),
+            RequestTimeout => "the request body did not arrive in time".into(),
+            ExpectationFailed => "only `Expect: 100-continue` is supported".into(),
+            UnknownRoute => "the gateway has no contract for this route".into(),
+            InvalidRequest(v) => format!("{} violation(s) of the contract", v.len()),
+            InvalidSession => "the session is not valid".into(),
+            Overloaded => "the gateway is at its concurrency limit; retry later".into(),
+            SessionUnavailable => "the session could not be checked; retry later".into(),
+            Upstream { kind, .. } => match kind {
+                UpstreamErrorKind::Connect => "the upstream could not be reached".into(),
+                UpstreamErrorKind::Tls => "the upstream's TLS handshake failed".into(),
+                UpstreamErrorKind::Timeout => "the upstream did not answer in time".into(),
+                UpstreamErrorKind::Reset => "the upstream closed the connection".into(),
+                UpstreamErrorKind::Protocol => "the upstream sent a malformed response".into(),
+            },
+            Internal(_) => "the gateway failed to handle the request".into(),
+        }
+    }
+
+    /// The problem response for this error. `instance` is the request path; `request_id` the id
+    /// the response will carry.
+    pub fn into_response(self, instance: &str, request_id: &str) -> Response<Body> {
+        let (status, slug, title) = self.status();
+        let outcome = self.outcome();
+        let errors: Vec<ProblemItem<'_>> = match &self {
+            GatewayError::Unauthorized { problems, .. }
+            | GatewayError::UnsupportedMediaType(problems) => {
+                problems.iter().map(ProblemItem::from_header).collect()
+            }
+            GatewayError::InvalidRequest(v) => v.iter().map(ProblemItem::from_violation).collect(),
+            _ => Vec::new(),
+        };
+        let problem = Problem {
+            kind: format!("urn:companies-gateway:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: self.detail(),
+            instance,
+            request_id,
+            errors,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = Response::new(full_body(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match &self {
+            GatewayError::Unauthorized { .. } => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            GatewayError::InvalidSession => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            GatewayError::Overloaded | GatewayError::SessionUnavailable => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            _ => {}
+        }
+        response.extensions_mut().insert(outcome);
+        response
+    }
+
+    /// An upstream error of `kind`.
+    pub fn upstream(kind: UpstreamErrorKind, source: impl Into<BoxError>) -> Self {
+        GatewayError::Upstream {
+            kind,
+            source: source.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{Code, Field};
+    use http_body_util::BodyExt;
+
+    async fn problem(err: GatewayError) -> (Response<()>, serde_json::Value) {
+        let (parts, body) = err.into_response("/x", "rid-1").into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            Response::from_parts(parts, ()),
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_error_is_a_problem_with_type_status_instance_and_request_id() {
+        let all = vec![
+            GatewayError::BadRequest("x"),
+            GatewayError::UnknownRoute,
+            GatewayError::RequestTimeout,
+            GatewayError::PayloadTooLarge { limit: 10 },
+            GatewayError::ExpectationFailed,
+            GatewayError::InvalidSession,
+            GatewayError::Overloaded,
+            GatewayError::SessionUnavailable,
+            GatewayError::upstream(UpstreamErrorKind::Connect, "refused"),
+            GatewayError::upstream(UpstreamErrorKind::Timeout, "slow"),
+            GatewayError::Internal("boom".into()),
+        ];
+        let expected = [
+            400, 404, 408, 413, 417, 401, 503, 503, 502, 504, 500,
+        ];
+        for (err, status) in all.into_iter().zip(expected) {
+            let (res, body) = problem(err).await;
+            assert_eq!(res.status().as_u16(), status);
+            assert_eq!(res.headers()[CONTENT_TYPE], "application/problem+json");
+            assert_eq!(body["status"], status);
+            assert!(body["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:companies-gateway:problem:"));
+            assert_eq!(body["instance"], "/x");
+            assert_eq!(body["request_id"], "rid-1");
+            assert!(body["title"].is_string() && body["detail"].is_string());
+            assert!(res.extensions().get::<Outcome>().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_details_never_reach_the_client() {
+        let (_, body) = problem(GatewayError::Internal("secret panic text".into())).await;
+        assert!(!body.to_string().contains("secret panic text"));
+        let (_, body) = problem(GatewayError::upstream(
+            UpstreamErrorKind::Tls,
+            "invalid peer certificate: UnknownIssuer",
+        ))
+        .await;
+        assert!(!body.to_string().contains("UnknownIssuer"));
+    }
+
+    #[tokio::test]
+    async fn a_401_carries_www_authenticate() {
+        let (res, body) = problem(GatewayError::Unauthorized {
+            reason: Reason::Authorization,
+            problems: vec![HeaderProblem {
+                header: "Authorization",
+                code: "missing",
+                detail: "required".into(),
+            }],
+        })
+        .await;
+        assert_eq!(res.headers()[WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(body["errors"][0]["header"], "Authorization");
+        assert_eq!(body["errors"][0]["code"], "missing");
+        let (res, body) = problem(GatewayError::InvalidSession).await;
+        assert_eq!(
+            res.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        assert!(body.get("errors").is_none());
+    }
+
+    #[tokio::test]
+    async fn violations_keep_their_locations() {
+        let err = GatewayError::InvalidRequest(vec![
+            Violation {
+                field: Field::Notify,
+                code: Code::Required,
+                location: Location::Pointer("/notify".into()),
+                detail: "required".into(),
+            },
+            Violation {
+                field: Field::CompanyId,
+                code: Code::Integer,
+                location: Location::Parameter("companyId"),
+                detail: "integer".into(),
+            },
+        ]);
+        assert_eq!(err.outcome(), Outcome::rejected(Reason::Path));
+        let (_, body) = problem(err).await;
+        assert_eq!(body["type"], "urn:companies-gateway:problem:invalid-request");
+        assert_eq!(body["errors"][0]["pointer"], "/notify");
+        assert_eq!(body["errors"][0]["code"], "required");
+        assert_eq!(body["errors"][1]["parameter"], "companyId");
+        assert!(body["errors"][1].get("pointer").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_503_carries_retry_after() {
+        let (res, _) = problem(GatewayError::Overloaded).await;
+        assert_eq!(res.headers()[RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,226 @@
+//! The innermost service: rewrites a request for the upstream and sends it through the pooled
+//! client, bounded by `request_timeout` until the response head.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::header::HOST;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, Uri, Version};
+use ipnet::IpNet;
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use crate::config::UpstreamTarget;
+use crate::error::GatewayError;
+use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, ConnInfo};
+use crate::outcome::{Outcome, UpstreamErrorKind, UpstreamTiming};
+use crate::upstream::{classify, UpstreamClient};
+use crate::{box_body, Body};
+
+/// What the forwarder needs to know, built once at start-up.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub target: UpstreamTarget,
+    pub trusted_proxies: Vec<IpNet>,
+    pub request_timeout: Duration,
+}
+
+/// Rewrites a client request into the upstream request: the target comes from config alone, the
+/// query passes byte for byte, hop-by-hop headers go, `Host` is the upstream's, `Via` and the
+/// forwarded headers are set. Method, body and end-to-end headers are untouched.
+pub fn upstream_request(
+    mut req: Request<Body>,
+    cfg: &ForwardConfig,
+    conn: ConnInfo,
+) -> Result<Request<Body>, GatewayError> {
+    let target = &cfg.target;
+    let client_host = req.headers().get(HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let path = req.uri().path();
+    let mut pq = String::with_capacity(target.base_path.len() + path.len() + 64);
+    pq.push_str(&target.base_path);
+    if !path.starts_with('/') {
+        pq.push('/');
+    }
+    pq.push_str(path);
+    if let Some(q) = req.uri().query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq = PathAndQuery::try_from(pq)
+        .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))?;
+    let uri = Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| GatewayError::Internal(format!("upstream uri: {e}")))?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    headers.insert(HOST, target.host_header.clone());
+    set_forwarded(headers, conn, client_host.as_ref(), &cfg.trusted_proxies);
+    append_via(headers);
+    Ok(req)
+}
+
+/// Cleans an upstream response for the client.
+pub fn client_response(res: Response<hyper::body::Incoming>) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    append_via(&mut parts.headers);
+    Response::from_parts(parts, box_body(body))
+}
+
+#[derive(Clone)]
+pub struct Forward {
+    client: UpstreamClient,
+    cfg: Arc<ForwardConfig>,
+}
+
+impl Forward {
+    pub fn new(client: UpstreamClient, cfg: ForwardConfig) -> Self {
+        Forward {
+            client,
+            cfg: Arc::new(cfg),
+        }
+    }
+}
+
+impl Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pooled client is always ready; it queues internally.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let conn = req.extensions().get::<ConnInfo>().copied();
+        let prepared = match conn {
+            Some(conn) => upstream_request(req, &self.cfg, conn),
+            None => Err(GatewayError::Internal("request without connection info".into())),
+        };
+        let state = match prepared {
+            Ok(req) => State::Sending {
+                fut: tokio::time::timeout(self.cfg.request_timeout, self.client.request(req)),
+            },
+            Err(e) => State::Failed { err: Some(e) },
+        };
+        ResponseFuture {
+            state,
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Sending { #[pin] fut: tokio::time::Timeout<hyper_util::client::legacy::ResponseFuture> },
+        Failed { err: Option<GatewayError> },
+    }
+}
+
+pin_project! {
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+        started: Instant,
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, GatewayError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.state.project() {
+            StateProj::Failed { err } => Poll::Ready(Err(err
+                .take()
+                .unwrap_or_else(|| GatewayError::Internal("polled after completion".into())))),
+            StateProj::Sending { fut } => {
+                let result = ready!(fut.poll(cx));
+                Poll::Ready(match result {
+                    Err(elapsed) => Err(GatewayError::upstream(UpstreamErrorKind::Timeout, elapsed)),
+                    Ok(Err(e)) => Err(GatewayError::upstream(classify(&e), e)),
+                    Ok(Ok(res)) => {
+                        let timing = UpstreamTiming {
+                            status: res.status(),
+                            elapsed: this.started.elapsed(),
+                        };
+                        let mut res = client_response(res);
+                        res.extensions_mut().insert(Outcome::FORWARDED);
+                        res.extensions_mut().insert(timing);
+                        Ok(res)
+                    }
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::empty_body;
+    use std::net::SocketAddr;
+
+    fn cfg(url: &str) -> ForwardConfig {
+        ForwardConfig {
+            target: UpstreamTarget::parse(url).unwrap(),
+            trusted_proxies: vec![],
+            request_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn conn() -> ConnInfo {
+        ConnInfo {
+            peer: SocketAddr::from(([192, 0, 2, 1], 4000)),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn the_target_comes_from_config_and_the_query_passes_as_is() {
+        let req = Request::builder()
+            .method("PATCH")
+            .uri("http://evil.example:1/companies/v2/rs/1/contacts/2?a=1&b=%2F%20x&&c")
+            .header("host", "evil.example:1")
+            .header("x-custom", "one")
+            .header("x-custom", "two")
+            .body(empty_body())
+            .unwrap();
+        let out = upstream_request(req, &cfg("https://api.example:8443/main/"), conn()).unwrap();
+        assert_eq!(
+            out.uri().to_string(),
+            "https://api.example:8443/main/companies/v2/rs/1/contacts/2?a=1&b=%2F%20x&&c"
+        );
+        assert_eq!(out.method(), "PATCH");
+        assert_eq!(out.headers()["host"], "api.example:8443");
+        assert_eq!(out.headers()["x-forwarded-host"], "evil.example:1");
+        assert_eq!(out.headers()["via"], "1.1 companies-gateway");
+        let custom: Vec<_> = out.headers().get_all("x-custom").iter().collect();
+        assert_eq!(custom, vec!["one", "two"]);
+    }
+
+    #[test]
+    fn a_root_base_path_adds_nothing() {
+        let req = Request::builder()
+            .uri("/x/y")
+            .body(empty_body())
+            .unwrap();
+        let out = upstream_request(req, &cfg("https://api.example"), conn()).unwrap();
+        assert_eq!(out.uri().to_string(), "https://api.example/x/y");
+    }
+}

@@ -1,0 +1,56 @@
+//! companies-gateway: a validating reverse proxy in front of the Companies API.
+//!
+//! `main.rs` only parses the command line; everything else lives here so that tests and benches
+//! build the same stack the binary runs.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod metrics;
+pub mod observe;
+pub mod outcome;
+pub mod problem;
+pub mod request_id;
+pub mod route;
+pub mod server;
+pub mod stack;
+pub mod telemetry;
+pub mod upstream;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+
+pub use config::Config;
+pub use server::{run, start, Running};
+
+/// Errors that cross the body and client boundaries.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response inside the stack.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes`.
+pub fn full_body(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty_body() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Boxes any body whose data is `Bytes`.
+pub fn box_body<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}

@@ -1,0 +1,34 @@
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use companies_gateway::cli::Cli;
+use companies_gateway::{telemetry, Config};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("companies-gateway: config error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check_config {
+        print!("{}", config.to_masked_toml());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = telemetry::init(&config.log) {
+        eprintln!("companies-gateway: {e}");
+        return ExitCode::FAILURE;
+    }
+    match companies_gateway::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "companies-gateway stopped");
+            eprintln!("companies-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

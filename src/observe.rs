@@ -1,0 +1,216 @@
+//! The observer: every request once in the metrics and once in the access log, whoever answered
+//! it. Only closed label sets are used (gateway.md §3), and no header value is ever logged.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::headers::ConnInfo;
+use crate::metrics::{method_label, Metrics};
+use crate::outcome::{Outcome, OutcomeKind, UpstreamTiming};
+use crate::request_id::RequestId;
+use crate::route::{match_route, RouteLabel};
+
+/// Set by the contract layer on a response to a request that passed validation cleanly, so that an
+/// upstream 400/422 to it counts as contract drift.
+#[derive(Debug, Clone, Copy)]
+pub struct Validated;
+
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Metrics,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        ObserveLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = ObserveService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ObserveService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ObserveService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+/// What is known of a request before it is answered.
+struct Pending {
+    metrics: Metrics,
+    started: Instant,
+    route: RouteLabel,
+    method: &'static str,
+    request_id: Option<RequestId>,
+    path: String,
+    client: Option<ConnInfo>,
+}
+
+impl Pending {
+    fn finish(self, status: u16, outcome: Outcome, upstream: Option<UpstreamTiming>, validated: bool) {
+        let m = &self.metrics;
+        let elapsed = self.started.elapsed();
+        let route = self.route.as_str();
+        let mut code = itoa_buf();
+        let status_text = code.format(status);
+        m.requests
+            .with_label_values(&[route, self.method, status_text, outcome.kind.as_str()])
+            .inc();
+        m.request_duration
+            .with_label_values(&[route, outcome.kind.as_str()])
+            .observe(elapsed.as_secs_f64());
+        if let Some(reason) = outcome.reason {
+            m.rejections.with_label_values(&[route, reason.as_str()]).inc();
+        }
+        if let Some(kind) = outcome.upstream_error {
+            m.upstream_errors.with_label_values(&[kind.as_str()]).inc();
+        }
+        if let Some(t) = upstream {
+            let mut up = itoa_buf();
+            m.upstream_duration
+                .with_label_values(&[route, up.format(t.status.as_u16())])
+                .observe(t.elapsed.as_secs_f64());
+            if validated && matches!(t.status.as_u16(), 400 | 422) {
+                m.contract_drift.with_label_values(&[route]).inc();
+            }
+        }
+        tracing::info!(
+            target: "access",
+            request_id = self.request_id.as_ref().map(|r| r.as_str()).unwrap_or(""),
+            method = self.method,
+            route,
+            path = %self.path,
+            status,
+            outcome = outcome.kind.as_str(),
+            reason = outcome.reason.map(|r| r.as_str()).unwrap_or(""),
+            upstream_status = upstream.map(|t| t.status.as_u16()).unwrap_or(0),
+            duration_us = elapsed.as_micros() as u64,
+            upstream_us = upstream.map(|t| t.elapsed.as_micros() as u64).unwrap_or(0),
+            client = %self.client.map(|c| c.peer.to_string()).unwrap_or_default(),
+        );
+    }
+}
+
+/// A small stack buffer for status codes as label text.
+struct StatusText([u8; 3]);
+
+fn itoa_buf() -> StatusText {
+    StatusText([b'0'; 3])
+}
+
+impl StatusText {
+    fn format(&mut self, status: u16) -> &str {
+        let s = status.min(999);
+        self.0 = [
+            b'0' + (s / 100) as u8,
+            b'0' + (s / 10 % 10) as u8,
+            b'0' + (s % 10) as u8,
+        ];
+        std::str::from_utf8(&self.0).unwrap_or("0")
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ObserveService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.metrics.inflight_requests.inc();
+        let pending = Pending {
+            metrics: self.metrics.clone(),
+            started: Instant::now(),
+            route: match_route(req.method(), req.uri().path()).label(),
+            method: method_label(req.method()),
+            request_id: req.extensions().get::<RequestId>().cloned(),
+            path: req.uri().path().to_string(),
+            client: req.extensions().get::<ConnInfo>().copied(),
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            guard: Guard(Some(pending)),
+        }
+    }
+}
+
+/// Records an abandoned request (the client went away) as `aborted` when dropped unfinished.
+struct Guard(Option<Pending>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.metrics.inflight_requests.dec();
+            let aborted = Outcome {
+                kind: OutcomeKind::Aborted,
+                reason: None,
+                upstream_error: None,
+            };
+            // 499: nginx's "client closed request"; no status was sent.
+            p.finish(499, aborted, None, false);
+        }
+    }
+}
+
+pin_project! {
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Guard,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Some(p) = this.guard.0.take() {
+            p.metrics.inflight_requests.dec();
+            match &result {
+                Ok(res) => {
+                    let outcome = res.extensions().get::<Outcome>().copied().unwrap_or(Outcome {
+                        kind: OutcomeKind::Error,
+                        reason: None,
+                        upstream_error: None,
+                    });
+                    let upstream = res.extensions().get::<UpstreamTiming>().copied();
+                    let validated = res.extensions().get::<Validated>().is_some();
+                    p.finish(res.status().as_u16(), outcome, upstream, validated);
+                }
+                Err(_) => {
+                    let error = Outcome {
+                        kind: OutcomeKind::Error,
+                        reason: None,
+                        upstream_error: None,
+                    };
+                    p.finish(500, error, None, false);
+                }
+            }
+        }
+        Poll::Ready(result)
+    }
+}

@@ -1,0 +1,147 @@
+//! What became of a request: set as a response extension by whoever answered it, and read by the
+//! observer for metrics and the access log. Label values are the closed sets of gateway.md §3.
+
+/// `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Forwarded,
+    Rejected,
+    UpstreamError,
+    Shed,
+    Unavailable,
+    Error,
+    Aborted,
+}
+
+impl OutcomeKind {
+    pub const ALL: [OutcomeKind; 7] = [
+        OutcomeKind::Forwarded,
+        OutcomeKind::Rejected,
+        OutcomeKind::UpstreamError,
+        OutcomeKind::Shed,
+        OutcomeKind::Unavailable,
+        OutcomeKind::Error,
+        OutcomeKind::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeKind::Forwarded => "forwarded",
+            OutcomeKind::Rejected => "rejected",
+            OutcomeKind::UpstreamError => "upstream_error",
+            OutcomeKind::Shed => "shed",
+            OutcomeKind::Unavailable => "unavailable",
+            OutcomeKind::Error => "error",
+            OutcomeKind::Aborted => "aborted",
+        }
+    }
+}
+
+/// `reason` label of a rejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Authorization,
+    SessionToken,
+    ContentType,
+    BodyTooLarge,
+    Path,
+    Body,
+    SessionInvalid,
+    UnknownRoute,
+    Framing,
+    Expectation,
+    Timeout,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 11] = [
+        Reason::Authorization,
+        Reason::SessionToken,
+        Reason::ContentType,
+        Reason::BodyTooLarge,
+        Reason::Path,
+        Reason::Body,
+        Reason::SessionInvalid,
+        Reason::UnknownRoute,
+        Reason::Framing,
+        Reason::Expectation,
+        Reason::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Authorization => "authorization",
+            Reason::SessionToken => "session_token",
+            Reason::ContentType => "content_type",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::Path => "path",
+            Reason::Body => "body",
+            Reason::SessionInvalid => "session_invalid",
+            Reason::UnknownRoute => "unknown_route",
+            Reason::Framing => "framing",
+            Reason::Expectation => "expectation",
+            Reason::Timeout => "timeout",
+        }
+    }
+}
+
+/// `kind` label of an upstream error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Tls,
+    Timeout,
+    Reset,
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    pub const ALL: [UpstreamErrorKind; 5] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Tls,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Reset,
+        UpstreamErrorKind::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Tls => "tls",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// The response extension the observer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    pub reason: Option<Reason>,
+    pub upstream_error: Option<UpstreamErrorKind>,
+}
+
+impl Outcome {
+    pub const FORWARDED: Outcome = Outcome {
+        kind: OutcomeKind::Forwarded,
+        reason: None,
+        upstream_error: None,
+    };
+
+    pub fn rejected(reason: Reason) -> Outcome {
+        Outcome {
+            kind: OutcomeKind::Rejected,
+            reason: Some(reason),
+            upstream_error: None,
+        }
+    }
+}
+
+/// Set by the forwarder on a response that came from the upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTiming {
+    pub status: http::StatusCode,
+    pub elapsed: std::time::Duration,
+}

@@ -1,0 +1,207 @@
+//! Which operation a request is, and whether its path is canonical. Pure functions.
+//!
+//! The matcher is deliberately generous: literal segments compare case-insensitively and one
+//! trailing slash is allowed, so no spelling the upstream might route to update-contact escapes
+//! validation. The request is still forwarded as the client spelled it.
+
+use http::Method;
+
+/// The `route` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteLabel {
+    UpdateContact,
+    Other,
+}
+
+impl RouteLabel {
+    pub const ALL: [RouteLabel; 2] = [RouteLabel::UpdateContact, RouteLabel::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteLabel::UpdateContact => "update_contact",
+            RouteLabel::Other => "other",
+        }
+    }
+}
+
+/// A request's operation, with its raw path parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    UpdateContact {
+        company_id: &'a str,
+        contact_id: &'a str,
+    },
+    Other,
+}
+
+impl Route<'_> {
+    pub fn label(&self) -> RouteLabel {
+        match self {
+            Route::UpdateContact { .. } => RouteLabel::UpdateContact,
+            Route::Other => RouteLabel::Other,
+        }
+    }
+}
+
+/// `PATCH /companies/v2/rs/{companyId}/contacts/{contactId}`, generously matched.
+pub fn match_route<'a>(method: &Method, path: &'a str) -> Route<'a> {
+    if method != Method::PATCH {
+        return Route::Other;
+    }
+    match_update_contact_path(path).unwrap_or(Route::Other)
+}
+
+/// The update-contact path, whatever the method.
+pub fn match_update_contact_path(path: &str) -> Option<Route<'_>> {
+    let rest = path.strip_prefix('/')?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut seg = rest.split('/');
+    let literal = |s: Option<&str>, want: &str| s.is_some_and(|s| s.eq_ignore_ascii_case(want));
+    if !(literal(seg.next(), "companies") && literal(seg.next(), "v2") && literal(seg.next(), "rs"))
+    {
+        return None;
+    }
+    let company_id = seg.next()?;
+    if !literal(seg.next(), "contacts") {
+        return None;
+    }
+    let contact_id = seg.next()?;
+    if seg.next().is_some() {
+        return None;
+    }
+    Some(Route::UpdateContact {
+        company_id,
+        contact_id,
+    })
+}
+
+/// Why a path is not canonical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonCanonical {
+    EmptySegment,
+    DotSegment,
+    EncodedUnreserved,
+}
+
+impl NonCanonical {
+    pub fn detail(self) -> &'static str {
+        match self {
+            NonCanonical::EmptySegment => "the path has an empty segment (`//`)",
+            NonCanonical::DotSegment => "the path has a `.` or `..` segment",
+            NonCanonical::EncodedUnreserved => {
+                "the path percent-encodes an unreserved character"
+            }
+        }
+    }
+}
+
+/// A path is canonical when it has no `//`, no `.` or `..` segment and no percent-encoded
+/// unreserved character (RFC 3986 §2.3), so that the upstream sees the spelling the gateway matched.
+pub fn check_canonical(path: &str) -> Result<(), NonCanonical> {
+    let Some(rest) = path.strip_prefix('/') else {
+        // `*` (OPTIONS) and the like: nothing to normalise.
+        return Ok(());
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "" if i != last => return Err(NonCanonical::EmptySegment),
+            "." | ".." => return Err(NonCanonical::DotSegment),
+            _ => {}
+        }
+    }
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while let Some(off) = bytes[i..].iter().position(|&b| b == b'%') {
+        let at = i + off;
+        if let (Some(h), Some(l)) = (bytes.get(at + 1), bytes.get(at + 2)) {
+            if let (Some(h), Some(l)) = (hex(*h), hex(*l)) {
+                let c = h * 16 + l;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    return Err(NonCanonical::EncodedUnreserved);
+                }
+            }
+        }
+        i = at + 1;
+    }
+    Ok(())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_contact_spellings_match() {
+        let cases = [
+            "/companies/v2/rs/1/contacts/2",
+            "/companies/v2/rs/1/contacts/2/",
+            "/COMPANIES/V2/RS/1/Contacts/2",
+            "/Companies/v2/rs/abc/contacts/x%2Fy",
+        ];
+        for path in cases {
+            assert!(
+                matches!(match_route(&Method::PATCH, path), Route::UpdateContact { .. }),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            match_route(&Method::PATCH, "/companies/v2/rs/12/contacts/34/"),
+            Route::UpdateContact {
+                company_id: "12",
+                contact_id: "34"
+            }
+        );
+    }
+
+    #[test]
+    fn other_paths_and_methods_do_not_match() {
+        let cases = [
+            (Method::GET, "/companies/v2/rs/1/contacts/2"),
+            (Method::PUT, "/companies/v2/rs/1/contacts/2"),
+            (Method::PATCH, "/companies/v2/rs/1/contacts"),
+            (Method::PATCH, "/companies/v2/rs/1/contacts/2/x"),
+            (Method::PATCH, "/companies/v2/rs/1/contacts/2//"),
+            (Method::PATCH, "/companies/v1/rs/1/contacts/2"),
+            (Method::PATCH, "/main/companies/v2/rs/1/contacts/2"),
+            (Method::PATCH, "companies/v2/rs/1/contacts/2"),
+            (Method::PATCH, "*"),
+        ];
+        for (m, path) in cases {
+            assert_eq!(match_route(&m, path), Route::Other, "{m} {path}");
+        }
+    }
+
+    #[test]
+    fn non_canonical_paths_are_found() {
+        use NonCanonical::*;
+        let cases = [
+            ("/companies//v2", Some(EmptySegment)),
+            ("//companies", Some(EmptySegment)),
+            ("/a/./b", Some(DotSegment)),
+            ("/a/../b", Some(DotSegment)),
+            ("/a/..", Some(DotSegment)),
+            ("/a/.", Some(DotSegment)),
+            ("/companies/v2/rs/%31/contacts/2", Some(EncodedUnreserved)),
+            ("/compan%69es", Some(EncodedUnreserved)),
+            ("/a%2e%2E/b", Some(EncodedUnreserved)),
+            ("/a%7e", Some(EncodedUnreserved)),
+            ("/a%2Fb", None),
+            ("/a%20b", None),
+            ("/a%", None),
+            ("/a%zz", None),
+            ("/a/b/", None),
+            ("/", None),
+            ("/a/.b/..c", None),
+            ("*", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(check_canonical(path).err(), want, "{path}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The upstream client: hyper-util's pooled legacy client over hyper-rustls (ring, https only),
+//! with a connector that bounds TCP + TLS by `connect_timeout` and counts the connections it opens.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::IntCounter;
+use tokio::net::TcpStream;
+use tower::Service;
+
+use crate::config::UpstreamConfig;
+use crate::outcome::UpstreamErrorKind;
+use crate::{Body, BoxError};
+
+pub type UpstreamClient = Client<Connector, Body>;
+
+/// Setting up the client failed: a bad `ca_file`.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("upstream.ca_file {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The TCP connect failed (refused, unreachable, DNS): marks the error as `connect`, not `tls`.
+#[derive(Debug, thiserror::Error)]
+#[error("tcp connect: {0}")]
+pub struct TcpConnectError(#[source] BoxError);
+
+/// TCP + TLS did not finish within `connect_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("connect timed out")]
+pub struct ConnectTimeout;
+
+/// `HttpConnector` with its errors marked as TCP errors.
+#[derive(Clone)]
+pub struct TcpConnector(HttpConnector);
+
+impl Service<Uri> for TcpConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = TcpConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0
+            .poll_ready(cx)
+            .map_err(|e| TcpConnectError(Box::new(e)))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let fut = self.0.call(uri);
+        Box::pin(async move { fut.await.map_err(|e| TcpConnectError(Box::new(e))) })
+    }
+}
+
+/// The connector the pool uses: TCP + TLS within `timeout`, counted once established.
+#[derive(Clone)]
+pub struct Connector {
+    https: HttpsConnector<TcpConnector>,
+    timeout: Duration,
+    opened: IntCounter,
+}
+
+impl Service<Uri> for Connector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.https.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let fut = self.https.call(uri);
+        let timeout = self.timeout;
+        let opened = self.opened.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(stream)) => {
+                    opened.inc();
+                    Ok(stream)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Box::new(ConnectTimeout) as BoxError),
+            }
+        })
+    }
+}
+
+/// Trust anchors: the PEM file when given, Mozilla's roots otherwise.
+pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, SetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            let ca_error = |message: String| SetupError::CaFile {
+                path: path.display().to_string(),
+                message,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let mut found = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| ca_error(e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ca_error(format!("bad certificate: {e}")))?;
+                found += 1;
+            }
+            if found == 0 {
+                return Err(ca_error("holds no PEM certificate".into()));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// The client TLS configuration, on the ring provider.
+pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, SetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Builds the pooled client for `[upstream]`.
+pub fn build_client(
+    cfg: &UpstreamConfig,
+    opened: IntCounter,
+) -> Result<UpstreamClient, SetupError> {
+    let tls = tls_config(root_store(cfg.ca_file.as_deref())?)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout.0));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1();
+    let https = if cfg.http2 {
+        builder.enable_http2().wrap_connector(TcpConnector(http))
+    } else {
+        builder.wrap_connector(TcpConnector(http))
+    };
+    let connector = Connector {
+        https,
+        timeout: cfg.connect_timeout.0,
+        opened,
+    };
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(cfg.pool_idle_timeout.0)
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .retry_canceled_requests(true)
+        .build(connector))
+}
+
+/// Sorts a client error into its `kind` by walking its source chain for typed markers; never by
+/// its message.
+pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut kind = None;
+    while let Some(e) = source {
+        if e.is::<ConnectTimeout>() {
+            return UpstreamErrorKind::Timeout;
+        }
+        if e.is::<TcpConnectError>() {
+            return UpstreamErrorKind::Connect;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            kind = Some(if h.is_timeout() {
+                UpstreamErrorKind::Timeout
+            } else if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+                UpstreamErrorKind::Protocol
+            } else {
+                UpstreamErrorKind::Reset
+            });
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        // Not the TCP connect and not the timeout: the TLS handshake.
+        return UpstreamErrorKind::Tls;
+    }
+    kind.unwrap_or(UpstreamErrorKind::Reset)
+}
