@@ -449,7 +449,7 @@ impl Config {
                 "tls_cert and tls_key must be set together",
             ));
         }
-        if self.listener.addr == self.admin.addr {
+        if self.listener.addr == self.admin.addr && self.admin.addr.port() != 0 {
             return Err(invalid(
                 "admin.addr",
                 "the admin listener needs its own port, not the public one",
