@@ -8,6 +8,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod edge;
 pub mod error;
 pub mod forward;
 pub mod headers;
@@ -18,15 +19,18 @@ pub mod problem;
 pub mod request_id;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod stack;
 pub mod telemetry;
 pub mod upstream;
+pub mod validate;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 
 pub use config::Config;
-pub use server::{run, start, Running};
+pub use server::{run, start, start_with, Running};
+pub use stack::Options;
 
 /// Errors that cross the body and client boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -20,6 +20,7 @@ use crate::admin::{self, Readiness};
 use crate::config::{Config, LimitsConfig};
 use crate::headers::ConnInfo;
 use crate::metrics::Metrics;
+use crate::stack::Options;
 use crate::upstream::SetupError;
 use crate::{box_body, stack, Body};
 
@@ -67,10 +68,15 @@ impl Running {
 
 /// Builds the stack, binds both listeners and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, Options::default()).await
+}
+
+/// `start`, with test hooks.
+pub async fn start_with(config: Config, options: Options) -> Result<Running, StartError> {
     // The only provider in the graph; installing it explicitly keeps rustls from guessing.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Metrics::new(&config.metrics.buckets)?;
-    let stack = stack::build(&config, &metrics)?;
+    let stack = stack::build(&config, &metrics, &options)?;
     let readiness = Readiness::default();
     let (stop, stop_rx) = watch::channel(false);
 

@@ -1,24 +1,47 @@
 //! The service stack, assembled in one place and read from outermost to innermost.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
 
-use crate::config::Config;
+use crate::config::{Config, SessionConfig};
+use crate::edge::EdgeLayer;
 use crate::forward::{Forward, ForwardConfig};
 use crate::metrics::Metrics;
 use crate::observe::ObserveLayer;
 use crate::problem::ProblemLayer;
 use crate::request_id::RequestIdLayer;
-use crate::upstream::{build_client, SetupError};
+use crate::session::cache::{Clock, SessionCache, SystemClock, Ttls};
+use crate::session::introspect::Introspector;
+use crate::session::jwt::JwtKey;
+use crate::session::{Session, SessionLayer};
+use crate::upstream::{build_client, root_store, tls_config, SetupError};
+use crate::validate::{ContractConfig, ContractLayer};
 use crate::Body;
+
+/// What tests may swap out.
+#[derive(Clone)]
+pub struct Options {
+    /// The clock that judges session-cache freshness and token times.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
 
 /// Builds the gateway's request stack from the config. Tests, benches and fuzz targets call this
 /// to get exactly what the listener serves.
 pub fn build(
     config: &Config,
     metrics: &Metrics,
+    options: &Options,
 ) -> Result<
     impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
         + Clone
@@ -34,6 +57,13 @@ pub fn build(
         trusted_proxies: config.listener.trusted_proxies.clone(),
         request_timeout: config.upstream.request_timeout.0,
     };
+    let contract = ContractConfig {
+        mode: config.validation.mode,
+        unknown_fields: config.validation.unknown_fields,
+        max_body_bytes: config.limits.max_body_bytes,
+        body_read_timeout: config.limits.body_read_timeout.0,
+    };
+    let session = build_session(&config.session, config, metrics, options)?;
     Ok(ServiceBuilder::new()
         // Outermost: every response, the gateway's own included, carries the request id.
         .layer(RequestIdLayer)
@@ -41,6 +71,51 @@ pub fn build(
         .layer(ObserveLayer::new(metrics.clone()))
         // The one place where errors and panics from below become problem responses.
         .layer(ProblemLayer)
+        // Framing and header abuse and non-canonical paths, on every route, before any work.
+        .layer(EdgeLayer::new(config.validation.unknown_routes))
+        // The update-contact contract (stages 1-5); buffers only that route's body.
+        .layer(ContractLayer::new(contract, metrics.clone()))
+        // Stage 6, only for requests that passed the contract: the cheapest checks are done.
+        .layer(SessionLayer::new(session))
         // Innermost: rewrite for the upstream and send through the pooled TLS client.
         .service(Forward::new(client, forward)))
+}
+
+fn build_session(
+    cfg: &SessionConfig,
+    config: &Config,
+    metrics: &Metrics,
+    options: &Options,
+) -> Result<Arc<Session>, SetupError> {
+    let jwt = JwtKey::load(
+        cfg.jwt_hs256_secret_file.as_deref(),
+        cfg.jwt_public_key_file.as_deref(),
+        cfg.jwks_file.as_deref(),
+    )
+    .map_err(|e| SetupError::Config(e.to_string()))?;
+    let introspector = match &cfg.introspect_url {
+        None => None,
+        Some(url) => {
+            let uri = url
+                .parse()
+                .map_err(|e| SetupError::Config(format!("session.introspect_url: {e}")))?;
+            // The introspection endpoint is trusted with the upstream's anchors.
+            let tls = tls_config(root_store(config.upstream.ca_file.as_deref())?)?;
+            Some(Introspector::new(uri, cfg.introspect_timeout.0, tls))
+        }
+    };
+    let ttls = Ttls {
+        valid: cfg.valid_ttl.0,
+        invalid: cfg.invalid_ttl.0,
+        stale_if_error: cfg.stale_if_error.0,
+    };
+    Ok(Arc::new(Session {
+        cache: SessionCache::new(cfg.cache_capacity, ttls, options.clock.clone()),
+        jwt,
+        introspector,
+        leeway: cfg.leeway.0,
+        learn_from_upstream: cfg.learn_from_upstream,
+        on_verifier_error: cfg.on_verifier_error,
+        metrics: metrics.clone(),
+    }))
 }

@@ -14,6 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntCounter;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tower::Service;
 
@@ -111,7 +113,7 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, Setup
             };
             let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
             let mut found = 0;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| ca_error(e.to_string()))?;
                 roots
                     .add(cert)

@@ -1,0 +1,177 @@
+//! The HTTP edge (gateway.md §4) on every route: what hyper lets through but a proxy must not
+//! forward. Decisions are pure functions; the layer only applies them.
+
+use std::task::{Context, Poll};
+
+use futures_util::future::Either;
+use http::header::{CONNECTION, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, Request, Response};
+use tower::{Layer, Service};
+
+use crate::config::UnknownRoutes;
+use crate::error::GatewayError;
+use crate::headers::connection_tokens;
+use crate::route::{check_canonical, match_route, Route};
+
+/// Headers that `Connection` may not name: dropping them as hop-by-hop would change what the
+/// request means (or let it skip validation).
+const PROTECTED: [&str; 6] = [
+    "authorization",
+    "x-session-token",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "host",
+];
+
+/// Every §4 check that needs only the request head.
+pub fn check_edge<B>(req: &Request<B>, unknown_routes: UnknownRoutes) -> Result<(), GatewayError> {
+    let path = req.uri().path();
+    check_canonical(path).map_err(|why| GatewayError::BadRequest(why.detail()))?;
+    check_headers(req.headers())?;
+    let route = match_route(req.method(), path);
+    if matches!(route, Route::UpdateContact { .. }) && req.headers().contains_key(UPGRADE) {
+        return Err(GatewayError::BadRequest(
+            "Upgrade is not allowed on this route",
+        ));
+    }
+    if route == Route::Other && unknown_routes == UnknownRoutes::Reject {
+        return Err(GatewayError::UnknownRoute);
+    }
+    Ok(())
+}
+
+/// `Expect`, `Transfer-Encoding` and `Connection` abuse.
+pub fn check_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+    for expect in headers.get_all(EXPECT) {
+        if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            return Err(GatewayError::ExpectationFailed);
+        }
+    }
+    let mut te = headers.get_all(TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        if te.next().is_some() || !first.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(GatewayError::BadRequest(
+                "Transfer-Encoding must be exactly `chunked`",
+            ));
+        }
+    }
+    if headers.contains_key(CONNECTION) {
+        let protected = connection_tokens(headers)
+            .any(|name: HeaderName| PROTECTED.contains(&name.as_str()));
+        if protected {
+            return Err(GatewayError::BadRequest(
+                "Connection may not name an end-to-end header the gateway checks",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLayer {
+    unknown_routes: UnknownRoutes,
+}
+
+impl EdgeLayer {
+    pub fn new(unknown_routes: UnknownRoutes) -> Self {
+        EdgeLayer { unknown_routes }
+    }
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = EdgeService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        EdgeService {
+            inner,
+            unknown_routes: self.unknown_routes,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EdgeService<S> {
+    inner: S,
+    unknown_routes: UnknownRoutes,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for EdgeService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>, Error = GatewayError>,
+{
+    type Response = Response<ResBody>;
+    type Error = GatewayError;
+    type Future = Either<S::Future, std::future::Ready<Result<Response<ResBody>, GatewayError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match check_edge(&req, self.unknown_routes) {
+            Ok(()) => Either::Left(self.inner.call(req)),
+            Err(e) => Either::Right(std::future::ready(Err(e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn status(r: Request<()>, unknown: UnknownRoutes) -> u16 {
+        match check_edge(&r, unknown) {
+            Ok(()) => 0,
+            Err(e) => e.status().0.as_u16(),
+        }
+    }
+
+    #[test]
+    fn edge_rows() {
+        use UnknownRoutes::Forward;
+        let route = "/companies/v2/rs/1/contacts/2";
+        let cases: Vec<(Request<()>, u16)> = vec![
+            (req("PATCH", route, &[]), 0),
+            (req("PATCH", route, &[("expect", "100-continue")]), 0),
+            (req("PATCH", route, &[("expect", "100-Continue")]), 0),
+            (req("PATCH", route, &[("expect", "200-ok")]), 417),
+            (req("GET", "/x", &[("expect", "nope")]), 417),
+            (req("PATCH", route, &[("transfer-encoding", "chunked")]), 0),
+            (req("PATCH", route, &[("transfer-encoding", "gzip, chunked")]), 400),
+            (req("POST", "/x", &[("transfer-encoding", "identity")]), 400),
+            (req("PATCH", route, &[("upgrade", "h2c"), ("connection", "upgrade")]), 400),
+            (req("GET", "/x", &[("upgrade", "websocket")]), 0),
+            (req("PATCH", route, &[("connection", "close")]), 0),
+            (req("PATCH", route, &[("connection", "keep-alive, Authorization")]), 400),
+            (req("GET", "/x", &[("connection", "x-session-token")]), 400),
+            (req("GET", "/x", &[("connection", "Content-Type")]), 400),
+            (req("GET", "/x", &[("connection", "content-length")]), 400),
+            (req("GET", "/x", &[("connection", "transfer-encoding")]), 400),
+            (req("GET", "/x", &[("connection", "host")]), 400),
+            (req("GET", "/a//b", &[]), 400),
+            (req("GET", "/a/../b", &[]), 400),
+            (req("PATCH", "/companies/v2/rs/%31/contacts/2", &[]), 400),
+        ];
+        for (r, want) in cases {
+            let line = format!("{} {} {:?}", r.method(), r.uri(), r.headers());
+            assert_eq!(status(r, Forward), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn unknown_routes_are_404_only_when_rejecting() {
+        let r = || req("GET", "/companies/v2/rs/1/contacts/2", &[]);
+        assert_eq!(status(r(), UnknownRoutes::Forward), 0);
+        assert_eq!(status(r(), UnknownRoutes::Reject), 404);
+        let ok = req("PATCH", "/companies/v2/rs/1/contacts/2/", &[]);
+        assert_eq!(status(ok, UnknownRoutes::Reject), 0);
+    }
+}

@@ -1,0 +1,223 @@
+//! The session verdict cache: moka's `future::Cache`, keyed by a keyed hash of the two tokens (raw
+//! tokens are never stored), with each entry's expiry kept in its value and judged by an
+//! injectable clock.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use moka::future::Cache;
+
+/// Wall-clock time as a duration since the Unix epoch. Tests inject a manual one.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Duration;
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// Starts at the real current time.
+    pub fn new() -> Self {
+        ManualClock(Arc::new(AtomicU64::new(SystemClock.now().as_millis() as u64)))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// A cached verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    Invalid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub verdict: Verdict,
+    /// Unix time after which the entry is stale.
+    pub expires: Duration,
+}
+
+impl Entry {
+    pub fn is_fresh(&self, now: Duration) -> bool {
+        now < self.expires
+    }
+}
+
+/// 128 bits of two independently keyed SipHashes: no raw token is kept, and the keys are random per
+/// process so nobody can aim a collision.
+pub type Key = u128;
+
+/// Hashes sessions into cache keys.
+#[derive(Clone)]
+pub struct KeyHasher {
+    a: std::collections::hash_map::RandomState,
+    b: std::collections::hash_map::RandomState,
+}
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        KeyHasher {
+            a: Default::default(),
+            b: Default::default(),
+        }
+    }
+}
+
+impl KeyHasher {
+    pub fn key(&self, bearer: &[u8], session: &[u8]) -> Key {
+        let one = |state: &std::collections::hash_map::RandomState| {
+            let mut h = state.build_hasher();
+            // Length-prefixed, so (ab, c) and (a, bc) differ.
+            h.write_usize(bearer.len());
+            h.write(bearer);
+            h.write(session);
+            h.finish()
+        };
+        (u128::from(one(&self.a)) << 64) | u128::from(one(&self.b))
+    }
+}
+
+/// A short fingerprint of a key, for logs.
+pub fn fingerprint(key: Key) -> String {
+    format!("{:08x}", (key >> 96) as u32)
+}
+
+/// How long verdicts live.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttls {
+    pub valid: Duration,
+    pub invalid: Duration,
+    pub stale_if_error: Duration,
+}
+
+impl Ttls {
+    /// A valid entry: `valid_ttl`, shortened by `max-age`, never past the token's `exp`.
+    pub fn valid_entry(&self, now: Duration, max_age: Option<Duration>, exp: Option<u64>) -> Entry {
+        let mut expires = now + max_age.map_or(self.valid, |m| m.min(self.valid));
+        if let Some(exp) = exp {
+            expires = expires.min(Duration::from_secs(exp));
+        }
+        Entry {
+            verdict: Verdict::Valid,
+            expires,
+        }
+    }
+
+    pub fn invalid_entry(&self, now: Duration) -> Entry {
+        Entry {
+            verdict: Verdict::Invalid,
+            expires: now + self.invalid,
+        }
+    }
+
+    /// A valid entry expired less than `stale_if_error` ago may stand in when the verifier errs.
+    pub fn usable_stale(&self, entry: &Entry, now: Duration) -> bool {
+        entry.verdict == Verdict::Valid && now < entry.expires + self.stale_if_error
+    }
+}
+
+/// The cache itself, plus its clock.
+#[derive(Clone)]
+pub struct SessionCache {
+    pub cache: Cache<Key, Entry>,
+    pub clock: Arc<dyn Clock>,
+    pub ttls: Ttls,
+    pub hasher: KeyHasher,
+}
+
+impl SessionCache {
+    pub fn new(capacity: u64, ttls: Ttls, clock: Arc<dyn Clock>) -> Self {
+        // moka's own TTL only sweeps entries nobody can use any more; freshness is judged by
+        // `clock` against each entry's expiry.
+        let sweep = ttls.valid.max(ttls.invalid) + ttls.stale_if_error + Duration::from_secs(1);
+        SessionCache {
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(sweep)
+                .build(),
+            clock,
+            ttls,
+            hasher: KeyHasher::default(),
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.clock.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_differ_by_either_token_and_by_the_split() {
+        let h = KeyHasher::default();
+        let k = h.key(b"bearer", b"session");
+        assert_eq!(k, h.key(b"bearer", b"session"));
+        assert_ne!(k, h.key(b"bearer", b"session2"));
+        assert_ne!(k, h.key(b"bearer2", b"session"));
+        assert_ne!(h.key(b"ab", b"c"), h.key(b"a", b"bc"));
+        // Another process (another hasher) gets other keys.
+        assert_ne!(k, KeyHasher::default().key(b"bearer", b"session"));
+        assert_eq!(fingerprint(k).len(), 8);
+    }
+
+    #[test]
+    fn valid_entries_are_bounded_by_ttl_max_age_and_exp() {
+        let t = Ttls {
+            valid: Duration::from_secs(60),
+            invalid: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(30),
+        };
+        let now = Duration::from_secs(1000);
+        assert_eq!(t.valid_entry(now, None, None).expires, Duration::from_secs(1060));
+        assert_eq!(
+            t.valid_entry(now, Some(Duration::from_secs(5)), None).expires,
+            Duration::from_secs(1005)
+        );
+        assert_eq!(
+            t.valid_entry(now, Some(Duration::from_secs(500)), None).expires,
+            Duration::from_secs(1060)
+        );
+        assert_eq!(t.valid_entry(now, None, Some(1020)).expires, Duration::from_secs(1020));
+        assert_eq!(t.invalid_entry(now).expires, Duration::from_secs(1010));
+        let e = t.valid_entry(now, None, None);
+        assert!(e.is_fresh(Duration::from_secs(1059)));
+        assert!(!e.is_fresh(Duration::from_secs(1060)));
+        assert!(t.usable_stale(&e, Duration::from_secs(1089)));
+        assert!(!t.usable_stale(&e, Duration::from_secs(1090)));
+        assert!(!t.usable_stale(&t.invalid_entry(now), now));
+    }
+
+    #[test]
+    fn the_manual_clock_moves_only_when_told() {
+        let c = ManualClock::new();
+        let a = c.now();
+        c.advance(Duration::from_secs(5));
+        assert_eq!(c.now() - a, Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,296 @@
+//! Stage 6: is the session — the pair (bearer token, `X-Session-Token`) — valid? Verdicts come from
+//! the cache, then local JWT checks, then remote introspection, and are learned from upstream
+//! 401s. Only update-contact requests that passed the contract are checked.
+
+pub mod cache;
+pub mod introspect;
+pub mod jwt;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::config::OnVerifierError;
+use crate::error::GatewayError;
+use crate::metrics::{CacheResult, Metrics, VerdictLabel, VerdictSource};
+use crate::validate::ContractPassed;
+use crate::Body;
+use cache::{fingerprint, Entry, Key, SessionCache, Verdict};
+use introspect::{Introspector, X_SESSION_TOKEN};
+use jwt::{JwtInfo, JwtKey};
+
+/// Everything the session check needs, built once at start-up.
+pub struct Session {
+    pub cache: SessionCache,
+    pub jwt: JwtKey,
+    pub introspector: Option<Introspector>,
+    pub leeway: Duration,
+    pub learn_from_upstream: bool,
+    pub on_verifier_error: OnVerifierError,
+    pub metrics: Metrics,
+}
+
+impl Session {
+    fn label(verdict: Verdict) -> VerdictLabel {
+        match verdict {
+            Verdict::Valid => VerdictLabel::Valid,
+            Verdict::Invalid => VerdictLabel::Invalid,
+        }
+    }
+
+    fn answer(verdict: Verdict) -> Result<(), GatewayError> {
+        match verdict {
+            Verdict::Valid => Ok(()),
+            Verdict::Invalid => Err(GatewayError::InvalidSession),
+        }
+    }
+
+    fn update_gauge(&self) {
+        self.metrics
+            .session_cache_entries
+            .set(self.cache.cache.entry_count() as i64);
+    }
+
+    /// Decides the session of a request. `Ok` forwards; the key is kept to learn from the answer.
+    pub async fn decide(&self, authorization: &HeaderValue, session: &HeaderValue) -> Result<Key, GatewayError> {
+        let key = self.cache.hasher.key(authorization.as_bytes(), session.as_bytes());
+        let now = self.cache.now();
+        let old = self.cache.cache.get(&key).await;
+        if let Some(entry) = old.filter(|e| e.is_fresh(now)) {
+            self.metrics.cache_lookup(CacheResult::Hit);
+            return Self::answer(entry.verdict).map(|()| key);
+        }
+
+        // Local checks: an expired or forged token never costs a lookup.
+        let token = session.to_str().unwrap_or("");
+        let exp = match jwt::check(token, &self.jwt, now, self.leeway) {
+            Err(why) => {
+                self.metrics.cache_lookup(CacheResult::Miss);
+                self.metrics.session_check(VerdictSource::Jwt, VerdictLabel::Invalid);
+                tracing::debug!(session = %fingerprint(key), ?why, "session refused locally");
+                return Err(GatewayError::InvalidSession);
+            }
+            Ok(JwtInfo::Valid { exp, .. }) => {
+                self.metrics.session_check(VerdictSource::Jwt, VerdictLabel::Valid);
+                exp
+            }
+            Ok(JwtInfo::Opaque) => None,
+        };
+        if old.is_some() {
+            self.cache.cache.invalidate(&key).await;
+        }
+
+        let Some(introspector) = &self.introspector else {
+            // Nothing else to ask: valid until the upstream says otherwise.
+            self.metrics.cache_lookup(CacheResult::Miss);
+            let entry = self.cache.ttls.valid_entry(now, None, exp);
+            self.cache.cache.insert(key, entry).await;
+            self.update_gauge();
+            return Ok(key);
+        };
+
+        // One call per key however many requests wait on it; errors are not cached.
+        let ran = AtomicBool::new(false);
+        let asked = self
+            .cache
+            .cache
+            .entry(key)
+            .or_try_insert_with(async {
+                ran.store(true, Ordering::Relaxed);
+                let started = Instant::now();
+                let result = introspector.check(authorization.clone(), session.clone()).await;
+                self.metrics
+                    .session_introspection_duration
+                    .observe(started.elapsed().as_secs_f64());
+                let now = self.cache.now();
+                match result {
+                    Ok(remote) => {
+                        self.metrics
+                            .session_check(VerdictSource::Introspection, Self::label(remote.verdict));
+                        Ok(match remote.verdict {
+                            Verdict::Valid => self.cache.ttls.valid_entry(now, remote.max_age, exp),
+                            Verdict::Invalid => self.cache.ttls.invalid_entry(now),
+                        })
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .session_check(VerdictSource::Introspection, VerdictLabel::Error);
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        if !ran.load(Ordering::Relaxed) {
+            self.metrics.session_coalesced.inc();
+        }
+        match asked {
+            Ok(entry) => {
+                self.metrics.cache_lookup(CacheResult::Miss);
+                self.update_gauge();
+                Self::answer(entry.value().verdict).map(|()| key)
+            }
+            Err(e) => {
+                if let Some(stale) = old.filter(|o| self.cache.ttls.usable_stale(o, now)) {
+                    self.metrics.cache_lookup(CacheResult::Stale);
+                    tracing::warn!(session = %fingerprint(key), error = %e, "verifier failed; serving a stale verdict");
+                    return Self::answer(stale.verdict).map(|()| key);
+                }
+                self.metrics.cache_lookup(CacheResult::Miss);
+                tracing::warn!(session = %fingerprint(key), error = %e, "session verifier failed");
+                match self.on_verifier_error {
+                    OnVerifierError::Reject => Err(GatewayError::SessionUnavailable),
+                    OnVerifierError::Allow => Ok(key),
+                }
+            }
+        }
+    }
+
+    /// An upstream 401 to a forwarded request: remember the session as invalid.
+    pub async fn learn_invalid(&self, key: Key) {
+        let entry: Entry = self.cache.ttls.invalid_entry(self.cache.now());
+        self.cache.cache.insert(key, entry).await;
+        self.metrics
+            .session_check(VerdictSource::Upstream, VerdictLabel::Invalid);
+        self.update_gauge();
+        tracing::debug!(session = %fingerprint(key), "upstream refused the session; cached as invalid");
+    }
+}
+
+#[derive(Clone)]
+pub struct SessionLayer {
+    session: Arc<Session>,
+}
+
+impl SessionLayer {
+    pub fn new(session: Arc<Session>) -> Self {
+        SessionLayer { session }
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            inner,
+            session: self.session.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    session: Arc<Session>,
+}
+
+type Deciding = Pin<Box<dyn Future<Output = Result<Key, GatewayError>> + Send>>;
+
+impl<S> Service<Request<Body>> for SessionService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError> + Clone,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ResponseFuture<S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let tokens = req
+            .extensions()
+            .get::<ContractPassed>()
+            .and_then(|_| Some((req.headers().get(AUTHORIZATION)?.clone(), req.headers().get(&X_SESSION_TOKEN)?.clone())));
+        let Some((authorization, token)) = tokens else {
+            return ResponseFuture {
+                state: State::Calling {
+                    fut: self.inner.call(req),
+                    key: None,
+                },
+                session: self.session.clone(),
+            };
+        };
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let session = self.session.clone();
+        let deciding: Deciding = Box::pin(async move { session.decide(&authorization, &token).await });
+        ResponseFuture {
+            state: State::Deciding {
+                deciding,
+                req: Some(req),
+                inner: Some(inner),
+            },
+            session: self.session.clone(),
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S: Service<Request<Body>>> {
+        Deciding { deciding: Deciding, req: Option<Request<Body>>, inner: Option<S> },
+        Calling { #[pin] fut: S::Future, key: Option<Key> },
+        Learning { learning: Pin<Box<dyn Future<Output = ()> + Send>>, res: Option<Response<Body>> },
+    }
+}
+
+pin_project! {
+    pub struct ResponseFuture<S: Service<Request<Body>>> {
+        #[pin]
+        state: State<S>,
+        session: Arc<Session>,
+    }
+}
+
+impl<S> Future for ResponseFuture<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>,
+{
+    type Output = Result<Response<Body>, GatewayError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Deciding { deciding, req, inner } => {
+                    let key = ready!(deciding.as_mut().poll(cx))?;
+                    let (Some(req), Some(mut inner)) = (req.take(), inner.take()) else {
+                        return Poll::Ready(Err(GatewayError::Internal("session future reused".into())));
+                    };
+                    State::Calling {
+                        fut: inner.call(req),
+                        key: Some(key),
+                    }
+                }
+                StateProj::Calling { fut, key } => {
+                    let res = ready!(fut.poll(cx))?;
+                    match key {
+                        Some(key) if res.status() == StatusCode::UNAUTHORIZED && this.session.learn_from_upstream => {
+                            let session = this.session.clone();
+                            let key = *key;
+                            State::Learning {
+                                learning: Box::pin(async move { session.learn_invalid(key).await }),
+                                res: Some(res),
+                            }
+                        }
+                        _ => return Poll::Ready(Ok(res)),
+                    }
+                }
+                StateProj::Learning { learning, res } => {
+                    ready!(learning.as_mut().poll(cx));
+                    return Poll::Ready(res.take().ok_or_else(|| GatewayError::Internal("session future reused".into())));
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The binary's command line: --check-config, --version, --help, and config errors.
+
+use std::process::Command;
+
+fn gateway() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_companies-gateway"));
+    c.env_remove("GATEWAY_CONFIG");
+    c
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let out = gateway()
+        .args(["--check-config", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("https://z52mnqg347.execute-api.eu-west-3.amazonaws.com/main"));
+    assert!(printed.contains("[limits]"));
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_exits_1() {
+    let dir = std::env::temp_dir().join(format!("cg-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[upstream]\nurl = \"https://a.example\"\nretry = 1\n").unwrap();
+    let out = gateway()
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("retry") && err.contains("line 3"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn environment_overrides_reach_the_effective_config_with_secrets_masked() {
+    let out = gateway()
+        .arg("--check-config")
+        .env(
+            "GATEWAY_CONFIG",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+        )
+        .env("GATEWAY_LIMITS_MAX_BODY_BYTES", "1234")
+        .env(
+            "GATEWAY_SESSION_INTROSPECT_URL",
+            "https://svc:hunter2@auth.example/introspect",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.contains("max_body_bytes = 1234"), "{printed}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+}
+
+#[test]
+fn version_and_help() {
+    let out = gateway().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = gateway().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--config") && help.contains("--check-config"));
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let out = gateway()
+        .args(["--config", "/nonexistent/gateway.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/gateway.toml"));
+}
