@@ -436,3 +436,118 @@ pub async fn scrape(running: &Running) -> String {
     .await;
     String::from_utf8(got.body.to_vec()).expect("utf-8 metrics")
 }
+
+/// What the mock introspection endpoint answers.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Verdict {
+    pub fn status(status: u16) -> Verdict {
+        Verdict {
+            status,
+            headers: vec![],
+            body: String::new(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A plain-HTTP introspection server on 127.0.0.1:0 (http is allowed to loopback) that counts its
+/// calls and records the tokens it was sent.
+pub struct MockIntrospection {
+    pub addr: SocketAddr,
+    pub calls: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<HeaderMap>>>,
+    pub answer: Arc<Mutex<Verdict>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockIntrospection {
+    pub async fn start(answer: Verdict) -> MockIntrospection {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(Mutex::new(answer));
+        let task = {
+            let (calls, seen, answer) = (calls.clone(), seen.clone(), answer.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (calls, seen, answer) = (calls.clone(), seen.clone(), answer.clone());
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            seen.lock().expect("seen").push(req.headers().clone());
+                            let v = answer.lock().expect("answer").clone();
+                            async move {
+                                tokio::time::sleep(v.delay).await;
+                                let mut res = Response::new(Full::new(Bytes::from(v.body)));
+                                *res.status_mut() = StatusCode::from_u16(v.status).expect("status");
+                                for (k, val) in v.headers {
+                                    res.headers_mut().append(
+                                        http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                                        http::HeaderValue::from_str(&val).expect("value"),
+                                    );
+                                }
+                                Ok::<_, std::convert::Infallible>(res)
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                }
+            })
+        };
+        MockIntrospection {
+            addr,
+            calls,
+            seen,
+            answer,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/introspect", self.addr)
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn set(&self, v: Verdict) {
+        *self.answer.lock().expect("answer") = v;
+    }
+}
+
+impl Drop for MockIntrospection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HS256 session token with the given claims.
+pub fn jwt(claims: serde_json::Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("jwt")
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+}
