@@ -50,7 +50,6 @@ pub struct Running {
     public: JoinHandle<()>,
     admin: JoinHandle<()>,
     drain_delay: Duration,
-    drain_timeout: Duration,
 }
 
 impl Running {
@@ -60,8 +59,8 @@ impl Running {
         self.readiness.set(false);
         tokio::time::sleep(self.drain_delay).await;
         let _ = self.stop.send(true);
+        // The public loop closes its listener, then waits up to `drain_timeout` for connections.
         let _ = self.public.await;
-        let _ = tokio::time::timeout(self.drain_timeout, std::future::pending::<()>()).await;
         self.admin.abort();
     }
 }
@@ -115,7 +114,6 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         public,
         admin,
         drain_delay: config.shutdown.drain_delay.0,
-        drain_timeout: config.shutdown.drain_timeout.0,
     })
 }
 
