@@ -2,7 +2,7 @@
 //! RFC 9457 problem (gateway.md §2). Errors are sorted by where they came from: the client gets a
 //! 4xx, the upstream a 502 or 504, the gateway itself a 500.
 
-use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
@@ -279,6 +279,11 @@ impl GatewayError {
             }
             GatewayError::Overloaded | GatewayError::SessionUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            // After framing abuse nothing more is read from the connection (hyper drops this
+            // header on h2).
+            GatewayError::BadRequest(_) => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use tower::Service;
 
+use crate::body::is_deadline;
 use crate::config::UpstreamTarget;
 use crate::error::GatewayError;
 use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, ConnInfo};
@@ -153,6 +154,8 @@ impl Future for ResponseFuture {
                 let result = ready!(fut.poll(cx));
                 Poll::Ready(match result {
                     Err(elapsed) => Err(GatewayError::upstream(UpstreamErrorKind::Timeout, elapsed)),
+                    // Our own body deadline, not the upstream's fault.
+                    Ok(Err(e)) if is_deadline(&e) => Err(GatewayError::RequestTimeout),
                     Ok(Err(e)) => Err(GatewayError::upstream(classify(&e), e)),
                     Ok(Ok(res)) => {
                         let timing = UpstreamTiming {

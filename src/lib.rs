@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod contract;
@@ -18,10 +19,13 @@ pub mod outcome;
 pub mod problem;
 pub mod request_id;
 pub mod route;
+pub mod reload;
 pub mod server;
 pub mod session;
+pub mod shed;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod validate;
 

@@ -3,26 +3,33 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use pin_project_lite::pin_project;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::admin::{self, Readiness};
 use crate::config::{Config, LimitsConfig};
 use crate::headers::ConnInfo;
 use crate::metrics::Metrics;
-use crate::stack::Options;
+use crate::reload::{Reloaded, Reloader};
+use crate::stack::{self, Options};
+use crate::tls::{self, CertError, ReloadableCert};
 use crate::upstream::SetupError;
-use crate::{box_body, stack, Body};
+use crate::{box_body, Body};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -34,6 +41,10 @@ pub enum StartError {
     },
     #[error("{0}")]
     Setup(#[from] SetupError),
+    #[error("{0}")]
+    Cert(#[from] CertError),
+    #[error("listener TLS: {0}")]
+    Tls(#[from] rustls::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("runtime: {0}")]
@@ -46,6 +57,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub metrics: Metrics,
     pub readiness: Readiness,
+    reloader: Reloader,
     stop: watch::Sender<bool>,
     public: JoinHandle<()>,
     admin: JoinHandle<()>,
@@ -63,6 +75,11 @@ impl Running {
         let _ = self.public.await;
         self.admin.abort();
     }
+
+    /// Re-reads the listener certificate and the upstream CA now, as SIGHUP does.
+    pub fn reload(&self) -> Reloaded {
+        self.reloader.reload_all()
+    }
 }
 
 /// Builds the stack, binds both listeners and starts serving.
@@ -75,7 +92,21 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     // The only provider in the graph; installing it explicitly keeps rustls from guessing.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Metrics::new(&config.metrics.buckets)?;
-    let stack = stack::build(&config, &metrics, &options)?;
+    let (stack, upstream_tls) = stack::build(&config, &metrics, &options)?;
+    let cert = match (&config.listener.tls_cert, &config.listener.tls_key) {
+        (Some(c), Some(k)) => Some(ReloadableCert::load(c, k)?),
+        _ => None,
+    };
+    let acceptor = match &cert {
+        Some(cert) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(
+            cert.clone(),
+        )?))),
+        None => None,
+    };
+    let reloader = Reloader {
+        cert,
+        upstream: upstream_tls,
+    };
     let readiness = Readiness::default();
     let (stop, stop_rx) = watch::channel(false);
 
@@ -89,27 +120,28 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     let public_addr = public_listener.local_addr().map_err(StartError::Runtime)?;
     let admin_addr = admin_listener.local_addr().map_err(StartError::Runtime)?;
 
-    let builder = Arc::new(http_builder(&config.limits));
-    let public = tokio::spawn(serve_public(
-        public_listener,
-        builder,
-        stack,
-        metrics.clone(),
-        config.limits.max_connections,
-        config.shutdown.drain_timeout.0,
-        stop_rx.clone(),
-    ));
+    let serving = Serving {
+        builder: Arc::new(http_builder(&config.limits)),
+        acceptor,
+        metrics: metrics.clone(),
+        limits: config.limits.clone(),
+        tls_handshake_timeout: config.listener.tls_handshake_timeout.0,
+        drain_timeout: config.shutdown.drain_timeout.0,
+    };
+    let public = tokio::spawn(serving.run(public_listener, stack, stop_rx.clone()));
     let admin = tokio::spawn(serve_admin(
         admin_listener,
         admin::service(metrics.clone(), readiness.clone()),
     ));
+    tokio::spawn(reloader.clone().run(options.reload_poll, stop_rx));
     readiness.set(true);
-    tracing::info!(%public_addr, %admin_addr, "companies-gateway listening");
+    tracing::info!(%public_addr, %admin_addr, tls = reloader.cert.is_some(), "companies-gateway listening");
     Ok(Running {
         public_addr,
         admin_addr,
         metrics,
         readiness,
+        reloader,
         stop,
         public,
         admin,
@@ -119,6 +151,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains. Builds its own runtime from `[runtime]`.
 pub fn run(config: Config) -> Result<(), StartError> {
+    raise_nofile_limit();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if config.runtime.worker_threads > 0 {
         rt.worker_threads(config.runtime.worker_threads);
@@ -132,6 +165,21 @@ pub fn run(config: Config) -> Result<(), StartError> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Raises the open-file soft limit to the hard limit: every connection is a descriptor.
+fn raise_nofile_limit() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            limit.current = limit.maximum;
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -171,81 +219,184 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(limits.idle_timeout.0))
-        .keep_alive_timeout(limits.idle_timeout.0);
+        // h2 flood limits (rapid reset and friends), at hyper's defaults but stated.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(None);
     builder
 }
 
-async fn serve_public<S>(
-    listener: TcpListener,
+/// What the public accept loop needs.
+struct Serving {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stack: S,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     metrics: Metrics,
-    max_connections: usize,
+    limits: LimitsConfig,
+    tls_handshake_timeout: Duration,
     drain_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = stop.changed() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (tcp, peer) = tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    accept_backoff(&e).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let conn = ConnInfo { peer, tls: false };
-        let hyper_svc = ConnService {
-            stack: stack.clone(),
-            conn,
-        };
-        let serving = builder
-            .serve_connection(TokioIo::new(tcp), hyper_svc)
-            .into_owned();
-        let watched = graceful.watch(serving);
-        let open = metrics.open_connections.clone();
-        open.inc();
-        tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            open.dec();
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
+}
+
+impl Serving {
+    async fn run<S>(self, listener: TcpListener, stack: S, mut stop: watch::Receiver<bool>)
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
     {
-        tracing::warn!("drain timeout: closing connections with requests in flight");
+        let max = self.limits.max_connections;
+        let slots = Arc::new(Semaphore::new(max));
+        let this = Arc::new(self);
+        loop {
+            // At the cap, accept pauses until a connection closes.
+            let permit = tokio::select! {
+                _ = stop.changed() => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = stop.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        accept_backoff(&e).await;
+                        continue;
+                    }
+                },
+            };
+            let this = this.clone();
+            let stack = stack.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                this.metrics.open_connections.inc();
+                this.connection(tcp, peer, stack, stop).await;
+                this.metrics.open_connections.dec();
+                drop(permit);
+            });
+        }
+        drop(listener);
+        // Every connection holds a slot: all slots back means all connections are done.
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        if tokio::time::timeout(this.drain_timeout, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout: closing connections with requests in flight");
+        }
+    }
+
+    async fn connection<S>(&self, tcp: TcpStream, peer: SocketAddr, stack: S, stop: watch::Receiver<bool>)
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let _ = tcp.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let svc = ConnService {
+            stack,
+            conn: ConnInfo {
+                peer,
+                tls: self.acceptor.is_some(),
+            },
+            activity: activity.clone(),
+        };
+        match &self.acceptor {
+            None => self.drive(TokioIo::new(tcp), svc, activity, stop).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.tls_handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => self.drive(TokioIo::new(tls), svc, activity, stop).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    /// Serves one connection until it ends, closing it gracefully when the gateway stops or when
+    /// it has had no request in flight for `idle_timeout`.
+    async fn drive<I, S>(&self, io: I, svc: ConnService<S>, activity: Arc<Activity>, mut stop: watch::Receiver<bool>)
+    where
+        I: Read + Write + Unpin + Send + 'static,
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let idle_timeout = self.limits.idle_timeout.0;
+        let conn = self.builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        let mut closing = *stop.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            let idle_at = activity.idle_deadline(idle_timeout);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = stop.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(idle_at), if !closing => {
+                    if activity.idle_for(idle_timeout) {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
     }
 }
 
-/// Adapts the tower stack to one hyper connection: boxes the body and tags each request with the
-/// connection's `ConnInfo`.
+/// Requests in flight on one connection, and when it last became idle.
+struct Activity {
+    inflight: AtomicUsize,
+    idle_since_ms: AtomicU64,
+    origin: Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            inflight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    fn begin(&self) {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn end(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.idle_since_ms.store(ms, Ordering::SeqCst);
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// When the connection will have been idle for `timeout`, if nothing starts.
+    fn idle_deadline(&self, timeout: Duration) -> Instant {
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst));
+        let at = self.origin + since + timeout;
+        at.max(Instant::now() + Duration::from_millis(10))
+    }
+
+    fn idle_for(&self, timeout: Duration) -> bool {
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst));
+        self.inflight.load(Ordering::SeqCst) == 0 && self.origin.elapsed() >= since + timeout
+    }
+}
+
+/// Adapts the tower stack to one hyper connection: boxes the body, tags each request with the
+/// connection's `ConnInfo`, and tracks requests in flight for the idle timeout.
 #[derive(Clone)]
 struct ConnService<S> {
     stack: S,
     conn: ConnInfo,
+    activity: Arc<Activity>,
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
@@ -254,16 +405,45 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<S, Request<Body>>;
+    type Future = Tracked<tower::util::Oneshot<S, Request<Body>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let mut req = req.map(box_body);
         req.extensions_mut().insert(self.conn);
-        self.stack.clone().oneshot(req)
+        self.activity.begin();
+        Tracked {
+            inner: self.stack.clone().oneshot(req),
+            guard: InFlight(self.activity.clone()),
+        }
     }
 }
 
-/// Out of file descriptors (or another accept error): back off instead of spinning.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+pin_project! {
+    /// A request in flight until its response head is ready (or it is dropped).
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        guard: InFlight,
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+/// Out of file descriptors (EMFILE) or another accept error: back off instead of spinning.
 async fn accept_backoff(e: &std::io::Error) {
     tracing::warn!(error = %e, "accept failed; backing off");
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -17,7 +17,8 @@ use crate::session::cache::{Clock, SessionCache, SystemClock, Ttls};
 use crate::session::introspect::Introspector;
 use crate::session::jwt::JwtKey;
 use crate::session::{Session, SessionLayer};
-use crate::upstream::{build_client, root_store, tls_config, SetupError};
+use crate::shed::ShedLayer;
+use crate::upstream::{build_client, root_store, tls_config, SetupError, UpstreamTls};
 use crate::validate::{ContractConfig, ContractLayer};
 use crate::Body;
 
@@ -26,30 +27,37 @@ use crate::Body;
 pub struct Options {
     /// The clock that judges session-cache freshness and token times.
     pub clock: Arc<dyn Clock>,
+    /// How often the certificate files are checked for changes.
+    pub reload_poll: std::time::Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             clock: Arc::new(SystemClock),
+            reload_poll: std::time::Duration::from_secs(2),
         }
     }
 }
 
-/// Builds the gateway's request stack from the config. Tests, benches and fuzz targets call this
-/// to get exactly what the listener serves.
+/// Builds the gateway's request stack from the config, with the handle that reloads the upstream's
+/// trust anchors. Tests, benches and fuzz targets call this to get exactly what the listener serves.
 pub fn build(
     config: &Config,
     metrics: &Metrics,
     options: &Options,
 ) -> Result<
-    impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
-        + Clone
-        + Send
-        + 'static,
+    (
+        impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+            + Clone
+            + Send
+            + 'static,
+        UpstreamTls,
+    ),
     SetupError,
 > {
-    let client = build_client(&config.upstream, metrics.upstream_connections_opened.clone())?;
+    let (client, upstream_tls) =
+        build_client(&config.upstream, metrics.upstream_connections_opened.clone())?;
     let forward = ForwardConfig {
         target: config
             .upstream_target()
@@ -64,13 +72,15 @@ pub fn build(
         body_read_timeout: config.limits.body_read_timeout.0,
     };
     let session = build_session(&config.session, config, metrics, options)?;
-    Ok(ServiceBuilder::new()
+    let service = ServiceBuilder::new()
         // Outermost: every response, the gateway's own included, carries the request id.
         .layer(RequestIdLayer)
         // Sees every request once, whoever answers it, for metrics and the access log.
         .layer(ObserveLayer::new(metrics.clone()))
         // The one place where errors and panics from below become problem responses.
         .layer(ProblemLayer)
+        // Shed beyond max_concurrent_requests before spending anything on the request.
+        .layer(ShedLayer::new(config.limits.max_concurrent_requests))
         // Framing and header abuse and non-canonical paths, on every route, before any work.
         .layer(EdgeLayer::new(config.validation.unknown_routes))
         // The update-contact contract (stages 1-5); buffers only that route's body.
@@ -78,7 +88,8 @@ pub fn build(
         // Stage 6, only for requests that passed the contract: the cheapest checks are done.
         .layer(SessionLayer::new(session))
         // Innermost: rewrite for the upstream and send through the pooled TLS client.
-        .service(Forward::new(client, forward)))
+        .service(Forward::new(client, forward));
+    Ok((service, upstream_tls))
 }
 
 fn build_session(

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -67,12 +67,35 @@ impl Service<Uri> for TcpConnector {
     }
 }
 
-/// The connector the pool uses: TCP + TLS within `timeout`, counted once established.
+/// The connector the pool uses: TCP + TLS within `timeout`, counted once established. Its TLS
+/// settings can be swapped (`UpstreamTls::reload`) without touching pooled connections.
 #[derive(Clone)]
 pub struct Connector {
-    https: HttpsConnector<TcpConnector>,
+    https: Arc<RwLock<HttpsConnector<TcpConnector>>>,
     timeout: Duration,
     opened: IntCounter,
+}
+
+/// Re-reads `[upstream] ca_file` into the connector.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    https: Arc<RwLock<HttpsConnector<TcpConnector>>>,
+    cfg: UpstreamConfig,
+}
+
+impl UpstreamTls {
+    /// A bad file is refused and the old trust anchors stay in force.
+    pub fn reload(&self) -> Result<(), SetupError> {
+        let fresh = https_connector(&self.cfg)?;
+        if let Ok(mut current) = self.https.write() {
+            *current = fresh;
+        }
+        Ok(())
+    }
+
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.cfg.ca_file.as_deref()
+    }
 }
 
 impl Service<Uri> for Connector {
@@ -80,12 +103,17 @@ impl Service<Uri> for Connector {
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.https.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // HttpConnector and hyper-rustls are always ready.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let fut = self.https.call(uri);
+        let mut https = match self.https.read() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let fut = https.call(uri);
         let timeout = self.timeout;
         let opened = self.opened.clone();
         Box::pin(async move {
@@ -137,11 +165,7 @@ pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, 
         .with_no_client_auth())
 }
 
-/// Builds the pooled client for `[upstream]`.
-pub fn build_client(
-    cfg: &UpstreamConfig,
-    opened: IntCounter,
-) -> Result<UpstreamClient, SetupError> {
+fn https_connector(cfg: &UpstreamConfig) -> Result<HttpsConnector<TcpConnector>, SetupError> {
     let tls = tls_config(root_store(cfg.ca_file.as_deref())?)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -151,23 +175,36 @@ pub fn build_client(
         .with_tls_config(tls)
         .https_only()
         .enable_http1();
-    let https = if cfg.http2 {
+    Ok(if cfg.http2 {
         builder.enable_http2().wrap_connector(TcpConnector(http))
     } else {
         builder.wrap_connector(TcpConnector(http))
+    })
+}
+
+/// Builds the pooled client for `[upstream]`, and the handle that reloads its trust anchors.
+pub fn build_client(
+    cfg: &UpstreamConfig,
+    opened: IntCounter,
+) -> Result<(UpstreamClient, UpstreamTls), SetupError> {
+    let https = Arc::new(RwLock::new(https_connector(cfg)?));
+    let reload = UpstreamTls {
+        https: https.clone(),
+        cfg: cfg.clone(),
     };
     let connector = Connector {
         https,
         timeout: cfg.connect_timeout.0,
         opened,
     };
-    Ok(Client::builder(TokioExecutor::new())
+    let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(cfg.pool_idle_timeout.0)
         .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .retry_canceled_requests(true)
-        .build(connector))
+        .build(connector);
+    Ok((client, reload))
 }
 
 /// Sorts a client error into its `kind` by walking its source chain for typed markers; never by

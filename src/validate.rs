@@ -23,7 +23,8 @@ use crate::observe::Validated;
 use crate::outcome::Reason;
 use crate::request_id::RequestId;
 use crate::route::{match_route, Route, RouteLabel};
-use crate::{full_body, Body};
+use crate::body::DeadlineBody;
+use crate::{box_body, full_body, Body};
 
 /// The contract layer's part of the config.
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +157,9 @@ where
             Route::UpdateContact { .. }
         );
         if !is_route {
+            // Streamed through, under the same whole-body deadline.
+            let timeout = self.cfg.body_read_timeout;
+            let req = req.map(|body| box_body(DeadlineBody::new(body, timeout)));
             return ResponseFuture::calling(self.inner.call(req), false);
         }
         if let Err(e) = check_headers(req.headers())

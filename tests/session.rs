@@ -33,7 +33,7 @@ async fn setup_with(answer: Verdict, tweak: impl FnOnce(&mut Config, &Pki)) -> S
     tweak(&mut config, &pki);
     config.validate().unwrap();
     let clock = ManualClock::new();
-    let gw = companies_gateway::start_with(config, Options { clock: Arc::new(clock.clone()) })
+    let gw = companies_gateway::start_with(config, Options { clock: Arc::new(clock.clone()), ..Options::default() })
         .await
         .unwrap();
     Setup { _pki: pki, mock, intro, gw, clock }
