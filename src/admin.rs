@@ -29,8 +29,10 @@ pub fn handle<B>(req: &Request<B>, metrics: &Metrics, ready: &Readiness) -> Resp
     let text = |status: StatusCode, body: &'static str| {
         let mut res = Response::new(full_body(body));
         *res.status_mut() = status;
-        res.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        res.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         res
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {

@@ -1,5 +1,6 @@
-//! A request body with a deadline for the whole body (`body_read_timeout`), not a per-chunk idle
-//! timer: one byte every few seconds cannot keep a request alive.
+//! A streamed request body with a deadline for the whole body (`body_read_timeout`), not a
+//! per-chunk idle timer: one byte every few seconds cannot keep a request alive. Its errors are
+//! marked as the client's, so that a broken client body is never blamed on the upstream.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +18,11 @@ use crate::{Body, BoxError};
 #[derive(Debug, thiserror::Error)]
 #[error("request body not received within the deadline")]
 pub struct BodyDeadline;
+
+/// The client's body failed (bad chunk, connection lost).
+#[derive(Debug, thiserror::Error)]
+#[error("request body: {0}")]
+pub struct ClientBodyError(#[source] BoxError);
 
 pin_project! {
     pub struct DeadlineBody {
@@ -40,10 +46,15 @@ impl HttpBody for DeadlineBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            return Poll::Ready(frame);
+            return Poll::Ready(
+                frame.map(|f| f.map_err(|e| Box::new(ClientBodyError(e)) as BoxError)),
+            );
         }
         match this.deadline.poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyDeadline)))),
@@ -60,16 +71,25 @@ impl HttpBody for DeadlineBody {
     }
 }
 
-/// Whether `err`, or anything in its source chain, is a missed body deadline.
-pub fn is_deadline(err: &(dyn std::error::Error + 'static)) -> bool {
+/// What a streamed body's failure says about the client, found in an error's source chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    Deadline,
+    Body,
+}
+
+pub fn client_fault(err: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
     let mut e: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(cur) = e {
         if cur.is::<BodyDeadline>() {
-            return true;
+            return Some(ClientFault::Deadline);
+        }
+        if cur.is::<ClientBodyError>() {
+            return Some(ClientFault::Body);
         }
         e = cur.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -81,7 +101,10 @@ mod tests {
     async fn a_slow_body_fails_at_the_deadline_even_if_bytes_trickle() {
         let stream = futures_util::stream::unfold(0u8, |n| async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            Some((Ok::<_, BoxError>(Frame::data(Bytes::from(vec![n]))), n.wrapping_add(1)))
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from(vec![n]))),
+                n.wrapping_add(1),
+            ))
         });
         let body = crate::box_body(StreamBody::new(stream));
         let err = DeadlineBody::new(body, Duration::from_millis(3500))
@@ -89,7 +112,7 @@ mod tests {
             .await
             .err()
             .unwrap();
-        assert!(is_deadline(&*err));
+        assert_eq!(client_fault(&*err), Some(ClientFault::Deadline));
     }
 
     #[tokio::test]

@@ -342,7 +342,9 @@ pub struct UpstreamTarget {
 
 impl UpstreamTarget {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
         match uri.scheme_str() {
             Some("https") => {}
             Some("http") => return Err("http:// is refused: the upstream must be https".into()),
@@ -458,9 +460,15 @@ impl Config {
         let non_zero: [(&'static str, Duration); 5] = [
             ("upstream.connect_timeout", self.upstream.connect_timeout.0),
             ("upstream.request_timeout", self.upstream.request_timeout.0),
-            ("limits.header_read_timeout", self.limits.header_read_timeout.0),
+            (
+                "limits.header_read_timeout",
+                self.limits.header_read_timeout.0,
+            ),
             ("limits.body_read_timeout", self.limits.body_read_timeout.0),
-            ("session.introspect_timeout", self.session.introspect_timeout.0),
+            (
+                "session.introspect_timeout",
+                self.session.introspect_timeout.0,
+            ),
         ];
         for (key, d) in non_zero {
             if d.is_zero() {
@@ -489,7 +497,10 @@ impl Config {
             ));
         }
         if self.limits.h2_max_concurrent_streams == 0 {
-            return Err(invalid("limits.h2_max_concurrent_streams", "must be greater than 0"));
+            return Err(invalid(
+                "limits.h2_max_concurrent_streams",
+                "must be greater than 0",
+            ));
         }
         let keys = [
             &self.session.jwt_hs256_secret_file,
@@ -533,7 +544,9 @@ impl Config {
 
 /// https, or http only to a loopback address (a sidecar).
 fn check_introspect_url(url: &str) -> Result<(), String> {
-    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     let host = uri.host().ok_or("has no host")?;
     match uri.scheme_str() {
         Some("https") => Ok(()),
@@ -664,9 +677,12 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_their_name_and_line() {
-        let err = load("[upstream]\nurl = \"https://a.example\"\nretries = 3\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = load(
+            "[upstream]\nurl = \"https://a.example\"\nretries = 3\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("retries"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         let err = load("[upstrem]\n", &[]).unwrap_err().to_string();
@@ -678,7 +694,10 @@ mod tests {
         let err = load("[limits]\nmax_body_bytes = \"big\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("max_body_bytes") && err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("max_body_bytes") && err.contains("line 2"),
+            "{err}"
+        );
         let err = load("[upstream]\nrequest_timeout = \"15 parsecs\"\n", &[])
             .unwrap_err()
             .to_string();
@@ -719,7 +738,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("GATEWAY_LIMITS_MAX_BODY_BYTES"), "{err}");
-        let err = load("", &[("GATEWAY_NOPE_X", "1")]).unwrap_err().to_string();
+        let err = load("", &[("GATEWAY_NOPE_X", "1")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("GATEWAY_NOPE_X"), "{err}");
         let err = load("", &[("GATEWAY_LIMITS_NOPE", "1")])
             .unwrap_err()
@@ -744,7 +765,10 @@ mod tests {
         let cases = [
             ("[listener]\ntls_cert = \"a.pem\"\n", "listener.tls_cert"),
             ("[admin]\naddr = \"0.0.0.0:8080\"\n", "admin.addr"),
-            ("[upstream]\nrequest_timeout = \"0s\"\n", "upstream.request_timeout"),
+            (
+                "[upstream]\nrequest_timeout = \"0s\"\n",
+                "upstream.request_timeout",
+            ),
             ("[metrics]\nbuckets = [1.0, 0.5]\n", "metrics.buckets"),
             (
                 "[session]\nintrospect_url = \"http://auth.example/x\"\n",
@@ -756,7 +780,11 @@ mod tests {
             let err = load(text, &[]).unwrap_err().to_string();
             assert!(err.starts_with(key), "{text}: {err}");
         }
-        load("[session]\nintrospect_url = \"http://127.0.0.1:9/x\"\n", &[]).unwrap();
+        load(
+            "[session]\nintrospect_url = \"http://127.0.0.1:9/x\"\n",
+            &[],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -1140,6 +1140,7 @@ mod tests {
 
     // ----- body: boundaries -----
 
+    #[rustfmt::skip]
     #[test]
     fn body_table() {
         let ok: &[(Field, Code, &str)] = &[];
@@ -1155,523 +1156,119 @@ mod tests {
                 want(ok),
             ),
             ("notify true".into(), r#"{"notify":true}"#.into(), want(ok)),
-            (
-                "notify false".into(),
-                r#" {"notify" : false} "#.into(),
-                want(ok),
-            ),
-            (
-                "trailing whitespace".into(),
-                "{\"notify\":true}\r\n\t ".into(),
-                want(ok),
-            ),
+            ("notify false".into(), r#" {"notify" : false} "#.into(), want(ok)),
+            ("trailing whitespace".into(), "{\"notify\":true}\r\n\t ".into(), want(ok)),
             // name
-            (
-                "name 250".into(),
-                with(&format!(r#","name":"{}""#, rep("a", 250))),
-                want(ok),
-            ),
-            (
-                "name 251".into(),
-                with(&format!(r#","name":"{}""#, rep("a", 251))),
-                want(&[(F::Name, C::MaxLength, "/name")]),
-            ),
-            (
-                "name 250 é".into(),
-                with(&format!(r#","name":"{}""#, rep("é", 250))),
-                want(ok),
-            ),
-            (
-                "name 251 é".into(),
-                with(&format!(r#","name":"{}""#, rep("é", 251))),
-                want(&[(F::Name, C::MaxLength, "/name")]),
-            ),
-            (
-                "name 250 emoji".into(),
-                with(&format!(r#","name":"{}""#, rep("😀", 250))),
-                want(ok),
-            ),
-            (
-                "name 251 emoji".into(),
-                with(&format!(r#","name":"{}""#, rep("😀", 251))),
-                want(&[(F::Name, C::MaxLength, "/name")]),
-            ),
-            (
-                "name 250 \\u00e9".into(),
-                with(&format!(r#","name":"{}""#, rep("\\u00e9", 250))),
-                want(ok),
-            ),
-            (
-                "name 251 \\u00e9".into(),
-                with(&format!(r#","name":"{}""#, rep("\\u00e9", 251))),
-                want(&[(F::Name, C::MaxLength, "/name")]),
-            ),
-            (
-                "name 250 surrogate pairs".into(),
-                with(&format!(r#","name":"{}""#, rep("\\ud83d\\ude00", 250))),
-                want(ok),
-            ),
-            (
-                "name 251 surrogate pairs".into(),
-                with(&format!(r#","name":"{}""#, rep("\\ud83d\\ude00", 251))),
-                want(&[(F::Name, C::MaxLength, "/name")]),
-            ),
-            (
-                "name 250 mixed escapes".into(),
-                with(&format!(
-                    r#","name":"{}{}""#,
-                    rep("\\n\\\"", 100),
-                    rep("x", 50)
-                )),
-                want(ok),
-            ),
+            ("name 250".into(), with(&format!(r#","name":"{}""#, rep("a", 250))), want(ok)),
+            ("name 251".into(), with(&format!(r#","name":"{}""#, rep("a", 251))), want(&[(F::Name, C::MaxLength, "/name")])),
+            ("name 250 é".into(), with(&format!(r#","name":"{}""#, rep("é", 250))), want(ok)),
+            ("name 251 é".into(), with(&format!(r#","name":"{}""#, rep("é", 251))), want(&[(F::Name, C::MaxLength, "/name")])),
+            ("name 250 emoji".into(), with(&format!(r#","name":"{}""#, rep("😀", 250))), want(ok)),
+            ("name 251 emoji".into(), with(&format!(r#","name":"{}""#, rep("😀", 251))), want(&[(F::Name, C::MaxLength, "/name")])),
+            ("name 250 \\u00e9".into(), with(&format!(r#","name":"{}""#, rep("\\u00e9", 250))), want(ok)),
+            ("name 251 \\u00e9".into(), with(&format!(r#","name":"{}""#, rep("\\u00e9", 251))), want(&[(F::Name, C::MaxLength, "/name")])),
+            ("name 250 surrogate pairs".into(), with(&format!(r#","name":"{}""#, rep("\\ud83d\\ude00", 250))), want(ok)),
+            ("name 251 surrogate pairs".into(), with(&format!(r#","name":"{}""#, rep("\\ud83d\\ude00", 251))), want(&[(F::Name, C::MaxLength, "/name")])),
+            ("name 250 mixed escapes".into(), with(&format!(r#","name":"{}{}""#, rep("\\n\\\"", 100), rep("x", 50))), want(ok)),
             ("name empty".into(), with(r#","name":"""#), want(ok)),
-            (
-                "name null".into(),
-                with(r#","name":null"#),
-                want(&[(F::Name, C::Type, "/name")]),
-            ),
-            (
-                "name number".into(),
-                with(r#","name":1"#),
-                want(&[(F::Name, C::Type, "/name")]),
-            ),
-            (
-                "name array".into(),
-                with(r#","name":["a"]"#),
-                want(&[(F::Name, C::Type, "/name")]),
-            ),
-            (
-                "name object".into(),
-                with(r#","name":{}"#),
-                want(&[(F::Name, C::Type, "/name")]),
-            ),
-            (
-                "name bool".into(),
-                with(r#","name":false"#),
-                want(&[(F::Name, C::Type, "/name")]),
-            ),
+            ("name null".into(), with(r#","name":null"#), want(&[(F::Name, C::Type, "/name")])),
+            ("name number".into(), with(r#","name":1"#), want(&[(F::Name, C::Type, "/name")])),
+            ("name array".into(), with(r#","name":["a"]"#), want(&[(F::Name, C::Type, "/name")])),
+            ("name object".into(), with(r#","name":{}"#), want(&[(F::Name, C::Type, "/name")])),
+            ("name bool".into(), with(r#","name":false"#), want(&[(F::Name, C::Type, "/name")])),
             // email
-            (
-                "email 250".into(),
-                with(&format!(r#","email":"{}""#, email_of_len(250))),
-                want(ok),
-            ),
-            (
-                "email 251".into(),
-                with(&format!(r#","email":"{}""#, email_of_len(251))),
-                want(&[(F::Email, C::MaxLength, "/email")]),
-            ),
-            (
-                "email plain".into(),
-                with(r#","email":"first.last+tag@sub.example.co""#),
-                want(ok),
-            ),
-            (
-                "email unicode".into(),
-                with(r#","email":"josé@bücher.de""#),
-                want(ok),
-            ),
+            ("email 250".into(), with(&format!(r#","email":"{}""#, email_of_len(250))), want(ok)),
+            ("email 251".into(), with(&format!(r#","email":"{}""#, email_of_len(251))), want(&[(F::Email, C::MaxLength, "/email")])),
+            ("email plain".into(), with(r#","email":"first.last+tag@sub.example.co""#), want(ok)),
+            ("email unicode".into(), with(r#","email":"josé@bücher.de""#), want(ok)),
             ("email null".into(), with(r#","email":null"#), want(ok)),
-            (
-                "email no dot".into(),
-                with(r#","email":"a@localhost""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email trailing dot".into(),
-                with(r#","email":"a@b.com.""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email leading dot".into(),
-                with(r#","email":"a@.b.com""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email display name".into(),
-                with(r#","email":"John <a@b.com>""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email angle".into(),
-                with(r#","email":"<a@b.com>""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email empty display".into(),
-                with(r#","email":" <a@b.com>""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email domain literal".into(),
-                with(r#","email":"a@[1.2.3.4]""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email no at".into(),
-                with(r#","email":"ab.com""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email empty".into(),
-                with(r#","email":"""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email space".into(),
-                with(r#","email":"a b@c.com""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email trailing space".into(),
-                with(r#","email":"a@b.com ""#),
-                want(&[(F::Email, C::Format, "/email")]),
-            ),
-            (
-                "email number".into(),
-                with(r#","email":5"#),
-                want(&[(F::Email, C::Type, "/email")]),
-            ),
-            (
-                "email object".into(),
-                with(r#","email":{"a":1}"#),
-                want(&[(F::Email, C::Type, "/email")]),
-            ),
+            ("email no dot".into(), with(r#","email":"a@localhost""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email trailing dot".into(), with(r#","email":"a@b.com.""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email leading dot".into(), with(r#","email":"a@.b.com""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email display name".into(), with(r#","email":"John <a@b.com>""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email angle".into(), with(r#","email":"<a@b.com>""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email empty display".into(), with(r#","email":" <a@b.com>""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email domain literal".into(), with(r#","email":"a@[1.2.3.4]""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email no at".into(), with(r#","email":"ab.com""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email empty".into(), with(r#","email":"""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email space".into(), with(r#","email":"a b@c.com""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email trailing space".into(), with(r#","email":"a@b.com ""#), want(&[(F::Email, C::Format, "/email")])),
+            ("email number".into(), with(r#","email":5"#), want(&[(F::Email, C::Type, "/email")])),
+            ("email object".into(), with(r#","email":{"a":1}"#), want(&[(F::Email, C::Type, "/email")])),
             // phones
             ("phones empty".into(), with(r#","phones":[]"#), want(ok)),
-            (
-                "phones 5".into(),
-                with(r#","phones":["1","2","3","4","5"]"#),
-                want(ok),
-            ),
-            (
-                "phones 6".into(),
-                with(r#","phones":["1","2","3","4","5","6"]"#),
-                want(&[(F::Phones, C::MaxItems, "/phones")]),
-            ),
-            (
-                "phone 50".into(),
-                with(&format!(r#","phones":["1","{}"]"#, rep("9", 50))),
-                want(ok),
-            ),
-            (
-                "phone 51".into(),
-                with(&format!(r#","phones":["1","{}"]"#, rep("9", 51))),
-                want(&[(F::Phones, C::MaxLength, "/phones/1")]),
-            ),
-            (
-                "phone 50 emoji".into(),
-                with(&format!(r#","phones":["{}"]"#, rep("😀", 50))),
-                want(ok),
-            ),
-            (
-                "phone 51 escaped".into(),
-                with(&format!(r#","phones":["{}"]"#, rep("\\u0031", 51))),
-                want(&[(F::Phones, C::MaxLength, "/phones/0")]),
-            ),
-            (
-                "phone number".into(),
-                with(r#","phones":[1,"2",null]"#),
-                want(&[
-                    (F::Phones, C::Type, "/phones/0"),
-                    (F::Phones, C::Type, "/phones/2"),
-                ]),
-            ),
+            ("phones 5".into(), with(r#","phones":["1","2","3","4","5"]"#), want(ok)),
+            ("phones 6".into(), with(r#","phones":["1","2","3","4","5","6"]"#), want(&[(F::Phones, C::MaxItems, "/phones")])),
+            ("phone 50".into(), with(&format!(r#","phones":["1","{}"]"#, rep("9", 50))), want(ok)),
+            ("phone 51".into(), with(&format!(r#","phones":["1","{}"]"#, rep("9", 51))), want(&[(F::Phones, C::MaxLength, "/phones/1")])),
+            ("phone 50 emoji".into(), with(&format!(r#","phones":["{}"]"#, rep("😀", 50))), want(ok)),
+            ("phone 51 escaped".into(), with(&format!(r#","phones":["{}"]"#, rep("\\u0031", 51))), want(&[(F::Phones, C::MaxLength, "/phones/0")])),
+            ("phone number".into(), with(r#","phones":[1,"2",null]"#), want(&[(F::Phones, C::Type, "/phones/0"), (F::Phones, C::Type, "/phones/2")])),
             (
                 "phones 7 with bad items".into(),
-                with(&format!(
-                    r#","phones":["1",{{}},"3","4","5","6","{}"]"#,
-                    rep("x", 51)
-                )),
-                want(&[
-                    (F::Phones, C::MaxItems, "/phones"),
-                    (F::Phones, C::Type, "/phones/1"),
-                    (F::Phones, C::MaxLength, "/phones/6"),
-                ]),
+                with(&format!(r#","phones":["1",{{}},"3","4","5","6","{}"]"#, rep("x", 51))),
+                want(&[(F::Phones, C::MaxItems, "/phones"), (F::Phones, C::Type, "/phones/1"), (F::Phones, C::MaxLength, "/phones/6")]),
             ),
-            (
-                "phones null".into(),
-                with(r#","phones":null"#),
-                want(&[(F::Phones, C::Type, "/phones")]),
-            ),
-            (
-                "phones string".into(),
-                with(r#","phones":"123""#),
-                want(&[(F::Phones, C::Type, "/phones")]),
-            ),
-            (
-                "phones object".into(),
-                with(r#","phones":{"0":"1"}"#),
-                want(&[(F::Phones, C::Type, "/phones")]),
-            ),
+            ("phones null".into(), with(r#","phones":null"#), want(&[(F::Phones, C::Type, "/phones")])),
+            ("phones string".into(), with(r#","phones":"123""#), want(&[(F::Phones, C::Type, "/phones")])),
+            ("phones object".into(), with(r#","phones":{"0":"1"}"#), want(&[(F::Phones, C::Type, "/phones")])),
             // comment
-            (
-                "comment 2500".into(),
-                with(&format!(r#","comment":"{}""#, rep("c", 2500))),
-                want(ok),
-            ),
-            (
-                "comment 2501".into(),
-                with(&format!(r#","comment":"{}""#, rep("c", 2501))),
-                want(&[(F::Comment, C::MaxLength, "/comment")]),
-            ),
-            (
-                "comment 2500 emoji".into(),
-                with(&format!(r#","comment":"{}""#, rep("😀", 2500))),
-                want(ok),
-            ),
-            (
-                "comment 2501 é".into(),
-                with(&format!(r#","comment":"{}""#, rep("é", 2501))),
-                want(&[(F::Comment, C::MaxLength, "/comment")]),
-            ),
+            ("comment 2500".into(), with(&format!(r#","comment":"{}""#, rep("c", 2500))), want(ok)),
+            ("comment 2501".into(), with(&format!(r#","comment":"{}""#, rep("c", 2501))), want(&[(F::Comment, C::MaxLength, "/comment")])),
+            ("comment 2500 emoji".into(), with(&format!(r#","comment":"{}""#, rep("😀", 2500))), want(ok)),
+            ("comment 2501 é".into(), with(&format!(r#","comment":"{}""#, rep("é", 2501))), want(&[(F::Comment, C::MaxLength, "/comment")])),
             ("comment null".into(), with(r#","comment":null"#), want(ok)),
-            (
-                "comment bool".into(),
-                with(r#","comment":true"#),
-                want(&[(F::Comment, C::Type, "/comment")]),
-            ),
-            (
-                "comment array".into(),
-                with(r#","comment":[]"#),
-                want(&[(F::Comment, C::Type, "/comment")]),
-            ),
+            ("comment bool".into(), with(r#","comment":true"#), want(&[(F::Comment, C::Type, "/comment")])),
+            ("comment array".into(), with(r#","comment":[]"#), want(&[(F::Comment, C::Type, "/comment")])),
             // notify
-            (
-                "notify absent".into(),
-                r#"{}"#.into(),
-                want(&[(F::Notify, C::Required, "/notify")]),
-            ),
-            (
-                "notify absent with others".into(),
-                r#"{"name":"x"}"#.into(),
-                want(&[(F::Notify, C::Required, "/notify")]),
-            ),
-            (
-                "notify null".into(),
-                r#"{"notify":null}"#.into(),
-                want(&[(F::Notify, C::Type, "/notify")]),
-            ),
-            (
-                "notify string".into(),
-                r#"{"notify":"true"}"#.into(),
-                want(&[(F::Notify, C::Type, "/notify")]),
-            ),
-            (
-                "notify number".into(),
-                r#"{"notify":1}"#.into(),
-                want(&[(F::Notify, C::Type, "/notify")]),
-            ),
-            (
-                "notify object".into(),
-                r#"{"notify":{}}"#.into(),
-                want(&[(F::Notify, C::Type, "/notify")]),
-            ),
+            ("notify absent".into(), r#"{}"#.into(), want(&[(F::Notify, C::Required, "/notify")])),
+            ("notify absent with others".into(), r#"{"name":"x"}"#.into(), want(&[(F::Notify, C::Required, "/notify")])),
+            ("notify null".into(), r#"{"notify":null}"#.into(), want(&[(F::Notify, C::Type, "/notify")])),
+            ("notify string".into(), r#"{"notify":"true"}"#.into(), want(&[(F::Notify, C::Type, "/notify")])),
+            ("notify number".into(), r#"{"notify":1}"#.into(), want(&[(F::Notify, C::Type, "/notify")])),
+            ("notify object".into(), r#"{"notify":{}}"#.into(), want(&[(F::Notify, C::Type, "/notify")])),
             // all absent optional members
-            (
-                "all null-able null".into(),
-                with(r#","email":null,"comment":null"#),
-                want(ok),
-            ),
+            ("all null-able null".into(), with(r#","email":null,"comment":null"#), want(ok)),
             // not an object
-            (
-                "array".into(),
-                "[]".into(),
-                want(&[(F::Document, C::Type, "")]),
-            ),
-            (
-                "array of objects".into(),
-                r#"[{"notify":true}]"#.into(),
-                want(&[(F::Document, C::Type, "")]),
-            ),
-            (
-                "number".into(),
-                "1".into(),
-                want(&[(F::Document, C::Type, "")]),
-            ),
-            (
-                "null".into(),
-                "null".into(),
-                want(&[(F::Document, C::Type, "")]),
-            ),
-            (
-                "string".into(),
-                r#""x""#.into(),
-                want(&[(F::Document, C::Type, "")]),
-            ),
-            (
-                "escaped string".into(),
-                r#""\n""#.into(),
-                want(&[(F::Document, C::Type, "")]),
-            ),
-            (
-                "bool".into(),
-                "true".into(),
-                want(&[(F::Document, C::Type, "")]),
-            ),
+            ("array".into(), "[]".into(), want(&[(F::Document, C::Type, "")])),
+            ("array of objects".into(), r#"[{"notify":true}]"#.into(), want(&[(F::Document, C::Type, "")])),
+            ("number".into(), "1".into(), want(&[(F::Document, C::Type, "")])),
+            ("null".into(), "null".into(), want(&[(F::Document, C::Type, "")])),
+            ("string".into(), r#""x""#.into(), want(&[(F::Document, C::Type, "")])),
+            ("escaped string".into(), r#""\n""#.into(), want(&[(F::Document, C::Type, "")])),
+            ("bool".into(), "true".into(), want(&[(F::Document, C::Type, "")])),
             // syntax
-            (
-                "empty".into(),
-                "".into(),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "whitespace only".into(),
-                " \n ".into(),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "trailing data".into(),
-                r#"{"notify":true} x"#.into(),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "two objects".into(),
-                r#"{"notify":true}{"notify":true}"#.into(),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "trailing comma".into(),
-                r#"{"notify":true,}"#.into(),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "unterminated".into(),
-                r#"{"notify":true"#.into(),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "bom".into(),
-                "\u{feff}{\"notify\":true}".into(),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "lone surrogate".into(),
-                with(r#","name":"\ud800""#),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "raw control char".into(),
-                with(",\"name\":\"a\u{1}b\""),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "single quotes".into(),
-                "{'notify':true}".into(),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "syntax error wins over other problems".into(),
-                r#"{"name":1,"x":2,"#.into(),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
-            (
-                "trailing data after array".into(),
-                "[] x".into(),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
+            ("empty".into(), "".into(), want(&[(F::Document, C::Syntax, "")])),
+            ("whitespace only".into(), " \n ".into(), want(&[(F::Document, C::Syntax, "")])),
+            ("trailing data".into(), r#"{"notify":true} x"#.into(), want(&[(F::Document, C::Syntax, "")])),
+            ("two objects".into(), r#"{"notify":true}{"notify":true}"#.into(), want(&[(F::Document, C::Syntax, "")])),
+            ("trailing comma".into(), r#"{"notify":true,}"#.into(), want(&[(F::Document, C::Syntax, "")])),
+            ("unterminated".into(), r#"{"notify":true"#.into(), want(&[(F::Document, C::Syntax, "")])),
+            ("bom".into(), "\u{feff}{\"notify\":true}".into(), want(&[(F::Document, C::Syntax, "")])),
+            ("lone surrogate".into(), with(r#","name":"\ud800""#), want(&[(F::Document, C::Syntax, "")])),
+            ("raw control char".into(), with(",\"name\":\"a\u{1}b\""), want(&[(F::Document, C::Syntax, "")])),
+            ("single quotes".into(), "{'notify':true}".into(), want(&[(F::Document, C::Syntax, "")])),
+            ("syntax error wins over other problems".into(), r#"{"name":1,"x":2,"#.into(), want(&[(F::Document, C::Syntax, "")])),
+            ("trailing data after array".into(), "[] x".into(), want(&[(F::Document, C::Syntax, "")])),
             // Out of f64's range: serde_json (without arbitrary_precision) refuses it while parsing.
-            (
-                "huge number".into(),
-                with(r#","x":1e400"#),
-                want(&[(F::Document, C::Syntax, "")]),
-            ),
+            ("huge number".into(), with(r#","x":1e400"#), want(&[(F::Document, C::Syntax, "")])),
             // unknown fields and their pointers
-            (
-                "unknown companyId".into(),
-                with(r#","companyId":1"#),
-                want(&[(F::Unknown, C::UnknownField, "/companyId")]),
-            ),
-            (
-                "unknown escaped".into(),
-                with(r#","a/b~c":1"#),
-                want(&[(F::Unknown, C::UnknownField, "/a~1b~0c")]),
-            ),
-            (
-                "unknown ~1 literal".into(),
-                with(r#","~1":1"#),
-                want(&[(F::Unknown, C::UnknownField, "/~01")]),
-            ),
-            (
-                "unknown empty name".into(),
-                with(r#","":1"#),
-                want(&[(F::Unknown, C::UnknownField, "/")]),
-            ),
-            (
-                "unknown case".into(),
-                with(r#","Notify":true"#),
-                want(&[(F::Unknown, C::UnknownField, "/Notify")]),
-            ),
-            (
-                "unknown two".into(),
-                with(r#","x":1,"y":{"z":[]}"#),
-                want(&[
-                    (F::Unknown, C::UnknownField, "/x"),
-                    (F::Unknown, C::UnknownField, "/y"),
-                ]),
-            ),
+            ("unknown companyId".into(), with(r#","companyId":1"#), want(&[(F::Unknown, C::UnknownField, "/companyId")])),
+            ("unknown escaped".into(), with(r#","a/b~c":1"#), want(&[(F::Unknown, C::UnknownField, "/a~1b~0c")])),
+            ("unknown ~1 literal".into(), with(r#","~1":1"#), want(&[(F::Unknown, C::UnknownField, "/~01")])),
+            ("unknown empty name".into(), with(r#","":1"#), want(&[(F::Unknown, C::UnknownField, "/")])),
+            ("unknown case".into(), with(r#","Notify":true"#), want(&[(F::Unknown, C::UnknownField, "/Notify")])),
+            ("unknown two".into(), with(r#","x":1,"y":{"z":[]}"#), want(&[(F::Unknown, C::UnknownField, "/x"), (F::Unknown, C::UnknownField, "/y")])),
             // duplicate keys
-            (
-                "dup notify".into(),
-                r#"{"notify":true,"notify":false}"#.into(),
-                want(&[(F::Document, C::DuplicateKey, "")]),
-            ),
-            (
-                "dup notify escaped".into(),
-                r#"{"notify":true,"\u006eotify":"x"}"#.into(),
-                want(&[(F::Document, C::DuplicateKey, "")]),
-            ),
-            (
-                "dup name second value not checked".into(),
-                with(r#","name":"a","name":5"#),
-                want(&[(F::Document, C::DuplicateKey, "")]),
-            ),
-            (
-                "dup unknown".into(),
-                with(r#","x":1,"x":2"#),
-                want(&[
-                    (F::Unknown, C::UnknownField, "/x"),
-                    (F::Document, C::DuplicateKey, ""),
-                ]),
-            ),
-            (
-                "dup nested in unknown".into(),
-                with(r#","x":{"a":1,"b":{"a":1},"a":2}"#),
-                want(&[
-                    (F::Document, C::DuplicateKey, ""),
-                    (F::Unknown, C::UnknownField, "/x"),
-                ]),
-            ),
-            (
-                "dup in array".into(),
-                with(r#","x":[1,{"k":1,"k":2}]"#),
-                want(&[
-                    (F::Document, C::DuplicateKey, ""),
-                    (F::Unknown, C::UnknownField, "/x"),
-                ]),
-            ),
-            (
-                "dup in phones item".into(),
-                with(r#","phones":[{"k":1,"k":2}]"#),
-                want(&[
-                    (F::Document, C::DuplicateKey, ""),
-                    (F::Phones, C::Type, "/phones/0"),
-                ]),
-            ),
-            (
-                "dup in top-level array".into(),
-                r#"[{"k":1,"k":2}]"#.into(),
-                want(&[
-                    (F::Document, C::Type, ""),
-                    (F::Document, C::DuplicateKey, ""),
-                ]),
-            ),
-            (
-                "same key in sibling objects".into(),
-                with(r#","x":[{"k":1},{"k":2}]"#),
-                want(&[(F::Unknown, C::UnknownField, "/x")]),
-            ),
+            ("dup notify".into(), r#"{"notify":true,"notify":false}"#.into(), want(&[(F::Document, C::DuplicateKey, "")])),
+            ("dup notify escaped".into(), r#"{"notify":true,"\u006eotify":"x"}"#.into(), want(&[(F::Document, C::DuplicateKey, "")])),
+            ("dup name second value not checked".into(), with(r#","name":"a","name":5"#), want(&[(F::Document, C::DuplicateKey, "")])),
+            ("dup unknown".into(), with(r#","x":1,"x":2"#), want(&[(F::Unknown, C::UnknownField, "/x"), (F::Document, C::DuplicateKey, "")])),
+            ("dup nested in unknown".into(), with(r#","x":{"a":1,"b":{"a":1},"a":2}"#), want(&[(F::Document, C::DuplicateKey, ""), (F::Unknown, C::UnknownField, "/x")])),
+            ("dup in array".into(), with(r#","x":[1,{"k":1,"k":2}]"#), want(&[(F::Document, C::DuplicateKey, ""), (F::Unknown, C::UnknownField, "/x")])),
+            ("dup in phones item".into(), with(r#","phones":[{"k":1,"k":2}]"#), want(&[(F::Document, C::DuplicateKey, ""), (F::Phones, C::Type, "/phones/0")])),
+            ("dup in top-level array".into(), r#"[{"k":1,"k":2}]"#.into(), want(&[(F::Document, C::Type, ""), (F::Document, C::DuplicateKey, "")])),
+            ("same key in sibling objects".into(), with(r#","x":[{"k":1},{"k":2}]"#), want(&[(F::Unknown, C::UnknownField, "/x")])),
             (
                 "dup reported once".into(),
                 r#"{"notify":true,"notify":true,"name":"a","name":"b"}"#.into(),
@@ -1696,12 +1293,7 @@ mod tests {
             ),
         ];
         for (name, text, expected) in cases {
-            assert_eq!(
-                body(&text),
-                expected,
-                "case {name:?}: {}",
-                text.chars().take(200).collect::<String>()
-            );
+            assert_eq!(body(&text), expected, "case {name:?}: {}", text.chars().take(200).collect::<String>());
         }
     }
 
@@ -1862,37 +1454,16 @@ mod tests {
 
     // ----- path parameters -----
 
+    #[rustfmt::skip]
     #[test]
     fn path_params_table() {
         let max_plus_one = (i64::MAX as i128 + 1).to_string();
         let min_minus_one = (i64::MIN as i128 - 1).to_string();
         let min = i64::MIN.to_string();
         let max = i64::MAX.to_string();
-        let good = [
-            "1",
-            "-1",
-            "0",
-            "-0",
-            "007",
-            min.as_str(),
-            max.as_str(),
-            "00000000000000000000000000001",
-        ];
+        let good = ["1", "-1", "0", "-0", "007", min.as_str(), max.as_str(), "00000000000000000000000000001"];
         let bad = [
-            "",
-            "-",
-            "+1",
-            "1.0",
-            "1e3",
-            " 1",
-            "1 ",
-            "abc",
-            "--1",
-            "0x1",
-            "1_000",
-            "١",
-            max_plus_one.as_str(),
-            min_minus_one.as_str(),
+            "", "-", "+1", "1.0", "1e3", " 1", "1 ", "abc", "--1", "0x1", "1_000", "١", max_plus_one.as_str(), min_minus_one.as_str(),
             "99999999999999999999999999999",
         ];
         for id in good {
@@ -1942,6 +1513,7 @@ mod tests {
         }
     }
 
+    #[rustfmt::skip]
     #[test]
     fn authorization_table() {
         let t4096 = format!("Bearer {}", "A".repeat(4096));
@@ -1959,10 +1531,7 @@ mod tests {
             (&[t4096.as_bytes()], &[]),
             (&[t4096_pad.as_bytes()], &[]),
             (&[], &["missing"]),
-            (
-                &[b"Bearer SECRETtoken", b"Bearer SECRETtoken"],
-                &["repeated"],
-            ),
+            (&[b"Bearer SECRETtoken", b"Bearer SECRETtoken"], &["repeated"]),
             (&[b"Bearer SECRETtoken", b"Bearer other"], &["repeated"]),
             (&[t4097.as_bytes()], &["too_long"]),
             (&[b""], &["malformed"]),
@@ -1999,6 +1568,7 @@ mod tests {
         }
     }
 
+    #[rustfmt::skip]
     #[test]
     fn session_token_table() {
         let t4096 = "A".repeat(4096);
@@ -2030,6 +1600,7 @@ mod tests {
         }
     }
 
+    #[rustfmt::skip]
     #[test]
     fn content_type_table() {
         let cases: &[(&[&[u8]], &[&str])] = &[
@@ -2040,27 +1611,18 @@ mod tests {
             (&[b"application/json;charset=UTF-8"], &[]),
             (&[b"application/json;charset=\"UTF-8\""], &[]),
             (&[b"application/json; charset=\"utf\\-8\""], &[]),
-            (
-                &[b"application/json ; CHARSET=Utf-8 ;\tfoo=\"a;b \\\" c\""],
-                &[],
-            ),
+            (&[b"application/json ; CHARSET=Utf-8 ;\tfoo=\"a;b \\\" c\""], &[]),
             (&[b"application/json; foo=bar"], &[]),
             (&[b"application/json;"], &[]),
             (&[b"application/json; ;"], &[]),
             (&[b" application/json "], &[]),
             (&[b"application/json", b"application/json"], &[]),
             (&[], &["missing"]),
-            (
-                &[b"application/json", b"application/json; charset=utf-8"],
-                &["repeated"],
-            ),
+            (&[b"application/json", b"application/json; charset=utf-8"], &["repeated"]),
             (&[b"application/json; charset=latin1"], &["unsupported"]),
             (&[b"application/json; charset=\"latin1\""], &["unsupported"]),
             (&[b"application/json; charset=utf8"], &["unsupported"]),
-            (
-                &[b"application/json; charset=utf-8; charset=latin1"],
-                &["unsupported"],
-            ),
+            (&[b"application/json; charset=utf-8; charset=latin1"], &["unsupported"]),
             (&[b"text/plain"], &["unsupported"]),
             (&[b"text/json"], &["unsupported"]),
             (&[b"application/jsonx"], &["unsupported"]),

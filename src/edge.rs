@@ -57,8 +57,8 @@ pub fn check_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
         }
     }
     if headers.contains_key(CONNECTION) {
-        let protected = connection_tokens(headers)
-            .any(|name: HeaderName| PROTECTED.contains(&name.as_str()));
+        let protected =
+            connection_tokens(headers).any(|name: HeaderName| PROTECTED.contains(&name.as_str()));
         if protected {
             return Err(GatewayError::BadRequest(
                 "Connection may not name an end-to-end header the gateway checks",
@@ -145,16 +145,36 @@ mod tests {
             (req("PATCH", route, &[("expect", "200-ok")]), 417),
             (req("GET", "/x", &[("expect", "nope")]), 417),
             (req("PATCH", route, &[("transfer-encoding", "chunked")]), 0),
-            (req("PATCH", route, &[("transfer-encoding", "gzip, chunked")]), 400),
+            (
+                req("PATCH", route, &[("transfer-encoding", "gzip, chunked")]),
+                400,
+            ),
             (req("POST", "/x", &[("transfer-encoding", "identity")]), 400),
-            (req("PATCH", route, &[("upgrade", "h2c"), ("connection", "upgrade")]), 400),
+            (
+                req(
+                    "PATCH",
+                    route,
+                    &[("upgrade", "h2c"), ("connection", "upgrade")],
+                ),
+                400,
+            ),
             (req("GET", "/x", &[("upgrade", "websocket")]), 0),
             (req("PATCH", route, &[("connection", "close")]), 0),
-            (req("PATCH", route, &[("connection", "keep-alive, Authorization")]), 400),
+            (
+                req(
+                    "PATCH",
+                    route,
+                    &[("connection", "keep-alive, Authorization")],
+                ),
+                400,
+            ),
             (req("GET", "/x", &[("connection", "x-session-token")]), 400),
             (req("GET", "/x", &[("connection", "Content-Type")]), 400),
             (req("GET", "/x", &[("connection", "content-length")]), 400),
-            (req("GET", "/x", &[("connection", "transfer-encoding")]), 400),
+            (
+                req("GET", "/x", &[("connection", "transfer-encoding")]),
+                400,
+            ),
             (req("GET", "/x", &[("connection", "host")]), 400),
             (req("GET", "/a//b", &[]), 400),
             (req("GET", "/a/../b", &[]), 400),

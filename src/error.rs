@@ -330,9 +330,7 @@ mod tests {
             GatewayError::upstream(UpstreamErrorKind::Timeout, "slow"),
             GatewayError::Internal("boom".into()),
         ];
-        let expected = [
-            400, 404, 408, 413, 417, 401, 503, 503, 502, 504, 500,
-        ];
+        let expected = [400, 404, 408, 413, 417, 401, 503, 503, 502, 504, 500];
         for (err, status) in all.into_iter().zip(expected) {
             let (res, body) = problem(err).await;
             assert_eq!(res.status().as_u16(), status);
@@ -401,7 +399,10 @@ mod tests {
         ]);
         assert_eq!(err.outcome(), Outcome::rejected(Reason::Path));
         let (_, body) = problem(err).await;
-        assert_eq!(body["type"], "urn:companies-gateway:problem:invalid-request");
+        assert_eq!(
+            body["type"],
+            "urn:companies-gateway:problem:invalid-request"
+        );
         assert_eq!(body["errors"][0]["pointer"], "/notify");
         assert_eq!(body["errors"][0]["code"], "required");
         assert_eq!(body["errors"][1]["parameter"], "companyId");

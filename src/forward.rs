@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::body::is_deadline;
+use crate::body::{client_fault, ClientFault};
 use crate::config::UpstreamTarget;
 use crate::error::GatewayError;
 use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, ConnInfo};
@@ -110,7 +110,9 @@ impl Service<Request<Body>> for Forward {
         let conn = req.extensions().get::<ConnInfo>().copied();
         let prepared = match conn {
             Some(conn) => upstream_request(req, &self.cfg, conn),
-            None => Err(GatewayError::Internal("request without connection info".into())),
+            None => Err(GatewayError::Internal(
+                "request without connection info".into(),
+            )),
         };
         let state = match prepared {
             Ok(req) => State::Sending {
@@ -153,10 +155,17 @@ impl Future for ResponseFuture {
             StateProj::Sending { fut } => {
                 let result = ready!(fut.poll(cx));
                 Poll::Ready(match result {
-                    Err(elapsed) => Err(GatewayError::upstream(UpstreamErrorKind::Timeout, elapsed)),
-                    // Our own body deadline, not the upstream's fault.
-                    Ok(Err(e)) if is_deadline(&e) => Err(GatewayError::RequestTimeout),
-                    Ok(Err(e)) => Err(GatewayError::upstream(classify(&e), e)),
+                    Err(elapsed) => {
+                        Err(GatewayError::upstream(UpstreamErrorKind::Timeout, elapsed))
+                    }
+                    // The client's streamed body failed, not the upstream.
+                    Ok(Err(e)) => Err(match client_fault(&e) {
+                        Some(ClientFault::Deadline) => GatewayError::RequestTimeout,
+                        Some(ClientFault::Body) => {
+                            GatewayError::BadRequest("the request body was malformed")
+                        }
+                        None => GatewayError::upstream(classify(&e), e),
+                    }),
                     Ok(Ok(res)) => {
                         let timing = UpstreamTiming {
                             status: res.status(),
@@ -219,10 +228,7 @@ mod tests {
 
     #[test]
     fn a_root_base_path_adds_nothing() {
-        let req = Request::builder()
-            .uri("/x/y")
-            .body(empty_body())
-            .unwrap();
+        let req = Request::builder().uri("/x/y").body(empty_body()).unwrap();
         let out = upstream_request(req, &cfg("https://api.example"), conn()).unwrap();
         assert_eq!(out.uri().to_string(), "https://api.example/x/y");
     }

@@ -194,7 +194,10 @@ mod tests {
             ("x-end-to-end", "b"),
         ]);
         strip_hop_by_hop(&mut h);
-        let left: Vec<_> = h.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
+        let left: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
         assert_eq!(left, vec![("x-end-to-end", "a"), ("x-end-to-end", "b")]);
     }
 

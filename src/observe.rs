@@ -60,7 +60,13 @@ struct Pending {
 }
 
 impl Pending {
-    fn finish(self, status: u16, outcome: Outcome, upstream: Option<UpstreamTiming>, validated: bool) {
+    fn finish(
+        self,
+        status: u16,
+        outcome: Outcome,
+        upstream: Option<UpstreamTiming>,
+        validated: bool,
+    ) {
         let m = &self.metrics;
         let elapsed = self.started.elapsed();
         let route = self.route.as_str();
@@ -73,7 +79,9 @@ impl Pending {
             .with_label_values(&[route, outcome.kind.as_str()])
             .observe(elapsed.as_secs_f64());
         if let Some(reason) = outcome.reason {
-            m.rejections.with_label_values(&[route, reason.as_str()]).inc();
+            m.rejections
+                .with_label_values(&[route, reason.as_str()])
+                .inc();
         }
         if let Some(kind) = outcome.upstream_error {
             m.upstream_errors.with_label_values(&[kind.as_str()]).inc();
@@ -192,11 +200,15 @@ where
             p.metrics.inflight_requests.dec();
             match &result {
                 Ok(res) => {
-                    let outcome = res.extensions().get::<Outcome>().copied().unwrap_or(Outcome {
-                        kind: OutcomeKind::Error,
-                        reason: None,
-                        upstream_error: None,
-                    });
+                    let outcome = res
+                        .extensions()
+                        .get::<Outcome>()
+                        .copied()
+                        .unwrap_or(Outcome {
+                            kind: OutcomeKind::Error,
+                            reason: None,
+                            upstream_error: None,
+                        });
                     let upstream = res.extensions().get::<UpstreamTiming>().copied();
                     let validated = res.extensions().get::<Validated>().is_some();
                     p.finish(res.status().as_u16(), outcome, upstream, validated);

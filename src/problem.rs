@@ -182,7 +182,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_in_call_is_a_500() {
-        let res = ProblemLayer.layer(PanicsInCall).oneshot(req()).await.unwrap();
+        let res = ProblemLayer
+            .layer(PanicsInCall)
+            .oneshot(req())
+            .await
+            .unwrap();
         assert_eq!(res.status(), 500);
     }
 }

@@ -5,9 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use pin_project_lite::pin_project;
 use http::header::HeaderName;
 use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

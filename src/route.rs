@@ -88,9 +88,7 @@ impl NonCanonical {
         match self {
             NonCanonical::EmptySegment => "the path has an empty segment (`//`)",
             NonCanonical::DotSegment => "the path has a `.` or `..` segment",
-            NonCanonical::EncodedUnreserved => {
-                "the path percent-encodes an unreserved character"
-            }
+            NonCanonical::EncodedUnreserved => "the path percent-encodes an unreserved character",
         }
     }
 }
@@ -146,7 +144,10 @@ mod tests {
         ];
         for path in cases {
             assert!(
-                matches!(match_route(&Method::PATCH, path), Route::UpdateContact { .. }),
+                matches!(
+                    match_route(&Method::PATCH, path),
+                    Route::UpdateContact { .. }
+                ),
                 "{path}"
             );
         }

@@ -98,9 +98,9 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         _ => None,
     };
     let acceptor = match &cert {
-        Some(cert) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(
-            cert.clone(),
-        )?))),
+        Some(cert) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            tls::server_config(cert.clone())?,
+        ))),
         None => None,
     };
     let reloader = Reloader {
@@ -239,7 +239,10 @@ struct Serving {
 impl Serving {
     async fn run<S>(self, listener: TcpListener, stack: S, mut stop: watch::Receiver<bool>)
     where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
         S::Future: Send + 'static,
     {
         let max = self.limits.max_connections;
@@ -285,9 +288,17 @@ impl Serving {
         }
     }
 
-    async fn connection<S>(&self, tcp: TcpStream, peer: SocketAddr, stack: S, stop: watch::Receiver<bool>)
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    async fn connection<S>(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        stack: S,
+        stop: watch::Receiver<bool>,
+    ) where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
         S::Future: Send + 'static,
     {
         let _ = tcp.set_nodelay(true);
@@ -314,10 +325,18 @@ impl Serving {
 
     /// Serves one connection until it ends, closing it gracefully when the gateway stops or when
     /// it has had no request in flight for `idle_timeout`.
-    async fn drive<I, S>(&self, io: I, svc: ConnService<S>, activity: Arc<Activity>, mut stop: watch::Receiver<bool>)
-    where
+    async fn drive<I, S>(
+        &self,
+        io: I,
+        svc: ConnService<S>,
+        activity: Arc<Activity>,
+        mut stop: watch::Receiver<bool>,
+    ) where
         I: Read + Write + Unpin + Send + 'static,
-        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
         S::Future: Send + 'static,
     {
         let idle_timeout = self.limits.idle_timeout.0;

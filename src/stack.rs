@@ -56,8 +56,10 @@ pub fn build(
     ),
     SetupError,
 > {
-    let (client, upstream_tls) =
-        build_client(&config.upstream, metrics.upstream_connections_opened.clone())?;
+    let (client, upstream_tls) = build_client(
+        &config.upstream,
+        metrics.upstream_connections_opened.clone(),
+    )?;
     let forward = ForwardConfig {
         target: config
             .upstream_target()

@@ -33,9 +33,15 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, CertE
         return Err(err("tls_cert", cert, "holds no PEM certificate".into()));
     }
     let key_pem = std::fs::read(key).map_err(|e| err("tls_key", key, e.to_string()))?;
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| err("tls_key", key, e.to_string()))?;
-    CertifiedKey::from_der(chain, private, &default_provider())
-        .map_err(|e| err("tls_key", key, format!("does not match the certificate: {e}")))
+    let private =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| err("tls_key", key, e.to_string()))?;
+    CertifiedKey::from_der(chain, private, &default_provider()).map_err(|e| {
+        err(
+            "tls_key",
+            key,
+            format!("does not match the certificate: {e}"),
+        )
+    })
 }
 
 /// The listener's current certificate.

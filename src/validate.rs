@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::body::DeadlineBody;
 use crate::config::{Mode, UnknownFields};
 use crate::contract::{self, Violation};
 use crate::error::GatewayError;
@@ -23,7 +24,6 @@ use crate::observe::Validated;
 use crate::outcome::Reason;
 use crate::request_id::RequestId;
 use crate::route::{match_route, Route, RouteLabel};
-use crate::body::DeadlineBody;
 use crate::{box_body, full_body, Body};
 
 /// The contract layer's part of the config.
@@ -202,7 +202,10 @@ impl ContractService<()> {
     fn judge(
         &self,
         parts: &mut Parts,
-        read: Result<Result<http_body_util::Collected<Bytes>, crate::BoxError>, tokio::time::error::Elapsed>,
+        read: Result<
+            Result<http_body_util::Collected<Bytes>, crate::BoxError>,
+            tokio::time::error::Elapsed,
+        >,
     ) -> Result<(Bytes, bool), GatewayError> {
         let bytes = match read {
             Err(_) => return Err(GatewayError::RequestTimeout),

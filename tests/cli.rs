@@ -15,7 +15,11 @@ fn check_config_accepts_the_shipped_config() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8(out.stdout).unwrap();
     assert!(printed.contains("https://z52mnqg347.execute-api.eu-west-3.amazonaws.com/main"));
     assert!(printed.contains("[limits]"));
@@ -26,7 +30,11 @@ fn check_config_names_the_bad_key_and_exits_1() {
     let dir = std::env::temp_dir().join(format!("cg-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.toml");
-    std::fs::write(&path, "[upstream]\nurl = \"https://a.example\"\nretry = 1\n").unwrap();
+    std::fs::write(
+        &path,
+        "[upstream]\nurl = \"https://a.example\"\nretry = 1\n",
+    )
+    .unwrap();
     let out = gateway()
         .arg("--check-config")
         .arg("--config")
@@ -54,7 +62,11 @@ fn environment_overrides_reach_the_effective_config_with_secrets_masked() {
         )
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8(out.stdout).unwrap();
     assert!(printed.contains("max_body_bytes = 1234"), "{printed}");
     assert!(!printed.contains("hunter2"), "{printed}");

@@ -12,7 +12,9 @@ use support::*;
 
 const ROUTE: &str = "/companies/v2/rs/1/contacts/2";
 
-async fn setup_with(tweak: impl FnOnce(&mut Config)) -> (Pki, MockUpstream, companies_gateway::Running) {
+async fn setup_with(
+    tweak: impl FnOnce(&mut Config),
+) -> (Pki, MockUpstream, companies_gateway::Running) {
     let pki = Pki::new();
     let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
     let mut config = test_config(&mock.url("/main"), Some(pki.ca_file()));
@@ -25,7 +27,12 @@ async fn setup() -> (Pki, MockUpstream, companies_gateway::Running) {
     setup_with(|_| {}).await
 }
 
-fn patch(gw: &companies_gateway::Running, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Request<Full<Bytes>> {
+fn patch(
+    gw: &companies_gateway::Running,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Request<Full<Bytes>> {
     let mut b = Request::builder()
         .method("PATCH")
         .uri(format!("http://{}{}", gw.public_addr, path));
@@ -42,7 +49,10 @@ const GOOD: [(&str, &str); 3] = [
 ];
 
 fn with(overrides: &[(&str, Option<&str>)]) -> Vec<(String, String)> {
-    let mut h: Vec<(String, String)> = GOOD.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut h: Vec<(String, String)> = GOOD
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     for (name, value) in overrides {
         h.retain(|(k, _)| k != name);
         if let Some(v) = value {
@@ -82,16 +92,48 @@ async fn header_stages_answer_401_and_415_and_never_reach_the_upstream() {
     let long_session = "s".repeat(4097);
     let cases: Vec<(Vec<(String, String)>, u16, &str)> = vec![
         (with(&[("authorization", None)]), 401, "Authorization"),
-        (with(&[("authorization", Some("Basic dXNlcjpwYXNz"))]), 401, "Authorization"),
-        (with(&[("authorization", Some("Bearer"))]), 401, "Authorization"),
-        (with(&[("authorization", Some("Bearer a b"))]), 401, "Authorization"),
-        (with(&[("authorization", Some(&long))]), 401, "Authorization"),
+        (
+            with(&[("authorization", Some("Basic dXNlcjpwYXNz"))]),
+            401,
+            "Authorization",
+        ),
+        (
+            with(&[("authorization", Some("Bearer"))]),
+            401,
+            "Authorization",
+        ),
+        (
+            with(&[("authorization", Some("Bearer a b"))]),
+            401,
+            "Authorization",
+        ),
+        (
+            with(&[("authorization", Some(&long))]),
+            401,
+            "Authorization",
+        ),
         (with(&[("x-session-token", None)]), 401, "X-Session-Token"),
-        (with(&[("x-session-token", Some(""))]), 401, "X-Session-Token"),
-        (with(&[("x-session-token", Some(&long_session))]), 401, "X-Session-Token"),
+        (
+            with(&[("x-session-token", Some(""))]),
+            401,
+            "X-Session-Token",
+        ),
+        (
+            with(&[("x-session-token", Some(&long_session))]),
+            401,
+            "X-Session-Token",
+        ),
         (with(&[("content-type", None)]), 415, "Content-Type"),
-        (with(&[("content-type", Some("text/plain"))]), 415, "Content-Type"),
-        (with(&[("content-type", Some("application/json; charset=latin1"))]), 415, "Content-Type"),
+        (
+            with(&[("content-type", Some("text/plain"))]),
+            415,
+            "Content-Type",
+        ),
+        (
+            with(&[("content-type", Some("application/json; charset=latin1"))]),
+            415,
+            "Content-Type",
+        ),
     ];
     for (headers, status, header) in cases {
         let got = send(patch(&gw, ROUTE, &refs(&headers), EXAMPLE_REQUEST)).await;
@@ -102,7 +144,10 @@ async fn header_stages_answer_401_and_415_and_never_reach_the_upstream() {
             assert_eq!(got.headers["www-authenticate"], "Bearer");
             assert_eq!(p["type"], "urn:companies-gateway:problem:unauthorized");
         } else {
-            assert_eq!(p["type"], "urn:companies-gateway:problem:unsupported-media-type");
+            assert_eq!(
+                p["type"],
+                "urn:companies-gateway:problem:unsupported-media-type"
+            );
         }
         // No secret is echoed.
         let text = String::from_utf8_lossy(&got.body);
@@ -110,7 +155,8 @@ async fn header_stages_answer_401_and_415_and_never_reach_the_upstream() {
     }
     // A repeated Authorization header.
     let mut req = patch(&gw, ROUTE, &GOOD, EXAMPLE_REQUEST);
-    req.headers_mut().append("authorization", "Bearer other".parse().unwrap());
+    req.headers_mut()
+        .append("authorization", "Bearer other".parse().unwrap());
     let got = send(req).await;
     assert_eq!(got.status, 401);
     // Accepted spellings of the headers.
@@ -120,22 +166,46 @@ async fn header_stages_answer_401_and_415_and_never_reach_the_upstream() {
         with(&[("content-type", Some("Application/JSON; charset=UTF-8"))]),
     ] {
         let got = send(patch(&gw, ROUTE, &refs(&headers), EXAMPLE_REQUEST)).await;
-        assert_eq!(got.status, 200, "{headers:?}: {}", String::from_utf8_lossy(&got.body));
+        assert_eq!(
+            got.status,
+            200,
+            "{headers:?}: {}",
+            String::from_utf8_lossy(&got.body)
+        );
     }
-    assert_eq!(mock.count(), 3, "only the accepted spellings reached the upstream");
+    assert_eq!(
+        mock.count(),
+        3,
+        "only the accepted spellings reached the upstream"
+    );
 }
 
 #[tokio::test]
 async fn the_first_failing_stage_answers() {
     let (_pki, mock, gw) = setup().await;
     // Stages 1, 3 and 5 all fail: stage 1 answers.
-    let headers = with(&[("authorization", None), ("content-type", Some("text/plain"))]);
-    let got = send(patch(&gw, "/companies/v2/rs/x/contacts/2", &refs(&headers), b"[")).await;
+    let headers = with(&[
+        ("authorization", None),
+        ("content-type", Some("text/plain")),
+    ]);
+    let got = send(patch(
+        &gw,
+        "/companies/v2/rs/x/contacts/2",
+        &refs(&headers),
+        b"[",
+    ))
+    .await;
     assert_eq!(got.status, 401);
     assert_eq!(got.json()["errors"].as_array().unwrap().len(), 1);
     // Stages 3 and 5: stage 3 answers.
     let headers = with(&[("content-type", Some("text/plain"))]);
-    let got = send(patch(&gw, "/companies/v2/rs/x/contacts/2", &refs(&headers), b"[")).await;
+    let got = send(patch(
+        &gw,
+        "/companies/v2/rs/x/contacts/2",
+        &refs(&headers),
+        b"[",
+    ))
+    .await;
     assert_eq!(got.status, 415);
     assert_eq!(mock.count(), 0);
 }
@@ -148,7 +218,13 @@ async fn every_path_and_body_violation_is_reported_in_one_400() {
         "n".repeat(251),
         "p".repeat(51)
     );
-    let got = send(patch(&gw, "/companies/v2/rs/1.5/contacts/+2", &GOOD, body.as_bytes())).await;
+    let got = send(patch(
+        &gw,
+        "/companies/v2/rs/1.5/contacts/+2",
+        &GOOD,
+        body.as_bytes(),
+    ))
+    .await;
     assert_eq!(got.status, 400);
     let p = got.json();
     assert_eq!(p["type"], "urn:companies-gateway:problem:invalid-request");
@@ -158,7 +234,10 @@ async fn every_path_and_body_violation_is_reported_in_one_400() {
         .iter()
         .map(|e| {
             let at = e.get("pointer").or(e.get("parameter")).unwrap();
-            (at.as_str().unwrap().to_string(), e["code"].as_str().unwrap().to_string())
+            (
+                at.as_str().unwrap().to_string(),
+                e["code"].as_str().unwrap().to_string(),
+            )
         })
         .collect();
     for want in [
@@ -178,11 +257,19 @@ async fn every_path_and_body_violation_is_reported_in_one_400() {
     assert_eq!(errors.len(), 7, "{errors:?}");
     assert_eq!(mock.count(), 0);
     assert_eq!(
-        metric(&gw, "gateway_contract_violations_total{code=\"unknown_field\",field=\"unknown\"}").await,
+        metric(
+            &gw,
+            "gateway_contract_violations_total{code=\"unknown_field\",field=\"unknown\"}"
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        metric(&gw, "gateway_rejections_total{reason=\"path\",route=\"update_contact\"}").await,
+        metric(
+            &gw,
+            "gateway_rejections_total{reason=\"path\",route=\"update_contact\"}"
+        )
+        .await,
         1.0
     );
 }
@@ -197,8 +284,16 @@ async fn a_malformed_document_names_line_and_column() {
     assert_eq!(p["errors"][0]["pointer"], "");
     let detail = p["errors"][0]["detail"].as_str().unwrap();
     // serde_json reports where it gave up: after `tru` and the newline.
-    assert!(detail.contains("line 3") && detail.contains("column"), "{detail}");
-    for body in [&b"{\"notify\":true}{}"[..], b"{\"notify\":true,\"notify\":false}", b"[]", b""] {
+    assert!(
+        detail.contains("line 3") && detail.contains("column"),
+        "{detail}"
+    );
+    for body in [
+        &b"{\"notify\":true}{}"[..],
+        b"{\"notify\":true,\"notify\":false}",
+        b"[]",
+        b"",
+    ] {
         let got = send(patch(&gw, ROUTE, &GOOD, body)).await;
         assert_eq!(got.status, 400, "{}", String::from_utf8_lossy(body));
     }
@@ -211,14 +306,19 @@ async fn bodies_over_the_limit_get_413_declared_or_chunked() {
     let big = format!("{{\"notify\":true,\"comment\":\"{}\"}}", "x".repeat(2000));
     let got = send(patch(&gw, ROUTE, &GOOD, big.as_bytes())).await;
     assert_eq!(got.status, 413);
-    assert_eq!(got.json()["type"], "urn:companies-gateway:problem:payload-too-large");
+    assert_eq!(
+        got.json()["type"],
+        "urn:companies-gateway:problem:payload-too-large"
+    );
 
     // Chunked, with no Content-Length.
     let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = (0..4)
         .map(|_| Ok(http_body::Frame::data(Bytes::from(vec![b' '; 400]))))
         .collect();
     let body = http_body_util::BodyExt::boxed(StreamBody::new(futures_util::stream::iter(chunks)));
-    let mut b = Request::builder().method("PATCH").uri(format!("http://{}{ROUTE}", gw.public_addr));
+    let mut b = Request::builder()
+        .method("PATCH")
+        .uri(format!("http://{}{ROUTE}", gw.public_addr));
     for (k, v) in GOOD {
         b = b.header(k, v);
     }
@@ -230,7 +330,10 @@ async fn bodies_over_the_limit_get_413_declared_or_chunked() {
     assert_eq!(res.status(), 413);
 
     // Exactly at the limit is fine.
-    let at_limit = format!("{{\"notify\":true,\"comment\":\"{}\"}}", "x".repeat(1024 - 28));
+    let at_limit = format!(
+        "{{\"notify\":true,\"comment\":\"{}\"}}",
+        "x".repeat(1024 - 28)
+    );
     assert_eq!(at_limit.len(), 1024);
     let got = send(patch(&gw, ROUTE, &GOOD, at_limit.as_bytes())).await;
     assert_eq!(got.status, 200);
@@ -240,7 +343,10 @@ async fn bodies_over_the_limit_get_413_declared_or_chunked() {
 #[tokio::test]
 async fn route_spellings_are_validated_and_forwarded_as_spelled() {
     let (_pki, mock, gw) = setup().await;
-    for path in ["/companies/v2/rs/1/contacts/2/", "/COMPANIES/V2/rs/1/Contacts/2"] {
+    for path in [
+        "/companies/v2/rs/1/contacts/2/",
+        "/COMPANIES/V2/rs/1/Contacts/2",
+    ] {
         let got = send(patch(&gw, path, &GOOD, b"{}")).await;
         assert_eq!(got.status, 400, "{path} escaped validation");
         let got = send(patch(&gw, path, &GOOD, EXAMPLE_REQUEST)).await;
@@ -264,7 +370,10 @@ async fn non_canonical_paths_are_400_on_every_route() {
     ] {
         let got = send(patch(&gw, path, &GOOD, EXAMPLE_REQUEST)).await;
         assert_eq!(got.status, 400, "{path}");
-        assert_eq!(got.json()["type"], "urn:companies-gateway:problem:bad-request");
+        assert_eq!(
+            got.json()["type"],
+            "urn:companies-gateway:problem:bad-request"
+        );
     }
     assert_eq!(mock.count(), 0);
 }
@@ -282,9 +391,12 @@ async fn other_methods_and_routes_pass_untouched() {
     .await;
     assert_eq!(got.status, 200);
     let got = send(
-        Request::get(format!("http://{}/companies/v2/rs/1/contacts", gw.public_addr))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
+        Request::get(format!(
+            "http://{}/companies/v2/rs/1/contacts",
+            gw.public_addr
+        ))
+        .body(Full::new(Bytes::new()))
+        .unwrap(),
     )
     .await;
     assert_eq!(got.status, 200);
@@ -294,7 +406,8 @@ async fn other_methods_and_routes_pass_untouched() {
 
 #[tokio::test]
 async fn unknown_routes_can_be_rejected() {
-    let (_pki, mock, gw) = setup_with(|c| c.validation.unknown_routes = UnknownRoutes::Reject).await;
+    let (_pki, mock, gw) =
+        setup_with(|c| c.validation.unknown_routes = UnknownRoutes::Reject).await;
     let got = send(
         Request::get(format!("http://{}/elsewhere", gw.public_addr))
             .body(Full::new(Bytes::new()))
@@ -302,7 +415,10 @@ async fn unknown_routes_can_be_rejected() {
     )
     .await;
     assert_eq!(got.status, 404);
-    assert_eq!(got.json()["type"], "urn:companies-gateway:problem:unknown-route");
+    assert_eq!(
+        got.json()["type"],
+        "urn:companies-gateway:problem:unknown-route"
+    );
     let got = send(patch(&gw, ROUTE, &GOOD, EXAMPLE_REQUEST)).await;
     assert_eq!(got.status, 200);
     assert_eq!(mock.count(), 1);
@@ -324,13 +440,24 @@ async fn report_mode_forwards_violations_but_counts_them() {
     let got = send(patch(&gw, ROUTE, &GOOD, body)).await;
     assert_eq!(got.status, 200);
     assert_eq!(&mock.received()[0].body[..], &body[..]);
-    assert_eq!(metric(&gw, "gateway_report_only_total{route=\"update_contact\"}").await, 1.0);
     assert_eq!(
-        metric(&gw, "gateway_contract_violations_total{code=\"required\",field=\"notify\"}").await,
+        metric(&gw, "gateway_report_only_total{route=\"update_contact\"}").await,
         1.0
     );
     assert_eq!(
-        metric(&gw, "gateway_contract_violations_total{code=\"type\",field=\"name\"}").await,
+        metric(
+            &gw,
+            "gateway_contract_violations_total{code=\"required\",field=\"notify\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "gateway_contract_violations_total{code=\"type\",field=\"name\"}"
+        )
+        .await,
         1.0
     );
     // Stages 1-4 are still enforced.
@@ -352,7 +479,9 @@ mod forwarded_byte_for_byte {
         (
             any::<bool>(),
             proptest::option::of(text(250)),
-            proptest::option::of(proptest::option::of("[a-z]{1,10}@[a-z]{1,10}\\.(com|org|fr)")),
+            proptest::option::of(proptest::option::of(
+                "[a-z]{1,10}@[a-z]{1,10}\\.(com|org|fr)",
+            )),
             proptest::option::of(proptest::collection::vec(text(50), 0..=5)),
             proptest::option::of(proptest::option::of(text(300))),
         )
@@ -368,7 +497,10 @@ mod forwarded_byte_for_byte {
                     members.push(format!("\"phones\":{}", serde_json::to_string(&p).unwrap()));
                 }
                 if let Some(c) = comment {
-                    members.push(format!("\"comment\":\n{}", serde_json::to_string(&c).unwrap()));
+                    members.push(format!(
+                        "\"comment\":\n{}",
+                        serde_json::to_string(&c).unwrap()
+                    ));
                 }
                 format!("{{ {} }}", members.join(" ,\t"))
             })

@@ -41,7 +41,10 @@ async fn method_path_query_body_and_end_to_end_headers_pass_as_sent() {
     assert_eq!(&got.body[..], EXAMPLE_RESPONSE);
     let seen = &mock.received()[0];
     assert_eq!(seen.method, "POST");
-    assert_eq!(seen.target, "/main/some/other/route?b=2&a=%2F%20x&a=1&&empty=");
+    assert_eq!(
+        seen.target,
+        "/main/some/other/route?b=2&a=%2F%20x&a=1&&empty="
+    );
     assert_eq!(&seen.body[..], b"raw \x00 body bytes");
     assert_eq!(seen.values("x-multi"), vec!["one", "two, three"]);
     assert_eq!(seen.values("x-other"), vec!["between"]);
@@ -92,7 +95,10 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
         "proxy-authorization",
         "transfer-encoding",
     ] {
-        assert!(seen.headers.get(name).is_none(), "{name} reached the upstream");
+        assert!(
+            seen.headers.get(name).is_none(),
+            "{name} reached the upstream"
+        );
     }
     assert_eq!(seen.values("x-down-end"), vec!["kept"]);
     for name in ["x-up-hop", "keep-alive", "proxy-authenticate", "upgrade"] {
@@ -118,12 +124,18 @@ async fn host_sni_via_are_the_upstreams_and_forwarded_headers_are_replaced() {
     assert_eq!(got.status, 200);
     assert_eq!(got.headers["via"], "1.1 companies-gateway");
     let seen = &mock.received()[0];
-    assert_eq!(seen.values("host"), vec![format!("localhost:{}", mock.addr.port())]);
+    assert_eq!(
+        seen.values("host"),
+        vec![format!("localhost:{}", mock.addr.port())]
+    );
     assert_eq!(seen.sni.as_deref(), Some("localhost"));
     assert_eq!(seen.values("via"), vec!["1.1 companies-gateway"]);
     assert_eq!(seen.values("x-forwarded-for"), vec!["127.0.0.1"]);
     assert_eq!(seen.values("x-forwarded-proto"), vec!["http"]);
-    assert_eq!(seen.values("x-forwarded-host"), vec!["client-facing.example"]);
+    assert_eq!(
+        seen.values("x-forwarded-host"),
+        vec!["client-facing.example"]
+    );
     assert_eq!(
         seen.values("forwarded"),
         vec!["for=127.0.0.1;host=\"client-facing.example\";proto=http"]
@@ -147,7 +159,10 @@ async fn a_trusted_proxy_has_the_peer_appended() {
     )
     .await;
     let seen = &mock.received()[0];
-    assert_eq!(seen.values("x-forwarded-for"), vec!["198.51.100.9, 127.0.0.1"]);
+    assert_eq!(
+        seen.values("x-forwarded-for"),
+        vec!["198.51.100.9, 127.0.0.1"]
+    );
     assert_eq!(seen.values("x-forwarded-proto"), vec!["https"]);
     let forwarded = seen.values("forwarded");
     assert!(
@@ -167,7 +182,10 @@ async fn a_request_id_is_kept_generated_and_returned() {
     )
     .await;
     assert_eq!(got.headers["x-request-id"], "client-chosen-42");
-    assert_eq!(mock.received()[0].values("x-request-id"), vec!["client-chosen-42"]);
+    assert_eq!(
+        mock.received()[0].values("x-request-id"),
+        vec!["client-chosen-42"]
+    );
 
     let got = send(
         Request::get(format!("http://{}/x", gw.public_addr))
@@ -204,7 +222,11 @@ async fn the_gateways_own_responses_carry_the_request_id() {
 }
 
 async fn upstream_error_kind(gw: &companies_gateway::Running, kind: &str) -> f64 {
-    metric(gw, &format!("gateway_upstream_errors_total{{kind=\"{kind}\"}}")).await
+    metric(
+        gw,
+        &format!("gateway_upstream_errors_total{{kind=\"{kind}\"}}"),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -234,7 +256,10 @@ async fn an_untrusted_certificate_is_a_502() {
     )
     .await;
     assert_eq!(got.status, 502);
-    assert_eq!(got.json()["type"], "urn:companies-gateway:problem:bad-gateway");
+    assert_eq!(
+        got.json()["type"],
+        "urn:companies-gateway:problem:bad-gateway"
+    );
     assert_eq!(mock.count(), 0);
     assert_eq!(upstream_error_kind(&gw, "tls").await, 1.0);
 }
@@ -272,7 +297,10 @@ async fn a_slow_upstream_is_a_504() {
     )
     .await;
     assert_eq!(got.status, 504);
-    assert_eq!(got.json()["type"], "urn:companies-gateway:problem:gateway-timeout");
+    assert_eq!(
+        got.json()["type"],
+        "urn:companies-gateway:problem:gateway-timeout"
+    );
     assert_eq!(upstream_error_kind(&gw, "timeout").await, 1.0);
 }
 
@@ -288,7 +316,10 @@ async fn an_absolute_form_target_cannot_steer() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let seen = &mock.received()[0];
     assert_eq!(seen.target, "/main/steer?x=1");
-    assert_eq!(seen.values("host"), vec![format!("localhost:{}", mock.addr.port())]);
+    assert_eq!(
+        seen.values("host"),
+        vec![format!("localhost:{}", mock.addr.port())]
+    );
     assert_eq!(seen.sni.as_deref(), Some("localhost"));
 }
 
@@ -307,7 +338,9 @@ async fn sequential_requests_reuse_pooled_connections() {
             .unwrap();
         assert_eq!(res.status(), 200);
         // Reading the body to its end lets hyper-util hand the connection back to the pool.
-        http_body_util::BodyExt::collect(res.into_body()).await.unwrap();
+        http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap();
     }
     assert_eq!(mock.count(), 10);
     let opened = metric(&gw, "gateway_upstream_connections_opened_total").await;
@@ -323,11 +356,9 @@ async fn sequential_requests_reuse_pooled_connections() {
 #[tokio::test]
 async fn h2c_with_prior_knowledge_is_served() {
     let (_pki, mock, gw) = setup().await;
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .http2_only(true)
-    .build_http::<Full<Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
     let res = client
         .request(
             Request::get(format!("http://{}/h2c", gw.public_addr))

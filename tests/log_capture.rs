@@ -59,24 +59,72 @@ async fn no_token_value_appears_in_any_log_line() {
     };
     // Forwarded (introspection, then cache), rejected by the contract, a malformed Authorization,
     // an invalid session, a verifier error, and an upstream 401 learned.
-    assert_eq!(send(req(format!("Bearer {BEARER}"), SESSION, EXAMPLE_REQUEST)).await.status, 200);
-    assert_eq!(send(req(format!("Bearer {BEARER}"), SESSION, EXAMPLE_REQUEST)).await.status, 200);
-    assert_eq!(send(req(format!("Bearer {BEARER}"), SESSION, b"{}")).await.status, 400);
-    assert_eq!(send(req(format!("Basic {BEARER}"), SESSION, EXAMPLE_REQUEST)).await.status, 401);
-    assert_eq!(send(req(format!("Bearer {BEARER} x"), SESSION, EXAMPLE_REQUEST)).await.status, 401);
+    assert_eq!(
+        send(req(format!("Bearer {BEARER}"), SESSION, EXAMPLE_REQUEST))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(req(format!("Bearer {BEARER}"), SESSION, EXAMPLE_REQUEST))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(req(format!("Bearer {BEARER}"), SESSION, b"{}"))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        send(req(format!("Basic {BEARER}"), SESSION, EXAMPLE_REQUEST))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        send(req(format!("Bearer {BEARER} x"), SESSION, EXAMPLE_REQUEST))
+            .await
+            .status,
+        401
+    );
     intro.set(Verdict::status(401));
-    assert_eq!(send(req(format!("Bearer {BEARER}2"), SESSION, EXAMPLE_REQUEST)).await.status, 401);
+    assert_eq!(
+        send(req(format!("Bearer {BEARER}2"), SESSION, EXAMPLE_REQUEST))
+            .await
+            .status,
+        401
+    );
     intro.set(Verdict::status(500));
-    assert_eq!(send(req(format!("Bearer {BEARER}3"), SESSION, EXAMPLE_REQUEST)).await.status, 503);
+    assert_eq!(
+        send(req(format!("Bearer {BEARER}3"), SESSION, EXAMPLE_REQUEST))
+            .await
+            .status,
+        503
+    );
     intro.set(Verdict::status(200));
     mock.push_reply(Reply::status(401));
-    assert_eq!(send(req(format!("Bearer {BEARER}4"), SESSION, EXAMPLE_REQUEST)).await.status, 401);
-    assert_eq!(send(req(format!("Bearer {BEARER}4"), SESSION, EXAMPLE_REQUEST)).await.status, 401);
+    assert_eq!(
+        send(req(format!("Bearer {BEARER}4"), SESSION, EXAMPLE_REQUEST))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        send(req(format!("Bearer {BEARER}4"), SESSION, EXAMPLE_REQUEST))
+            .await
+            .status,
+        401
+    );
     // Over h2c as well.
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
-    let res = h2.request(req(format!("Bearer {BEARER}"), SESSION, EXAMPLE_REQUEST)).await.unwrap();
+    let res = h2
+        .request(req(format!("Bearer {BEARER}"), SESSION, EXAMPLE_REQUEST))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     drop(gw);
 
@@ -85,7 +133,11 @@ async fn no_token_value_appears_in_any_log_line() {
     assert!(logs.contains("access"), "no access log captured");
     assert!(logs.contains("TRACE"), "no trace-level events captured");
     for secret in [BEARER, SESSION, COOKIE] {
-        let leaked: Vec<&str> = logs.lines().filter(|l| l.contains(secret)).take(3).collect();
+        let leaked: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(secret))
+            .take(3)
+            .collect();
         assert!(leaked.is_empty(), "{secret} leaked into logs: {leaked:#?}");
     }
 }

@@ -13,7 +13,11 @@ use support::*;
 
 const ROUTE: &str = "/companies/v2/rs/1/contacts/2";
 
-fn patch(addr: std::net::SocketAddr, auth: Option<&str>, body: &'static [u8]) -> Request<Full<Bytes>> {
+fn patch(
+    addr: std::net::SocketAddr,
+    auth: Option<&str>,
+    body: &'static [u8],
+) -> Request<Full<Bytes>> {
     let mut b = Request::builder()
         .method("PATCH")
         .uri(format!("http://{addr}{ROUTE}"))
@@ -32,11 +36,23 @@ async fn counters_match_a_known_mix_of_requests() {
     let gw = start_gateway(test_config(&mock.url(""), Some(pki.ca_file()))).await;
     let addr = gw.public_addr;
     for _ in 0..3 {
-        assert_eq!(send(patch(addr, Some("Bearer t"), EXAMPLE_REQUEST)).await.status, 200);
+        assert_eq!(
+            send(patch(addr, Some("Bearer t"), EXAMPLE_REQUEST))
+                .await
+                .status,
+            200
+        );
     }
     assert_eq!(send(patch(addr, None, EXAMPLE_REQUEST)).await.status, 401);
-    assert_eq!(send(patch(addr, Some("Bearer t"), br#"{"notify":1,"x":2}"#)).await.status, 400);
-    let get = Request::get(format!("http://{addr}/other")).body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(
+        send(patch(addr, Some("Bearer t"), br#"{"notify":1,"x":2}"#))
+            .await
+            .status,
+        400
+    );
+    let get = Request::get(format!("http://{addr}/other"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     assert_eq!(send(get).await.status, 200);
     let brew = Request::builder()
         .method("BREW")
@@ -46,10 +62,17 @@ async fn counters_match_a_known_mix_of_requests() {
     assert_eq!(send(brew).await.status, 200);
     // The upstream refuses a request the gateway validated: contract drift.
     mock.push_reply(Reply::status(422));
-    assert_eq!(send(patch(addr, Some("Bearer t"), EXAMPLE_REQUEST)).await.status, 422);
+    assert_eq!(
+        send(patch(addr, Some("Bearer t"), EXAMPLE_REQUEST))
+            .await
+            .status,
+        422
+    );
     // An upstream 400 on a route without a contract is not drift.
     mock.push_reply(Reply::status(400));
-    let get = Request::get(format!("http://{addr}/other")).body(Full::new(Bytes::new())).unwrap();
+    let get = Request::get(format!("http://{addr}/other"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     assert_eq!(send(get).await.status, 400);
 
     let expect = [
@@ -78,7 +101,10 @@ async fn counters_match_a_known_mix_of_requests() {
     for (series, value) in expect {
         assert_eq!(metric(&gw, series).await, value, "{series}");
     }
-    let build = format!("gateway_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    let build = format!(
+        "gateway_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
     assert_eq!(metric(&gw, &build).await, 1.0);
     let opened = metric(&gw, "gateway_upstream_connections_opened_total").await;
     assert!((1.0..=2.0).contains(&opened), "{opened}");
@@ -103,14 +129,22 @@ async fn promtool_accepts_a_real_scrape() {
         .spawn()
         .expect("promtool is needed: install Debian's prometheus package (the README's test command does)");
     use std::io::Write;
-    promtool.stdin.as_ref().unwrap().write_all(text.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .as_ref()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "promtool check metrics failed:\n{report}");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{report}"
+    );
     // Lint findings print even on success; there must be none for our metrics.
     let ours: Vec<&str> = report.lines().filter(|l| l.contains("gateway_")).collect();
     assert!(ours.is_empty(), "promtool lint: {ours:#?}");
@@ -125,8 +159,16 @@ async fn label_sets_stay_bounded() {
     send(patch(gw.public_addr, Some("Bearer warm"), EXAMPLE_REQUEST)).await;
     let client = client();
     for i in 0..1000 {
-        let method = if i % 3 == 0 { format!("M{i}") } else { "PATCH".to_string() };
-        let path = if i % 2 == 0 { ROUTE.to_string() } else { format!("/p/{i}") };
+        let method = if i % 3 == 0 {
+            format!("M{i}")
+        } else {
+            "PATCH".to_string()
+        };
+        let path = if i % 2 == 0 {
+            ROUTE.to_string()
+        } else {
+            format!("/p/{i}")
+        };
         let req = Request::builder()
             .method(method.as_str())
             .uri(format!("http://{}{path}", gw.public_addr))
@@ -137,7 +179,9 @@ async fn label_sets_stay_bounded() {
             .body(Full::new(Bytes::from_static(EXAMPLE_REQUEST)))
             .unwrap();
         let res = client.request(req).await.unwrap();
-        http_body_util::BodyExt::collect(res.into_body()).await.unwrap();
+        http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap();
     }
     let text = scrape(&gw).await;
     let n = series(&text);
@@ -147,7 +191,10 @@ async fn label_sets_stay_bounded() {
     for needle in ["rid-", "tok1", "sess1", "/p/", "M3"] {
         assert!(!text.contains(needle), "{needle} reached a label");
     }
-    let requests: Vec<&str> = text.lines().filter(|l| l.starts_with("gateway_requests_total{")).collect();
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("gateway_requests_total{"))
+        .collect();
     assert!(requests.len() <= 6, "{requests:#?}");
 }
 
@@ -161,19 +208,36 @@ async fn readiness_flips_to_503_during_a_drain() {
     let admin = gw.admin_addr;
     let public = gw.public_addr;
     let ready = |addr| async move {
-        send(Request::get(format!("http://{addr}/readyz")).body(Full::new(Bytes::new())).unwrap())
-            .await
-            .status
+        send(
+            Request::get(format!("http://{addr}/readyz"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .status
     };
     assert_eq!(ready(admin).await, 200);
-    let health = send(Request::get(format!("http://{admin}/healthz")).body(Full::new(Bytes::new())).unwrap()).await;
+    let health = send(
+        Request::get(format!("http://{admin}/healthz"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(health.status, 200);
     let drain = tokio::spawn(gw.shutdown());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(ready(admin).await, 503);
     // Still serving traffic during drain_delay, so the load balancer can move away first.
-    let got = send(Request::get(format!("http://{public}/x")).body(Full::new(Bytes::new())).unwrap()).await;
+    let got = send(
+        Request::get(format!("http://{public}/x"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(got.status, 200);
     drain.await.unwrap();
-    assert!(tokio::net::TcpStream::connect(public).await.is_err(), "listener closed after the drain");
+    assert!(
+        tokio::net::TcpStream::connect(public).await.is_err(),
+        "listener closed after the drain"
+    );
 }

@@ -33,10 +33,22 @@ async fn setup_with(answer: Verdict, tweak: impl FnOnce(&mut Config, &Pki)) -> S
     tweak(&mut config, &pki);
     config.validate().unwrap();
     let clock = ManualClock::new();
-    let gw = companies_gateway::start_with(config, Options { clock: Arc::new(clock.clone()), ..Options::default() })
-        .await
-        .unwrap();
-    Setup { _pki: pki, mock, intro, gw, clock }
+    let gw = companies_gateway::start_with(
+        config,
+        Options {
+            clock: Arc::new(clock.clone()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    Setup {
+        _pki: pki,
+        mock,
+        intro,
+        gw,
+        clock,
+    }
 }
 
 fn request(gw: &Running, bearer: &str, session: &str) -> Request<Full<Bytes>> {
@@ -52,8 +64,14 @@ fn request(gw: &Running, bearer: &str, session: &str) -> Request<Full<Bytes>> {
 
 fn assert_invalid_session(got: &Got) {
     assert_eq!(got.status, 401, "{}", String::from_utf8_lossy(&got.body));
-    assert_eq!(got.headers["www-authenticate"], "Bearer error=\"invalid_token\"");
-    assert_eq!(got.json()["type"], "urn:companies-gateway:problem:invalid-session");
+    assert_eq!(
+        got.headers["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    assert_eq!(
+        got.json()["type"],
+        "urn:companies-gateway:problem:invalid-session"
+    );
 }
 
 #[tokio::test]
@@ -70,7 +88,11 @@ async fn expired_and_not_yet_valid_jwts_are_rejected_with_no_call() {
     assert_eq!(s.intro.calls(), 0);
     assert_eq!(s.mock.count(), 0);
     assert_eq!(
-        metric(&s.gw, "gateway_session_checks_total{source=\"jwt\",verdict=\"invalid\"}").await,
+        metric(
+            &s.gw,
+            "gateway_session_checks_total{source=\"jwt\",verdict=\"invalid\"}"
+        )
+        .await,
         2.0
     );
 }
@@ -104,8 +126,18 @@ async fn a_valid_session_is_asked_once_then_cached() {
     let seen = s.intro.seen.lock().unwrap()[0].clone();
     assert_eq!(seen["authorization"], "Bearer bearer-1");
     assert_eq!(seen["x-session-token"], "session-1");
-    assert_eq!(metric(&s.gw, "gateway_session_cache_lookups_total{result=\"hit\"}").await, 2.0);
-    assert_eq!(metric(&s.gw, "gateway_session_cache_lookups_total{result=\"miss\"}").await, 1.0);
+    assert_eq!(
+        metric(&s.gw, "gateway_session_cache_lookups_total{result=\"hit\"}").await,
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &s.gw,
+            "gateway_session_cache_lookups_total{result=\"miss\"}"
+        )
+        .await,
+        1.0
+    );
     // After valid_ttl (60 s) it is asked again.
     s.clock.advance(Duration::from_secs(61));
     send(request(&s.gw, "bearer-1", "session-1")).await;
@@ -117,7 +149,10 @@ async fn a_valid_session_is_asked_once_then_cached() {
 
 #[tokio::test]
 async fn an_invalid_session_is_cached_for_invalid_ttl() {
-    let s = setup_with(Verdict::status(401), |c, _| c.session.invalid_ttl = Dur(Duration::from_secs(10))).await;
+    let s = setup_with(Verdict::status(401), |c, _| {
+        c.session.invalid_ttl = Dur(Duration::from_secs(10))
+    })
+    .await;
     assert_invalid_session(&send(request(&s.gw, "b", "dead")).await);
     assert_invalid_session(&send(request(&s.gw, "b", "dead")).await);
     assert_eq!(s.intro.calls(), 1);
@@ -127,7 +162,11 @@ async fn an_invalid_session_is_cached_for_invalid_ttl() {
     s.clock.advance(Duration::from_secs(2));
     assert_invalid_session(&send(request(&s.gw, "b", "dead")).await);
     assert_eq!(s.intro.calls(), 2);
-    assert_eq!(s.mock.count(), 0, "an invalid session costs the upstream nothing");
+    assert_eq!(
+        s.mock.count(),
+        0,
+        "an invalid session costs the upstream nothing"
+    );
 }
 
 #[tokio::test]
@@ -156,7 +195,10 @@ async fn max_age_shortens_the_entry() {
 
 #[tokio::test]
 async fn a_valid_entry_never_outlives_the_tokens_exp() {
-    let s = setup_with(Verdict::status(200), |c, _| c.session.leeway = Dur(Duration::ZERO)).await;
+    let s = setup_with(Verdict::status(200), |c, _| {
+        c.session.leeway = Dur(Duration::ZERO)
+    })
+    .await;
     let token = jwt(serde_json::json!({"exp": unix_now() + 20}), b"k");
     assert_eq!(send(request(&s.gw, "b", &token)).await.status, 200);
     s.clock.advance(Duration::from_secs(25));
@@ -190,7 +232,10 @@ async fn verifier_errors_are_503_not_cached_and_recover() {
         let got = send(request(&s.gw, "b", "s")).await;
         assert_eq!(got.status, 503);
         assert_eq!(got.headers["retry-after"], "1");
-        assert_eq!(got.json()["type"], "urn:companies-gateway:problem:session-unavailable");
+        assert_eq!(
+            got.json()["type"],
+            "urn:companies-gateway:problem:session-unavailable"
+        );
     }
     assert_eq!(s.intro.calls(), 2, "errors are not cached");
     // A 404 (a wrong URL) is an error too, not a verdict.
@@ -205,14 +250,21 @@ async fn verifier_errors_are_503_not_cached_and_recover() {
     assert_eq!(send(request(&s.gw, "b", "s")).await.status, 200);
     assert_eq!(s.mock.count(), 1);
     assert_eq!(
-        metric(&s.gw, "gateway_session_checks_total{source=\"introspection\",verdict=\"error\"}").await,
+        metric(
+            &s.gw,
+            "gateway_session_checks_total{source=\"introspection\",verdict=\"error\"}"
+        )
+        .await,
         4.0
     );
 }
 
 #[tokio::test]
 async fn on_verifier_error_allow_forwards() {
-    let s = setup_with(Verdict::status(500), |c, _| c.session.on_verifier_error = OnVerifierError::Allow).await;
+    let s = setup_with(Verdict::status(500), |c, _| {
+        c.session.on_verifier_error = OnVerifierError::Allow
+    })
+    .await;
     assert_eq!(send(request(&s.gw, "b", "s")).await.status, 200);
     assert_eq!(send(request(&s.gw, "b", "s")).await.status, 200);
     assert_eq!(s.intro.calls(), 2);
@@ -229,7 +281,14 @@ async fn stale_if_error_serves_a_recently_expired_valid_entry() {
     s.intro.set(Verdict::status(503));
     s.clock.advance(Duration::from_secs(70));
     assert_eq!(send(request(&s.gw, "b", "s")).await.status, 200);
-    assert_eq!(metric(&s.gw, "gateway_session_cache_lookups_total{result=\"stale\"}").await, 1.0);
+    assert_eq!(
+        metric(
+            &s.gw,
+            "gateway_session_cache_lookups_total{result=\"stale\"}"
+        )
+        .await,
+        1.0
+    );
     s.clock.advance(Duration::from_secs(30));
     assert_eq!(send(request(&s.gw, "b", "s")).await.status, 503);
 }
@@ -241,13 +300,20 @@ async fn an_upstream_401_is_learned() {
     let gw = start_gateway(test_config(&mock.url(""), Some(pki.ca_file()))).await;
     let got = send(request(&gw, "b", "revoked")).await;
     assert_eq!(got.status, 401);
-    assert!(got.headers.get("content-type").is_none(), "the upstream's own 401 passes through");
+    assert!(
+        got.headers.get("content-type").is_none(),
+        "the upstream's own 401 passes through"
+    );
     assert_eq!(mock.count(), 1);
     let got = send(request(&gw, "b", "revoked")).await;
     assert_invalid_session(&got);
     assert_eq!(mock.count(), 1, "the next request is rejected locally");
     assert_eq!(
-        metric(&gw, "gateway_session_checks_total{source=\"upstream\",verdict=\"invalid\"}").await,
+        metric(
+            &gw,
+            "gateway_session_checks_total{source=\"upstream\",verdict=\"invalid\"}"
+        )
+        .await,
         1.0
     );
     // Another session still passes.

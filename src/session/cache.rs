@@ -32,7 +32,9 @@ pub struct ManualClock(Arc<AtomicU64>);
 impl ManualClock {
     /// Starts at the real current time.
     pub fn new() -> Self {
-        ManualClock(Arc::new(AtomicU64::new(SystemClock.now().as_millis() as u64)))
+        ManualClock(Arc::new(AtomicU64::new(
+            SystemClock.now().as_millis() as u64
+        )))
     }
 
     pub fn advance(&self, by: Duration) {
@@ -194,16 +196,24 @@ mod tests {
             stale_if_error: Duration::from_secs(30),
         };
         let now = Duration::from_secs(1000);
-        assert_eq!(t.valid_entry(now, None, None).expires, Duration::from_secs(1060));
         assert_eq!(
-            t.valid_entry(now, Some(Duration::from_secs(5)), None).expires,
+            t.valid_entry(now, None, None).expires,
+            Duration::from_secs(1060)
+        );
+        assert_eq!(
+            t.valid_entry(now, Some(Duration::from_secs(5)), None)
+                .expires,
             Duration::from_secs(1005)
         );
         assert_eq!(
-            t.valid_entry(now, Some(Duration::from_secs(500)), None).expires,
+            t.valid_entry(now, Some(Duration::from_secs(500)), None)
+                .expires,
             Duration::from_secs(1060)
         );
-        assert_eq!(t.valid_entry(now, None, Some(1020)).expires, Duration::from_secs(1020));
+        assert_eq!(
+            t.valid_entry(now, None, Some(1020)).expires,
+            Duration::from_secs(1020)
+        );
         assert_eq!(t.invalid_entry(now).expires, Duration::from_secs(1010));
         let e = t.valid_entry(now, None, None);
         assert!(e.is_fresh(Duration::from_secs(1059)));

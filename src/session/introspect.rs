@@ -38,7 +38,11 @@ pub struct Remote {
 }
 
 /// 2xx: valid unless the body is JSON with `"active": false`. 401/403: invalid. Else: an error.
-pub fn judge(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Result<Remote, IntrospectError> {
+pub fn judge(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Remote, IntrospectError> {
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         return Ok(Remote {
             verdict: Verdict::Invalid,
@@ -117,7 +121,11 @@ impl Introspector {
     }
 
     /// Asks about the session, within `introspect_timeout` for the whole exchange.
-    pub async fn check(&self, authorization: HeaderValue, session: HeaderValue) -> Result<Remote, IntrospectError> {
+    pub async fn check(
+        &self,
+        authorization: HeaderValue,
+        session: HeaderValue,
+    ) -> Result<Remote, IntrospectError> {
         let mut req = Request::get(self.url.clone())
             .body(Empty::new())
             .map_err(|e| IntrospectError::Transport(e.to_string()))?;
@@ -150,7 +158,10 @@ mod tests {
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }
@@ -158,19 +169,42 @@ mod tests {
     #[test]
     fn answers_are_judged() {
         let none = HeaderMap::new();
-        let valid = |max_age| Ok(Remote { verdict: Verdict::Valid, max_age });
-        let invalid = Ok(Remote { verdict: Verdict::Invalid, max_age: None });
+        let valid = |max_age| {
+            Ok(Remote {
+                verdict: Verdict::Valid,
+                max_age,
+            })
+        };
+        let invalid = Ok(Remote {
+            verdict: Verdict::Invalid,
+            max_age: None,
+        });
         assert_eq!(judge(StatusCode::OK, &none, b""), valid(None));
         assert_eq!(judge(StatusCode::NO_CONTENT, &none, b""), valid(None));
-        assert_eq!(judge(StatusCode::OK, &none, br#"{"active":true}"#), valid(None));
-        assert_eq!(judge(StatusCode::OK, &none, br#"{"active":false}"#), invalid);
+        assert_eq!(
+            judge(StatusCode::OK, &none, br#"{"active":true}"#),
+            valid(None)
+        );
+        assert_eq!(
+            judge(StatusCode::OK, &none, br#"{"active":false}"#),
+            invalid
+        );
         assert_eq!(judge(StatusCode::OK, &none, b"not json"), valid(None));
         assert_eq!(judge(StatusCode::UNAUTHORIZED, &none, b""), invalid);
         assert_eq!(judge(StatusCode::FORBIDDEN, &none, b""), invalid);
         for s in [404, 500, 502, 503, 302] {
-            assert!(judge(StatusCode::from_u16(s).unwrap(), &none, b"").is_err(), "{s}");
+            assert!(
+                judge(StatusCode::from_u16(s).unwrap(), &none, b"").is_err(),
+                "{s}"
+            );
         }
-        let cc = h(&[("cache-control", "private, max-age=5"), ("cache-control", "max-age=9")]);
-        assert_eq!(judge(StatusCode::OK, &cc, b""), valid(Some(Duration::from_secs(5))));
+        let cc = h(&[
+            ("cache-control", "private, max-age=5"),
+            ("cache-control", "max-age=9"),
+        ]);
+        assert_eq!(
+            judge(StatusCode::OK, &cc, b""),
+            valid(Some(Duration::from_secs(5)))
+        );
     }
 }

@@ -140,7 +140,12 @@ fn peek(token: &str) -> Option<(Header, Claims)> {
 }
 
 /// Checks a session token at `now` (Unix time) with `leeway` for clock skew.
-pub fn check(token: &str, key: &JwtKey, now: Duration, leeway: Duration) -> Result<JwtInfo, JwtReject> {
+pub fn check(
+    token: &str,
+    key: &JwtKey,
+    now: Duration,
+    leeway: Duration,
+) -> Result<JwtInfo, JwtReject> {
     let Some((header, claims)) = peek(token) else {
         return if key.is_some() {
             Err(JwtReject::NotAJwt)
@@ -217,7 +222,12 @@ mod tests {
     const LEEWAY: Duration = Duration::from_secs(30);
 
     fn hs(claims: serde_json::Value, secret: &[u8]) -> String {
-        encode(&JwtHeader::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        encode(
+            &JwtHeader::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     }
 
     fn at(now: u64) -> Duration {
@@ -236,11 +246,17 @@ mod tests {
         let none = JwtKey::None;
         let t = |claims| hs(claims, b"whatever");
         let exp = serde_json::json!({"exp": NOW - 31});
-        assert_eq!(check(&t(exp), &none, at(NOW), LEEWAY), Err(JwtReject::Expired));
+        assert_eq!(
+            check(&t(exp), &none, at(NOW), LEEWAY),
+            Err(JwtReject::Expired)
+        );
         let within = serde_json::json!({"exp": NOW - 29});
         assert!(check(&t(within), &none, at(NOW), LEEWAY).is_ok());
         let nbf = serde_json::json!({"nbf": NOW + 31});
-        assert_eq!(check(&t(nbf), &none, at(NOW), LEEWAY), Err(JwtReject::NotYetValid));
+        assert_eq!(
+            check(&t(nbf), &none, at(NOW), LEEWAY),
+            Err(JwtReject::NotYetValid)
+        );
         let fine = serde_json::json!({"exp": NOW + 60, "nbf": NOW - 1});
         assert_eq!(
             check(&t(fine), &none, at(NOW), LEEWAY),
@@ -254,15 +270,26 @@ mod tests {
     #[test]
     fn the_contract_example_token_expired_in_2020() {
         let example = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ1c2VySWQiOiIxMjM0NTY3ODkwIiwic2Vzc2lvbklkIjoiYWJjZGVmMTIzNDU2IiwiaWF0IjoxNjA1MDk3ODk5LCJleHAiOjE2MDUxODQyOTl9.4XRQ1iXDyvEj5LgPZHbmTmzOZs98M3YPOzgf3MhxjaI";
-        assert_eq!(check(example, &JwtKey::None, at(NOW), LEEWAY), Err(JwtReject::Expired));
+        assert_eq!(
+            check(example, &JwtKey::None, at(NOW), LEEWAY),
+            Err(JwtReject::Expired)
+        );
         assert!(check(example, &JwtKey::None, at(1_605_184_000), LEEWAY).is_ok());
     }
 
     #[test]
     fn opaque_tokens_pass_without_a_key_and_fail_with_one() {
         for opaque in ["opaque-session", "a.b.c", "a.b", "x.eyJ9.y", ""] {
-            assert_eq!(check(opaque, &JwtKey::None, at(NOW), LEEWAY), Ok(JwtInfo::Opaque), "{opaque}");
-            assert_eq!(check(opaque, &hs_key(b"k"), at(NOW), LEEWAY), Err(JwtReject::NotAJwt), "{opaque}");
+            assert_eq!(
+                check(opaque, &JwtKey::None, at(NOW), LEEWAY),
+                Ok(JwtInfo::Opaque),
+                "{opaque}"
+            );
+            assert_eq!(
+                check(opaque, &hs_key(b"k"), at(NOW), LEEWAY),
+                Err(JwtReject::NotAJwt),
+                "{opaque}"
+            );
         }
     }
 
@@ -278,26 +305,38 @@ mod tests {
             })
         );
         let forged = hs(claims.clone(), b"other");
-        assert_eq!(check(&forged, &hs_key(b"secret"), at(NOW), LEEWAY), Err(JwtReject::BadSignature));
+        assert_eq!(
+            check(&forged, &hs_key(b"secret"), at(NOW), LEEWAY),
+            Err(JwtReject::BadSignature)
+        );
         // alg: none, and a wrong algorithm.
         let none = format!(
             "{}.{}.",
             URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        assert_eq!(check(&none, &hs_key(b"secret"), at(NOW), LEEWAY), Err(JwtReject::BadSignature));
+        assert_eq!(
+            check(&none, &hs_key(b"secret"), at(NOW), LEEWAY),
+            Err(JwtReject::BadSignature)
+        );
         let hs384 = encode(
             &JwtHeader::new(Algorithm::HS384),
             &claims,
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap();
-        assert_eq!(check(&hs384, &hs_key(b"secret"), at(NOW), LEEWAY), Err(JwtReject::BadSignature));
+        assert_eq!(
+            check(&hs384, &hs_key(b"secret"), at(NOW), LEEWAY),
+            Err(JwtReject::BadSignature)
+        );
     }
 
     #[test]
     fn an_expired_forged_token_is_refused_before_its_signature() {
         let forged = hs(serde_json::json!({"exp": NOW - 100}), b"other");
-        assert_eq!(check(&forged, &hs_key(b"secret"), at(NOW), LEEWAY), Err(JwtReject::Expired));
+        assert_eq!(
+            check(&forged, &hs_key(b"secret"), at(NOW), LEEWAY),
+            Err(JwtReject::Expired)
+        );
     }
 }

@@ -60,8 +60,15 @@ impl Session {
     }
 
     /// Decides the session of a request. `Ok` forwards; the key is kept to learn from the answer.
-    pub async fn decide(&self, authorization: &HeaderValue, session: &HeaderValue) -> Result<Key, GatewayError> {
-        let key = self.cache.hasher.key(authorization.as_bytes(), session.as_bytes());
+    pub async fn decide(
+        &self,
+        authorization: &HeaderValue,
+        session: &HeaderValue,
+    ) -> Result<Key, GatewayError> {
+        let key = self
+            .cache
+            .hasher
+            .key(authorization.as_bytes(), session.as_bytes());
         let now = self.cache.now();
         let old = self.cache.cache.get(&key).await;
         if let Some(entry) = old.filter(|e| e.is_fresh(now)) {
@@ -74,12 +81,14 @@ impl Session {
         let exp = match jwt::check(token, &self.jwt, now, self.leeway) {
             Err(why) => {
                 self.metrics.cache_lookup(CacheResult::Miss);
-                self.metrics.session_check(VerdictSource::Jwt, VerdictLabel::Invalid);
+                self.metrics
+                    .session_check(VerdictSource::Jwt, VerdictLabel::Invalid);
                 tracing::debug!(session = %fingerprint(key), ?why, "session refused locally");
                 return Err(GatewayError::InvalidSession);
             }
             Ok(JwtInfo::Valid { exp, .. }) => {
-                self.metrics.session_check(VerdictSource::Jwt, VerdictLabel::Valid);
+                self.metrics
+                    .session_check(VerdictSource::Jwt, VerdictLabel::Valid);
                 exp
             }
             Ok(JwtInfo::Opaque) => None,
@@ -106,15 +115,19 @@ impl Session {
             .or_try_insert_with(async {
                 ran.store(true, Ordering::Relaxed);
                 let started = Instant::now();
-                let result = introspector.check(authorization.clone(), session.clone()).await;
+                let result = introspector
+                    .check(authorization.clone(), session.clone())
+                    .await;
                 self.metrics
                     .session_introspection_duration
                     .observe(started.elapsed().as_secs_f64());
                 let now = self.cache.now();
                 match result {
                     Ok(remote) => {
-                        self.metrics
-                            .session_check(VerdictSource::Introspection, Self::label(remote.verdict));
+                        self.metrics.session_check(
+                            VerdictSource::Introspection,
+                            Self::label(remote.verdict),
+                        );
                         Ok(match remote.verdict {
                             Verdict::Valid => self.cache.ttls.valid_entry(now, remote.max_age, exp),
                             Verdict::Invalid => self.cache.ttls.invalid_entry(now),
@@ -206,10 +219,12 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let tokens = req
-            .extensions()
-            .get::<ContractPassed>()
-            .and_then(|_| Some((req.headers().get(AUTHORIZATION)?.clone(), req.headers().get(&X_SESSION_TOKEN)?.clone())));
+        let tokens = req.extensions().get::<ContractPassed>().and_then(|_| {
+            Some((
+                req.headers().get(AUTHORIZATION)?.clone(),
+                req.headers().get(&X_SESSION_TOKEN)?.clone(),
+            ))
+        });
         let Some((authorization, token)) = tokens else {
             return ResponseFuture {
                 state: State::Calling {
@@ -222,7 +237,8 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let session = self.session.clone();
-        let deciding: Deciding = Box::pin(async move { session.decide(&authorization, &token).await });
+        let deciding: Deciding =
+            Box::pin(async move { session.decide(&authorization, &token).await });
         ResponseFuture {
             state: State::Deciding {
                 deciding,
@@ -261,10 +277,16 @@ where
         loop {
             let mut this = self.as_mut().project();
             let next = match this.state.as_mut().project() {
-                StateProj::Deciding { deciding, req, inner } => {
+                StateProj::Deciding {
+                    deciding,
+                    req,
+                    inner,
+                } => {
                     let key = ready!(deciding.as_mut().poll(cx))?;
                     let (Some(req), Some(mut inner)) = (req.take(), inner.take()) else {
-                        return Poll::Ready(Err(GatewayError::Internal("session future reused".into())));
+                        return Poll::Ready(Err(GatewayError::Internal(
+                            "session future reused".into(),
+                        )));
                     };
                     State::Calling {
                         fut: inner.call(req),
@@ -274,7 +296,10 @@ where
                 StateProj::Calling { fut, key } => {
                     let res = ready!(fut.poll(cx))?;
                     match key {
-                        Some(key) if res.status() == StatusCode::UNAUTHORIZED && this.session.learn_from_upstream => {
+                        Some(key)
+                            if res.status() == StatusCode::UNAUTHORIZED
+                                && this.session.learn_from_upstream =>
+                        {
                             let session = this.session.clone();
                             let key = *key;
                             State::Learning {
@@ -287,7 +312,10 @@ where
                 }
                 StateProj::Learning { learning, res } => {
                     ready!(learning.as_mut().poll(cx));
-                    return Poll::Ready(res.take().ok_or_else(|| GatewayError::Internal("session future reused".into())));
+                    return Poll::Ready(
+                        res.take()
+                            .ok_or_else(|| GatewayError::Internal("session future reused".into())),
+                    );
                 }
             };
             this.state.set(next);
