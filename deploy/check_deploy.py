@@ -124,7 +124,9 @@ def main():
 
     # ---- deployment --------------------------------------------------------------------------------
     print("deployment.yaml")
-    check(dep["spec"].get("replicas", 1) >= 2, f"replicas {dep['spec'].get('replicas')} >= 2")
+    replicas = dep["spec"].get("replicas")
+    check(replicas is None or replicas >= 2,
+          f"replicas {replicas} >= 2" if replicas is not None else "replicas left to the HPA (minReplicas below)")
     check(selects(dep["spec"]["selector"]["matchLabels"]), "selector matches the pod labels")
     for name, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         probe = gw.get(name, {}).get("httpGet", {})

@@ -1,0 +1,527 @@
+#!/usr/bin/env python3
+"""Helpers for run.sh: everything that is easier in Python than in bash. Standard library only.
+
+Subcommands (run.sh is the only caller):
+  ports N                         N free TCP ports on 127.0.0.1
+  jwt                             an HS256 JWT (random secret) whose exp is one hour ahead
+  nginx-string FILE               FILE's text as an nginx single-quoted string
+  render TEMPLATE OUT K=V...      copy TEMPLATE to OUT, replacing every @K@ by V (all must be given)
+  metric URL NAME                 sum of a Prometheus metric (all label sets) at URL; 0 if absent
+  rss PID...                      "VmRSS VmHWM" in kB, summed over the PIDs
+  new-conns LOG PORT T0 T1        connections the upstream saw opened on PORT between T0 and T1
+  record ...                      parse one measurement and append it to the results TSV
+  hold ...                        open N keep-alive connections, one valid request each, hold them
+  report TSV META                 the Markdown report of a whole run
+"""
+
+import argparse
+import base64
+import csv
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import socket
+import statistics
+import sys
+import time
+import urllib.request
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def cmd_ports(args):
+    socks = []
+    try:
+        for _ in range(args.n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        print(" ".join(str(s.getsockname()[1]) for s in socks))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def cmd_jwt(_args):
+    now = int(time.time())
+    header = {"alg": "HS256", "typ": "JWT"}
+    claims = {"sub": "load-bench", "iat": now, "exp": now + 3600}
+    signing_input = (
+        b64url(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    )
+    sig = hmac.new(secrets.token_bytes(32), signing_input.encode(), hashlib.sha256).digest()
+    print(signing_input + "." + b64url(sig))
+
+
+def cmd_nginx_string(args):
+    text = open(args.file, encoding="utf-8").read()
+    if "$" in text:
+        # nginx would read $name as a variable, and its strings have no escape for '$'.
+        sys.exit(f"{args.file}: contains '$', which an nginx string cannot hold literally")
+    print("'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'")
+
+
+def cmd_render(args):
+    text = open(args.template, encoding="utf-8").read()
+    for pair in args.pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            sys.exit(f"render: expected KEY=VALUE, got {pair!r}")
+        text = text.replace(f"@{key}@", value)
+    left = re.findall(r"@[A-Z0-9_]+@", text)
+    if left:
+        sys.exit(f"render {args.template}: no value for {sorted(set(left))}")
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def cmd_metric(args):
+    with urllib.request.urlopen(args.url, timeout=5) as r:
+        body = r.read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if m and m.group(1) == args.name:
+            total += float(m.group(3))
+    print(int(total) if total.is_integer() else total)
+
+
+def read_status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def cmd_rss(args):
+    rss = hwm = 0
+    for pid in args.pids:
+        st = read_status(pid)
+        rss += st.get("VmRSS", 0)
+        hwm += st.get("VmHWM", 0)
+    print(rss, hwm)
+
+
+def new_conns(log, port, t0, t1):
+    """Counts lines of the upstream's access log (format: msec port connection requests) in the
+    window whose connection_requests is 1: the first request of a connection just opened."""
+    n = 0
+    try:
+        with open(log) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) != 4 or parts[1] != str(port):
+                    continue
+                if t0 <= float(parts[0]) <= t1 and parts[3] == "1":
+                    n += 1
+    except FileNotFoundError:
+        pass
+    return n
+
+
+def cmd_new_conns(args):
+    print(new_conns(args.log, args.port, args.t0, args.t1))
+
+
+def parse_wrk(path):
+    text = open(path, encoding="utf-8", errors="replace").read()
+    out = {"requests": None, "rps": None, "non2xx": 0, "socket_errors": 0}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    if m:
+        out["requests"] = int(m.group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if m:
+        out["rps"] = float(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if m:
+        out["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        out["socket_errors"] = sum(int(x) for x in m.groups())
+    return out
+
+
+def parse_oha(path):
+    data = json.load(open(path))
+    summary = data.get("summary", {})
+    pct = data.get("latencyPercentiles", {})
+
+    def ms(key):
+        v = pct.get(key)
+        return None if v is None else v * 1000.0
+
+    statuses = data.get("statusCodeDistribution", {}) or {}
+    errors = data.get("errorDistribution", {}) or {}
+    ok = sum(v for k, v in statuses.items() if str(k).startswith("2"))
+    total = sum(statuses.values())
+    return {
+        "requests": total,
+        "rps": summary.get("requestsPerSec"),
+        "non2xx": total - ok,
+        "socket_errors": sum(errors.values()),
+        "errors_detail": errors,
+        "p50": ms("p50"),
+        "p99": ms("p99"),
+        "p999": ms("p99.9"),
+    }
+
+
+def busy(stat_before, stat_after):
+    """Busy % of cpu0 and cpu1 between two copies of /proc/stat."""
+
+    def load(path):
+        cpus = {}
+        for line in open(path):
+            if re.match(r"^cpu\d+ ", line):
+                name, *vals = line.split()
+                vals = [int(v) for v in vals]
+                idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+                cpus[name] = (sum(vals[:8]), idle)
+        return cpus
+
+    a, b = load(stat_before), load(stat_after)
+    out = []
+    for cpu in ("cpu0", "cpu1"):
+        if cpu in a and cpu in b:
+            total = b[cpu][0] - a[cpu][0]
+            idle = b[cpu][1] - a[cpu][1]
+            out.append(100.0 * (total - idle) / total if total > 0 else 0.0)
+        else:
+            out.append(None)
+    return out
+
+
+COLUMNS = [
+    "round", "proxy", "kind", "tool", "requests", "seconds", "rps", "cpu_ticks", "clk_tck",
+    "cpu_s_per_10k", "non2xx", "socket_errors", "conns_opened", "conns_per_1k",
+    "core0_busy", "core1_busy", "p50_ms", "p99_ms", "p999_ms", "target_rps",
+]
+
+
+def fmt(v, digits=4):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def cmd_record(args):
+    if args.tool == "wrk":
+        r = parse_wrk(args.output)
+    else:
+        r = parse_oha(args.output)
+    requests = r["requests"] or 0
+    ticks = args.cpu_after - args.cpu_before
+    cpu_per_10k = ticks / args.clk_tck / requests * 10000 if requests and ticks >= 0 else None
+    conns = args.conns
+    conns_per_1k = conns / requests * 1000 if (conns is not None and requests) else None
+    c0, c1 = busy(args.stat_before, args.stat_after)
+    row = {
+        "round": args.round, "proxy": args.proxy, "kind": args.kind, "tool": args.tool,
+        "requests": requests, "seconds": round(args.t1 - args.t0, 3), "rps": r["rps"],
+        "cpu_ticks": ticks, "clk_tck": args.clk_tck, "cpu_s_per_10k": cpu_per_10k,
+        "non2xx": r["non2xx"], "socket_errors": r["socket_errors"], "conns_opened": conns,
+        "conns_per_1k": conns_per_1k, "core0_busy": c0, "core1_busy": c1,
+        "p50_ms": r.get("p50"), "p99_ms": r.get("p99"), "p999_ms": r.get("p999"),
+        "target_rps": args.target_rps,
+    }
+    new = not os.path.exists(args.tsv)
+    with open(args.tsv, "a", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        if new:
+            w.writerow(COLUMNS)
+        w.writerow([fmt(row[c]) for c in COLUMNS])
+    # One progress line for the operator (stderr, so that stdout stays the report).
+    bits = [f"round {args.round}", f"{args.proxy:<15}", f"{args.kind:<7}", f"{requests} req"]
+    if r["rps"] is not None:
+        bits.append(f"{r['rps']:.0f} req/s")
+    if cpu_per_10k is not None and args.kind == "closed":
+        bits.append(f"{cpu_per_10k:.3f} CPU s/10k")
+    if conns is not None:
+        bits.append(f"{conns} new upstream conns")
+    if r.get("p99") is not None:
+        bits.append(f"p50 {r['p50']:.2f} p99 {r['p99']:.2f} p99.9 {r['p999']:.2f} ms")
+    if c0 is not None:
+        bits.append(f"cores {c0:.0f}%/{c1:.0f}%")
+    if r["non2xx"] or r["socket_errors"]:
+        bits.append(f"NON-2XX {r['non2xx']} ERRORS {r['socket_errors']}")
+        if r.get("errors_detail"):
+            bits.append(json.dumps(r["errors_detail"]))
+    print("  " + ", ".join(bits), file=sys.stderr)
+    if args.require_requests and not requests:
+        sys.exit(f"{args.output}: no completed requests; output follows\n" + open(args.output).read())
+
+
+def cmd_hold(args):
+    """Opens N connections, sends one valid PATCH on each, reads every answer, then keeps them
+    all open until killed or for at most --seconds. Writes 'ok K' to --ready when done."""
+    body = open(args.body, "rb").read()
+    head = (
+        f"PATCH {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
+        f"Authorization: Bearer {args.bearer}\r\nX-Session-Token: {args.session}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    socks, ok, statuses = [], 0, {}
+    for _ in range(args.n):
+        s = socket.create_connection((args.host, args.port), timeout=10)
+        s.sendall(head + body)
+        socks.append(s)
+    for s in socks:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        header, _, rest = buf.partition(b"\r\n\r\n")
+        status = header.split(b" ", 2)[1].decode() if header.count(b" ") >= 2 else "?"
+        statuses[status] = statuses.get(status, 0) + 1
+        m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", header)
+        need = int(m.group(1)) if m else 0
+        while len(rest) < need:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        if status.startswith("2"):
+            ok += 1
+    with open(args.ready, "w") as f:
+        f.write(f"ok {ok} of {len(socks)} statuses {json.dumps(statuses)}\n")
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+    for s in socks:
+        s.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+LABELS = {
+    "nginx": "nginx proxy_pass",
+    "haproxy": "HAProxy",
+    "gateway": "gateway (valid PATCH, upstream h1)",
+    "gateway-h2": "gateway (valid PATCH, upstream h2)",
+    "gateway-reject": "gateway (invalid body: 400 answered locally)",
+    "gateway-miss": "gateway (valid PATCH, new session each request)",
+}
+ORDER = list(LABELS)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def num(v):
+    return float(v) if v not in (None, "") else None
+
+
+def f(v, digits=2, suffix=""):
+    return "–" if v is None else f"{v:.{digits}f}{suffix}"
+
+
+def load_meta(path):
+    """run.sh's meta file: one 'key<TAB>value' a line; 'a.b' keys nest; 'note' repeats."""
+    meta = {"notes": []}
+    for line in open(path, encoding="utf-8"):
+        key, _, value = line.rstrip("\n").partition("\t")
+        if key == "note":
+            meta["notes"].append(value)
+            continue
+        node = meta
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        try:
+            value = float(value) if re.fullmatch(r"-?\d+(\.\d+)?", value) else value
+        except ValueError:
+            pass
+        node[leaf] = value
+    return meta
+
+
+def cmd_report(args):
+    rows = list(csv.DictReader(open(args.tsv), delimiter="\t"))
+    meta = load_meta(args.meta)
+    for r in rows:
+        for k in COLUMNS:
+            if k not in ("proxy", "kind", "tool", "round"):
+                r[k] = num(r.get(k))
+    proxies = [p for p in ORDER if any(r["proxy"] == p for r in rows)]
+    closed = {p: [r for r in rows if r["proxy"] == p and r["kind"] == "closed"] for p in proxies}
+    nginx_by_round = {r["round"]: r["cpu_s_per_10k"] for r in closed.get("nginx", [])}
+
+    def ratios(p):
+        out = []
+        for r in closed[p]:
+            base = nginx_by_round.get(r["round"])
+            if base and r["cpu_s_per_10k"] is not None:
+                out.append(r["cpu_s_per_10k"] / base)
+        return out
+
+    def open_cell(p, kind):
+        runs = [r for r in rows if r["proxy"] == p and r["kind"] == kind]
+        if not runs:
+            return "–"
+        return "{} / {} / {}".format(
+            f(median(r["p50_ms"] for r in runs)),
+            f(median(r["p99_ms"] for r in runs)),
+            f(median(r["p999_ms"] for r in runs)),
+        )
+
+    out = []
+    w = out.append
+    w(f"# companies-gateway side-by-side load benchmark — {meta['started']}")
+    w("")
+    w(f"- Machine: {meta['nproc']} CPUs, {meta['cpu_model']}, kernel {meta['kernel']}, "
+      f"{meta['mem']} RAM")
+    w(f"- Versions: {meta['versions']}")
+    w(f"- Command: `{meta['command']}`")
+    w(f"- Rounds: {meta['rounds']} (proxies interleaved in each round; every figure is the median "
+      f"over rounds). Closed loop: wrk -t1 -c{meta['conns']} -d{meta['duration']}s after a "
+      f"{meta['warmup']}s warm-up. Open loop: oha -c{meta['conns']} -z{meta['open_duration']}s "
+      f"--latency-correction at {meta['rates']} req/s = 25/50/75% of nginx's maximum "
+      f"({meta['nginx_max']:.0f} req/s in calibration).")
+    w("- Pinning: each proxy `taskset -c 0` with one worker; upstream nginx and the load generators "
+      "`taskset -c 1`.")
+    w("")
+    w("| proxy | req/s (closed loop) | CPU s / 10k req | ratio to nginx | "
+      "p50 / p99 / p99.9 @25% (ms) | @50% (ms) | @75% (ms) | peak RSS MB | "
+      "upstream conns / 1k req | non-2xx, errors | core 0 / core 1 busy % |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    peak = meta.get("peak_rss_kb", {})
+    for p in proxies:
+        c = closed[p]
+        rps = median(r["rps"] for r in c)
+        cpu = median(r["cpu_s_per_10k"] for r in c)
+        rat = median(ratios(p))
+        conns = median(r["conns_per_1k"] for r in c)
+        non2xx = sum(int(r["non2xx"] or 0) for r in rows if r["proxy"] == p)
+        errs = sum(int(r["socket_errors"] or 0) for r in rows if r["proxy"] == p)
+        c0 = median(r["core0_busy"] for r in c)
+        c1 = median(r["core1_busy"] for r in c)
+        rss = peak.get(p)
+        w(f"| {LABELS[p]} | {f(rps, 0)} | {f(cpu, 3)} | {f(rat, 3)} | {open_cell(p, 'open25')} | "
+          f"{open_cell(p, 'open50')} | {open_cell(p, 'open75')} | "
+          f"{f(rss / 1024 if rss else None, 1)} | {f(conns, 3)} | {non2xx}, {errs} | "
+          f"{f(c0, 0)} / {f(c1, 0)} |")
+    w("")
+    w("Per-round CPU ratios to nginx (same round): " + "; ".join(
+        f"{p}: " + ", ".join(f"{x:.3f}" for x in ratios(p)) for p in proxies if p != "nginx"))
+    if "gateway-reject" in proxies:
+        w("The rejection row's non-2xx are its expected 400s.")
+    w("")
+
+    # Memory
+    mem = meta.get("memory", {})
+    if mem:
+        w("## Gateway memory")
+        w("")
+        w("| state | VmRSS MB | VmHWM MB | target |")
+        w("|---|---:|---:|---|")
+        for key, label, target in (
+            ("idle", "idle (after start and one request)", 20),
+            ("conns", "1,000 open keep-alive connections", 64),
+            ("sessions", "1,000,000 cached sessions", 200),
+        ):
+            m = mem.get(key)
+            if m:
+                verdict = "pass" if m["rss_kb"] / 1024 <= target else "FAIL"
+                note = f" ({m['note']})" if m.get("note") else ""
+                w(f"| {label}{note} | {m['rss_kb'] / 1024:.1f} | {m['hwm_kb'] / 1024:.1f} | "
+                  f"≤ {target} MB: {verdict} |")
+            elif key == "sessions":
+                w(f"| {label} | – | – | ≤ {target} MB: not run (set BIG_CACHE=1) |")
+        w("")
+
+    # Targets
+    w("## Targets")
+    w("")
+
+    def verdict(ok):
+        return "–" if ok is None else ("pass" if ok else "FAIL")
+
+    g = median(ratios("gateway")) if "gateway" in proxies else None
+    rej = median(ratios("gateway-reject")) if "gateway-reject" in proxies else None
+    p99 = lambda p: median(r["p99_ms"] for r in rows if r["proxy"] == p and r["kind"] == "open50")
+    gp, np_ = (p99("gateway"), p99("nginx")) if "gateway" in proxies else (None, None)
+    conns = median(r["conns_per_1k"] for r in closed.get("gateway", []))
+    w("| target | measured | verdict |")
+    w("|---|---:|---|")
+    w(f"| CPU per forwarded valid PATCH ≤ nginx's (ratio ≤ 1.0) | {f(g, 3)} | "
+      f"{verdict(None if g is None else g <= 1.0)} |")
+    w(f"| moonshot: ratio ≤ 0.67 | {f(g, 3)} | {verdict(None if g is None else g <= 0.67)} |")
+    w(f"| CPU per local rejection ≤ 1/3 of nginx's per forwarded request | {f(rej, 3)} | "
+      f"{verdict(None if rej is None else rej <= 1 / 3)} |")
+    w(f"| p99 at 50% of nginx's max rate ≤ nginx's | {f(gp)} ms vs {f(np_)} ms | "
+      f"{verdict(None if gp is None or np_ is None else gp <= np_)} |")
+    w(f"| upstream connections opened at steady state ≤ 1 / 1,000 req | {f(conns, 3)} | "
+      f"{verdict(None if conns is None else conns <= 1.0)} |")
+    w("")
+    if meta.get("notes"):
+        w("## Notes")
+        w("")
+        for n in meta["notes"]:
+            w(f"- {n}")
+        w("")
+    w(f"Raw measurements: `{meta['raw']}`. Run time: {meta.get('elapsed', '?')}.")
+    print("\n".join(out))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("ports"); p.add_argument("n", type=int); p.set_defaults(fn=cmd_ports)
+    p = sub.add_parser("jwt"); p.set_defaults(fn=cmd_jwt)
+    p = sub.add_parser("nginx-string"); p.add_argument("file"); p.set_defaults(fn=cmd_nginx_string)
+    p = sub.add_parser("render")
+    p.add_argument("template"); p.add_argument("out"); p.add_argument("pairs", nargs="*")
+    p.set_defaults(fn=cmd_render)
+    p = sub.add_parser("metric"); p.add_argument("url"); p.add_argument("name")
+    p.set_defaults(fn=cmd_metric)
+    p = sub.add_parser("rss"); p.add_argument("pids", nargs="+"); p.set_defaults(fn=cmd_rss)
+    p = sub.add_parser("new-conns")
+    p.add_argument("log"); p.add_argument("port")
+    p.add_argument("t0", type=float); p.add_argument("t1", type=float)
+    p.set_defaults(fn=cmd_new_conns)
+    p = sub.add_parser("record")
+    for name in ("tsv", "round", "proxy", "kind", "tool", "output", "stat-before", "stat-after"):
+        p.add_argument("--" + name, required=True)
+    p.add_argument("--cpu-before", type=int, required=True)
+    p.add_argument("--cpu-after", type=int, required=True)
+    p.add_argument("--clk-tck", type=int, required=True)
+    p.add_argument("--t0", type=float, required=True)
+    p.add_argument("--t1", type=float, required=True)
+    p.add_argument("--conns", type=int)
+    p.add_argument("--target-rps", type=float)
+    p.add_argument("--require-requests", action="store_true")
+    p.set_defaults(fn=cmd_record)
+    p = sub.add_parser("hold")
+    for name in ("host", "path", "body", "bearer", "session", "ready"):
+        p.add_argument("--" + name, required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--seconds", type=float, default=60)
+    p.set_defaults(fn=cmd_hold)
+    p = sub.add_parser("report"); p.add_argument("tsv"); p.add_argument("meta")
+    p.set_defaults(fn=cmd_report)
+    args = ap.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
