@@ -26,7 +26,7 @@ pub struct Reloaded {
     pub upstream_ca: Option<bool>,
 }
 
-fn digest(paths: &[&Path]) -> u64 {
+fn digest(paths: &[PathBuf]) -> u64 {
     let mut h = DefaultHasher::new();
     for p in paths {
         // A missing or unreadable file digests as empty; the reload then reports the error.
@@ -79,13 +79,34 @@ impl Reloader {
         }
     }
 
-    /// Watches the files every `poll` and listens for SIGHUP, until `stop`.
-    pub async fn run(self, poll: Duration, mut stop: watch::Receiver<bool>) {
+    /// Watches the files every `poll` and listens for SIGHUP, until `stop`. The files are read
+    /// now, not when the future first runs, so that no change made after start-up is missed.
+    pub fn run(
+        self,
+        poll: Duration,
+        stop: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> {
         let cert_paths = self.cert_paths();
-        let cert_refs: Vec<&Path> = cert_paths.iter().map(PathBuf::as_path).collect();
-        let ca: Vec<&Path> = self.upstream.ca_file().into_iter().collect();
-        let mut cert_digest = digest(&cert_refs);
-        let mut ca_digest = digest(&ca);
+        let ca_paths: Vec<PathBuf> = self
+            .upstream
+            .ca_file()
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect();
+        let cert_digest = digest(&cert_paths);
+        let ca_digest = digest(&ca_paths);
+        self.watch(poll, stop, cert_paths, ca_paths, cert_digest, ca_digest)
+    }
+
+    async fn watch(
+        self,
+        poll: Duration,
+        mut stop: watch::Receiver<bool>,
+        cert_refs: Vec<PathBuf>,
+        ca: Vec<PathBuf>,
+        mut cert_digest: u64,
+        mut ca_digest: u64,
+    ) {
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(poll);

@@ -226,6 +226,9 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// How long an idle connection may take to close gracefully before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// What the public accept loop needs.
 struct Serving {
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -342,12 +345,16 @@ impl Serving {
         let idle_timeout = self.limits.idle_timeout.0;
         let conn = self.builder.serve_connection(io, svc);
         tokio::pin!(conn);
-        let mut closing = *stop.borrow();
-        if closing {
+        // Once closing, a peer that never answers h2's GOAWAY/PING cannot hold the connection
+        // past this deadline.
+        let mut hard_close: Option<Instant> = None;
+        if *stop.borrow() {
             conn.as_mut().graceful_shutdown();
+            hard_close = Some(Instant::now() + self.drain_timeout);
         }
         loop {
             let idle_at = activity.idle_deadline(idle_timeout);
+            let closing = hard_close.is_some();
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
@@ -356,14 +363,18 @@ impl Serving {
                     return;
                 }
                 _ = stop.changed(), if !closing => {
-                    closing = true;
                     conn.as_mut().graceful_shutdown();
+                    hard_close = Some(Instant::now() + self.drain_timeout);
                 }
                 _ = tokio::time::sleep_until(idle_at), if !closing => {
                     if activity.idle_for(idle_timeout) {
-                        closing = true;
                         conn.as_mut().graceful_shutdown();
+                        hard_close = Some(Instant::now() + idle_timeout.min(CLOSE_GRACE));
                     }
+                }
+                _ = tokio::time::sleep_until(hard_close.unwrap_or_else(Instant::now)), if closing => {
+                    tracing::debug!("closing a connection that did not finish closing");
+                    return;
                 }
             }
         }

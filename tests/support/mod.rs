@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -554,4 +555,183 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")
         .as_secs()
+}
+
+/// How the fault server misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answers properly: `200` with a small body.
+    None,
+    /// Reads the request, then closes before any response byte.
+    ResetBeforeHead,
+    /// Answers with bytes that are not HTTP.
+    Malformed,
+    /// Sends a head promising 100 bytes, sends 10, then closes.
+    ResetAfterHead,
+    /// Completes TLS, then never answers.
+    Silent,
+}
+
+/// A TLS server on 127.0.0.1:0 whose behaviour can be switched between requests.
+pub struct FaultServer {
+    pub addr: SocketAddr,
+    fault: Arc<Mutex<Fault>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultServer {
+    pub async fn start(leaf: Leaf) -> FaultServer {
+        init_crypto();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(leaf.chain, leaf.key)
+            .expect("cert");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let fault = Arc::new(Mutex::new(Fault::None));
+        let task = {
+            let fault = fault.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let acceptor = acceptor.clone();
+                    let fault = fault.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        loop {
+                            // Read one request head (and a small body, if any).
+                            let mut buf = Vec::new();
+                            let mut chunk = [0u8; 4096];
+                            loop {
+                                match tls.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                    let head =
+                                        String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                                    let len = head
+                                        .lines()
+                                        .find_map(|l| l.strip_prefix("content-length:"))
+                                        .and_then(|v| v.trim().parse::<usize>().ok())
+                                        .unwrap_or(0);
+                                    if buf.len() >= end + 4 + len {
+                                        break;
+                                    }
+                                }
+                            }
+                            let mode = *fault.lock().expect("fault");
+                            match mode {
+                                Fault::None => {
+                                    let _ = tls
+                                        .write_all(
+                                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                                        )
+                                        .await;
+                                }
+                                Fault::ResetBeforeHead => return,
+                                Fault::Malformed => {
+                                    let _ = tls.write_all(b"SMTP ready\r\n\r\ngarbage").await;
+                                    let _ = tls.shutdown().await;
+                                    return;
+                                }
+                                Fault::ResetAfterHead => {
+                                    let _ = tls
+                                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                                        .await;
+                                    let _ = tls.flush().await;
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    return;
+                                }
+                                Fault::Silent => {
+                                    tokio::time::sleep(Duration::from_secs(30)).await;
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            })
+        };
+        FaultServer { addr, fault, task }
+    }
+
+    pub fn set(&self, f: Fault) {
+        *self.fault.lock().expect("fault") = f;
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP server that accepts and then does `what`: never answer, or write garbage and close.
+pub async fn raw_tcp_server(
+    garbage: Option<&'static [u8]>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            match garbage {
+                Some(bytes) => {
+                    let _ = tcp.write_all(bytes).await;
+                    drop(tcp);
+                }
+                None => held.push(tcp),
+            }
+        }
+    });
+    (addr, task)
+}
+
+/// An HTTPS client to a TLS listener that trusts only `ca_pem`, with ALPN for `h2` or http/1.1.
+pub fn tls_client(
+    ca_pem: &str,
+    h2: bool,
+) -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+> {
+    init_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("ca pem")).expect("ca");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let connector = if h2 {
+        builder.enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    let mut client = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    client.http2_only(h2);
+    client.build(connector)
 }

@@ -1,0 +1,523 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: companies-gateway against nginx proxy_pass and HAProxy.
+#
+#   bash benches/load/run.sh            # from the repository root (or from anywhere)
+#
+# Every proxy runs pinned to core 0 with one worker; the TLS upstream (nginx answering the contract's
+# example response) and the load generators share core 1. Each measurement reads the proxy's own
+# CPU time from /proc, so "CPU seconds per 10,000 requests" holds whichever core saturates first and
+# however noisy the machine is; proxies are interleaved in rounds and medians reported. See
+# README.md beside this file for what each figure means.
+#
+# Environment (defaults in brackets):
+#   ROUNDS [3]            rounds; each runs every proxy once per measurement
+#   DURATION [10]         seconds of each closed-loop wrk run
+#   OPEN_DURATION [8]     seconds of each open-loop oha run (one per rate and proxy)
+#   WARMUP [2]            seconds of wrk before each closed-loop run (not measured)
+#   CONNS [32]            connections of every load generator
+#   OPEN_LOOP [1]         0: skip the open-loop latency runs (and oha)
+#   MEMORY [1]            0: skip the gateway memory measurements
+#   BIG_CACHE [0]         1: also fill a gateway with 1,000,000 sessions and report its RSS (slow)
+#   BIG_CACHE_SESSIONS [1000000]
+#   BUILD [1]             1: cargo build --release --locked first (a no-op when up to date)
+#   GATEWAY_BIN [target/release/companies-gateway]  copied to the temp dir before the run
+#   OUT_DIR [target/load/<UTC timestamp>]           report.md, results.tsv, meta.tsv, logs
+#   PROXY_CPU [0] LOAD_CPU [1]  the two cores
+#   KEEP_TMP [0]          1: keep the temp dir (configs, certs, logs) for inspection
+#
+# Needs: root or sudo-less apt for the first run (nginx, haproxy, wrk), cargo for oha, python3,
+# openssl, taskset, curl. Sends traffic to 127.0.0.1 only; every loop is bounded.
+set -euo pipefail
+
+START_EPOCH=$(date +%s)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+EXAMPLES="$ROOT/../shared/contract/examples"
+REQUEST_BODY="$EXAMPLES/update-contact.request.json"
+RESPONSE_BODY="$EXAMPLES/update-contact.response.json"
+HELPERS="$HERE/helpers.py"
+LUA="$HERE/lua/patch.lua"
+ROUTE=/companies/v2/rs/1/contacts/2
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+OPEN_DURATION=${OPEN_DURATION:-8}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-32}
+OPEN_LOOP=${OPEN_LOOP:-1}
+MEMORY=${MEMORY:-1}
+BIG_CACHE=${BIG_CACHE:-0}
+BIG_CACHE_SESSIONS=${BIG_CACHE_SESSIONS:-1000000}
+BUILD=${BUILD:-1}
+GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/companies-gateway}
+OUT_DIR=${OUT_DIR:-$ROOT/target/load/$(date -u +%Y%m%dT%H%M%SZ)}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+KEEP_TMP=${KEEP_TMP:-0}
+COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION OPEN_DURATION=$OPEN_DURATION WARMUP=$WARMUP CONNS=$CONNS OPEN_LOOP=$OPEN_LOOP MEMORY=$MEMORY BIG_CACHE=$BIG_CACHE bash benches/load/run.sh"
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for v in ROUNDS DURATION OPEN_DURATION WARMUP CONNS BIG_CACHE_SESSIONS; do
+  [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
+done
+[[ -f $REQUEST_BODY && -f $RESPONSE_BODY ]] || die "contract examples not found in $EXAMPLES"
+
+# ------------------------------------------------------------------------------------------------
+# Tools
+
+# nginx, HAProxy and wrk from Debian when missing.
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null || ! command -v wrk >/dev/null; then
+  log "installing nginx, haproxy and wrk from Debian"
+  SUDO=""
+  [[ $EUID -eq 0 ]] || SUDO=sudo
+  $SUDO apt-get update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx haproxy wrk
+fi
+# The Debian packages start system services where systemd runs; they use ports 80 and none of
+# ours, so they are left alone.
+
+# oha (open-loop load with coordinated-omission correction) from crates.io when missing. Debian has
+# no wrk2. (Its default features are needed: it does not build without rustls.)
+export PATH="$HOME/.cargo/bin:$PATH"
+if [[ $OPEN_LOOP == 1 ]] && ! command -v oha >/dev/null; then
+  log "installing oha from crates.io (cargo install oha --locked; takes a few minutes)"
+  cargo install oha --locked
+fi
+for tool in nginx haproxy wrk openssl taskset python3 curl getconf; do
+  command -v "$tool" >/dev/null || die "$tool not found"
+done
+
+if [[ $BUILD == 1 ]]; then
+  log "cargo build --release --locked"
+  (cd "$ROOT" && cargo build --release --locked)
+fi
+[[ -x $GATEWAY_BIN ]] || die "$GATEWAY_BIN not found (build it, or set GATEWAY_BIN)"
+
+# Many connections: raise the open-files limit to the hard limit (the gateway raises its own too).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+(( $(ulimit -n) >= 4096 )) || die "ulimit -n is $(ulimit -n); need at least 4096"
+
+[[ $OPEN_LOOP != 1 ]] || command -v oha >/dev/null || die "oha not found"
+CLK_TCK=$(getconf CLK_TCK)
+
+# ------------------------------------------------------------------------------------------------
+# Temp dir, cleanup
+
+TMP=$(mktemp -d /tmp/gateway-load.XXXXXX)
+mkdir -p "$OUT_DIR"
+RESULTS="$OUT_DIR/results.tsv"
+META="$OUT_DIR/meta.tsv"
+: >"$META"
+STARTED_PIDS=()
+
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${STARTED_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  # Bounded wait, then force.
+  for _ in $(seq 50); do
+    local alive=0
+    for pid in "${STARTED_PIDS[@]}"; do
+      kill -0 "$pid" 2>/dev/null && alive=1
+    done
+    (( alive )) || break
+    sleep 0.1
+  done
+  for pid in "${STARTED_PIDS[@]}"; do
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if [[ $KEEP_TMP == 1 ]]; then
+    log "temp dir kept: $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+meta() { printf '%s\t%s\n' "$1" "$2" >>"$META"; }
+
+# Freeze the binary under test: the shared target dir may be rebuilt during the run.
+cp "$GATEWAY_BIN" "$TMP/companies-gateway"
+GATEWAY="$TMP/companies-gateway"
+
+# ------------------------------------------------------------------------------------------------
+# Certificates: a CA (CN test-CA) and a leaf for localhost / 127.0.0.1, ECDSA P-256.
+
+log "minting a CA and a leaf certificate in $TMP/pki"
+PKI="$TMP/pki"
+mkdir -p "$PKI"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj "/CN=test-CA" -keyout "$PKI/ca.key" -out "$PKI/ca.pem" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+  -keyout "$PKI/leaf.key" -out "$PKI/leaf.csr" 2>/dev/null
+printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+  "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$PKI/leaf.ext"
+openssl x509 -req -in "$PKI/leaf.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca.key" -CAcreateserial \
+  -days 2 -extfile "$PKI/leaf.ext" -out "$PKI/leaf.pem" 2>/dev/null
+openssl verify -CAfile "$PKI/ca.pem" "$PKI/leaf.pem" >/dev/null || die "minted leaf does not verify"
+CA="$PKI/ca.pem"
+
+# ------------------------------------------------------------------------------------------------
+# Request material
+
+BEARER=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+SESSION=$(python3 "$HELPERS" jwt)       # HS256, exp one hour ahead; the gateway checks its claims
+printf '{"notify":"yes"}' >"$TMP/invalid.json"   # breaks the contract: 400, answered locally
+export LOAD_BODY_FILE="$REQUEST_BODY" LOAD_BEARER="$BEARER" LOAD_SESSION="$SESSION"
+export LOAD_SESSION_PREFIX="" LOAD_STOP_AFTER=""
+
+# ------------------------------------------------------------------------------------------------
+# Processes
+
+read -r -a P <<<"$(python3 "$HELPERS" ports 17)"
+UP_H1=${P[0]} UP_H2=${P[1]} NGINX_PORT=${P[2]} HAPROXY_PORT=${P[3]}
+declare -A PORT=( [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
+  [gateway]=${P[4]} [gateway-h2]=${P[5]} [gateway-reject]=${P[6]} [gateway-miss]=${P[7]}
+  [gateway-mem]=${P[8]} [gateway-big]=${P[9]} )
+declare -A ADMIN=( [gateway]=${P[10]} [gateway-h2]=${P[11]} [gateway-reject]=${P[12]}
+  [gateway-miss]=${P[13]} [gateway-mem]=${P[14]} [gateway-big]=${P[15]} )
+declare -A PID=()
+
+USER_LINE=""
+[[ $EUID -eq 0 ]] && USER_LINE="user root;"   # as root, nginx workers would otherwise be nobody
+
+# Waits (bounded) until 127.0.0.1:$2 accepts connections, and $1 (a PID) is still alive.
+wait_port() {
+  local pid=$1 port=$2 name=$3
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || die "$name exited at start-up (see $TMP)"
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "$name did not listen on $port within 10 s"
+}
+
+start_nginx() { # name cpu template port-args...
+  local name=$1 cpu=$2 template=$3
+  shift 3
+  local dir="$TMP/$name"
+  mkdir -p "$dir"
+  python3 "$HELPERS" render "$template" "$dir/nginx.conf" "DIR=$dir" "USER_LINE=$USER_LINE" "$@"
+  nginx -t -q -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+    || die "nginx config $dir/nginx.conf is invalid"
+  taskset -c "$cpu" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' \
+    >"$dir/stdout.log" 2>&1 &
+  PID[$name]=$!
+  STARTED_PIDS+=("$!")
+}
+
+start_gateway() { # name http2 cache_capacity valid_ttl upstream_port
+  local name=$1 http2=$2 capacity=$3 ttl=$4 up=$5
+  local dir="$TMP/$name"
+  mkdir -p "$dir"
+  python3 "$HELPERS" render "$HERE/conf/gateway.toml.in" "$dir/gateway.toml" \
+    "PORT=${PORT[$name]}" "ADMIN_PORT=${ADMIN[$name]}" "UPSTREAM_PORT=$up" "CA=$CA" \
+    "HTTP2=$http2" "CACHE_CAPACITY=$capacity" "VALID_TTL=$ttl"
+  "$GATEWAY" --check-config --config "$dir/gateway.toml" >/dev/null \
+    || die "gateway config $dir/gateway.toml is invalid"
+  taskset -c "$PROXY_CPU" "$GATEWAY" --config "$dir/gateway.toml" >"$dir/stdout.log" 2>&1 &
+  PID[$name]=$!
+  STARTED_PIDS+=("$!")
+  wait_port "${PID[$name]}" "${PORT[$name]}" "$name"
+}
+
+log "starting the upstream (nginx, core $LOAD_CPU) on $UP_H1 (h1) and $UP_H2 (h2)"
+start_nginx upstream "$LOAD_CPU" "$HERE/conf/upstream-nginx.conf.in" \
+  "CERT=$PKI/leaf.pem" "KEY=$PKI/leaf.key" "PORT_H1=$UP_H1" "PORT_H2=$UP_H2" \
+  "RESPONSE=$(python3 "$HELPERS" nginx-string "$RESPONSE_BODY")"
+wait_port "${PID[upstream]}" "$UP_H1" upstream
+UPSTREAM_LOG="$TMP/upstream/conns.log"
+
+log "starting the proxies on core $PROXY_CPU"
+start_nginx nginx "$PROXY_CPU" "$HERE/conf/proxy-nginx.conf.in" \
+  "PORT=$NGINX_PORT" "UPSTREAM_PORT=$UP_H1" "CA=$CA"
+wait_port "${PID[nginx]}" "$NGINX_PORT" nginx
+
+mkdir -p "$TMP/haproxy"
+python3 "$HELPERS" render "$HERE/conf/haproxy.cfg.in" "$TMP/haproxy/haproxy.cfg" \
+  "DIR=$TMP/haproxy" "PORT=$HAPROXY_PORT" "UPSTREAM_PORT=$UP_H1" "CA=$CA"
+haproxy -c -q -f "$TMP/haproxy/haproxy.cfg" || die "haproxy config is invalid"
+taskset -c "$PROXY_CPU" haproxy -db -f "$TMP/haproxy/haproxy.cfg" >"$TMP/haproxy/stdout.log" 2>&1 &
+PID[haproxy]=$!
+STARTED_PIDS+=("$!")
+wait_port "${PID[haproxy]}" "$HAPROXY_PORT" haproxy
+
+# One gateway process per row, so that each row's peak RSS and metrics are its own.
+start_gateway gateway false 100000 60s "$UP_H1"
+start_gateway gateway-h2 true 100000 60s "$UP_H2"
+start_gateway gateway-reject false 100000 60s "$UP_H1"
+start_gateway gateway-miss false 100000 60s "$UP_H1"
+
+# PIDs whose CPU counts for a proxy: nginx's master and its workers; the others are one process
+# (the gateway's threads are all in its /proc/PID/stat).
+proxy_pids() {
+  local name=$1
+  if [[ $name == nginx || $name == upstream ]]; then
+    echo "${PID[$name]}" $(pgrep -P "${PID[$name]}" || true)
+  else
+    echo "${PID[$name]}"
+  fi
+}
+
+# utime + stime (fields 14 and 15 of /proc/PID/stat, clock ticks) summed over PIDs. The fields are
+# counted after the ")" that closes the command name, which may contain spaces.
+cpu_ticks() {
+  local total=0 pid rest fields
+  for pid in "$@"; do
+    rest=$(<"/proc/$pid/stat") || die "process $pid is gone"
+    rest=${rest##*) }
+    read -r -a fields <<<"$rest"
+    total=$(( total + fields[11] + fields[12] ))   # fields[0] is field 3 (state)
+  done
+  echo "$total"
+}
+
+url() { echo "http://127.0.0.1:${PORT[$1]}$ROUTE"; }
+
+# ------------------------------------------------------------------------------------------------
+# Sanity: every proxy answers the valid PATCH with the upstream's 200 and body; the gateway answers
+# the invalid one with 400 itself.
+
+probe() { # name body -> prints the status; the body and headers land in $TMP/check.NAME.*
+  curl -sS -D "$TMP/check.$1.head" -o "$TMP/check.$1.out" -w '%{http_code}' -X PATCH "$(url "$1")" \
+    -H "Authorization: Bearer $BEARER" -H "X-Session-Token: $SESSION" \
+    -H 'Content-Type: application/json' --data-binary "@$2" || die "$1: curl failed"
+}
+check() { # name body expected-status
+  local name=$1 body=$2 want=$3 got
+  got=$(probe "$name" "$body")
+  [[ $got == "$want" ]] || die "$name answered $got, expected $want: $(head -c 600 "$TMP/check.$name.out")"
+  if [[ $want == 200 ]]; then
+    cmp -s "$TMP/check.$name.out" "$RESPONSE_BODY" \
+      || die "$name: the body is not the upstream's response: $(head -c 600 "$TMP/check.$name.out")"
+  fi
+}
+for name in nginx haproxy gateway gateway-miss; do
+  check "$name" "$REQUEST_BODY" 200
+done
+check gateway-reject "$TMP/invalid.json" 400
+
+# The gateway with [upstream] http2 = true against nginx's h2 port. nginx 1.22 answers 400 to an
+# h2 request carrying both :authority and a Host header ("client sent duplicate host header"). If
+# that happens, it is reported as a gateway bug and the h2 row is measured against an HAProxy h2
+# upstream (same response, same core) instead, so that h2 can still be compared with h1.
+H2_UPSTREAM="nginx"
+status=$(probe gateway-h2 "$REQUEST_BODY")
+if [[ $status != 200 ]]; then
+  sleep 0.2
+  evidence=$(grep -h 'client sent\|client prematurely\|invalid' "$TMP/upstream/error.log" | tail -n 1 | sed 's/^[0-9/]* [0-9:]* //')
+  log "gateway-h2: nginx's h2 upstream answered $status ($evidence); falling back to an HAProxy h2 upstream"
+  meta note "GATEWAY BUG? With [upstream] http2 = true the gateway's forwarded request gets $status from $(nginx -v 2>&1 | cut -d' ' -f3) over h2; nginx's error log: \`$evidence\`. The 'upstream h2' row was measured against an HAProxy 2.6 h2 upstream instead (same response, same core)."
+  kill "${PID[gateway-h2]}"
+  wait "${PID[gateway-h2]}" 2>/dev/null || true
+  mkdir -p "$TMP/upstream-h2"
+  cat "$PKI/leaf.pem" "$PKI/leaf.key" >"$PKI/leaf.combined.pem"
+  UP_H2=${P[16]}
+  python3 "$HELPERS" render "$HERE/conf/upstream-haproxy-h2.cfg.in" "$TMP/upstream-h2/haproxy.cfg" \
+    "DIR=$TMP/upstream-h2" "PORT=$UP_H2" "CERT_AND_KEY=$PKI/leaf.combined.pem" \
+    "RESPONSE_FILE=$RESPONSE_BODY"
+  haproxy -c -q -f "$TMP/upstream-h2/haproxy.cfg" || die "the h2 upstream's haproxy config is invalid"
+  taskset -c "$LOAD_CPU" haproxy -db -f "$TMP/upstream-h2/haproxy.cfg" >"$TMP/upstream-h2/stdout.log" 2>&1 &
+  PID[upstream-h2]=$!
+  STARTED_PIDS+=("$!")
+  wait_port "${PID[upstream-h2]}" "$UP_H2" upstream-h2
+  start_gateway gateway-h2 true 100000 60s "$UP_H2"
+  H2_UPSTREAM="HAProxy"
+fi
+check gateway-h2 "$REQUEST_BODY" 200
+# The upstream names the protocol it was spoken to in X-Upstream-Protocol.
+grep -qiE '^x-upstream-protocol: (HTTP/2.0|h2)' "$TMP/check.gateway-h2.head" \
+  || die "gateway-h2 did not reach the upstream over h2: $(cat "$TMP/check.gateway-h2.head")"
+grep -qiE '^x-upstream-protocol: HTTP/1.1' "$TMP/check.gateway.head" \
+  || die "gateway did not reach the upstream over HTTP/1.1: $(cat "$TMP/check.gateway.head")"
+meta h2_upstream "$H2_UPSTREAM"
+log "sanity checks passed: 200 and the example response through every proxy, 400 for the invalid body"
+
+# ------------------------------------------------------------------------------------------------
+# Measurements
+
+new_conns_metric() { python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[$1]}/metrics" gateway_upstream_connections_opened_total; }
+
+# Closed loop: wrk -t1 -cCONNS for DURATION seconds (after a warm-up), CPU and connections read
+# around it. Extra environment for the Lua script comes from the caller.
+closed_loop() { # round name [body-file]
+  local round=$1 name=$2 body=${3:-$REQUEST_BODY}
+  local out="$OUT_DIR/wrk.$name.r$round.txt" pids c0 c1 t0 t1 m0="" m1="" conns
+  LOAD_BODY_FILE=$body taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$LUA" \
+    "$(url "$name")" >/dev/null
+  read -r -a pids <<<"$(proxy_pids "$name")"
+  [[ $name == gateway* ]] && m0=$(new_conns_metric "$name")
+  cp /proc/stat "$TMP/stat0"
+  c0=$(cpu_ticks "${pids[@]}")
+  t0=$(date +%s.%N)
+  LOAD_BODY_FILE=$body taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s \
+    -s "$LUA" "$(url "$name")" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+  t1=$(date +%s.%N)
+  c1=$(cpu_ticks "${pids[@]}")
+  cp /proc/stat "$TMP/stat1"
+  if [[ $name == gateway* ]]; then
+    m1=$(new_conns_metric "$name")
+    conns=$(( m1 - m0 ))
+  else
+    sleep 1.2   # the upstream's access log is flushed every second
+    conns=$(python3 "$HELPERS" new-conns "$UPSTREAM_LOG" "$UP_H1" "$t0" "$t1")
+  fi
+  python3 "$HELPERS" record --tsv "$RESULTS" --round "$round" --proxy "$name" --kind closed \
+    --tool wrk --output "$out" --stat-before "$TMP/stat0" --stat-after "$TMP/stat1" \
+    --cpu-before "$c0" --cpu-after "$c1" --clk-tck "$CLK_TCK" --t0 "$t0" --t1 "$t1" \
+    --conns "$conns" --require-requests
+  tail -n 1 "$RESULTS" | cut -f7
+}
+
+# Open loop: oha at a fixed rate with coordinated-omission correction (latency counted from when
+# each request was due, not when it was sent).
+open_loop() { # round name kind rate
+  local round=$1 name=$2 kind=$3 rate=$4
+  local out="$OUT_DIR/oha.$name.$kind.r$round.json" pids c0 c1 t0 t1
+  read -r -a pids <<<"$(proxy_pids "$name")"
+  cp /proc/stat "$TMP/stat0"
+  c0=$(cpu_ticks "${pids[@]}")
+  t0=$(date +%s.%N)
+  taskset -c "$LOAD_CPU" oha --no-tui --output-format json -z "${OPEN_DURATION}s" -c "$CONNS" \
+    -q "$rate" --latency-correction -m PATCH -T application/json -D "$REQUEST_BODY" \
+    -H "Authorization: Bearer $BEARER" -H "X-Session-Token: $SESSION" \
+    "$(url "$name")" >"$out" 2>"$out.err" || die "oha failed: $(cat "$out.err")"
+  t1=$(date +%s.%N)
+  c1=$(cpu_ticks "${pids[@]}")
+  cp /proc/stat "$TMP/stat1"
+  python3 "$HELPERS" record --tsv "$RESULTS" --round "$round" --proxy "$name" --kind "$kind" \
+    --tool oha --output "$out" --stat-before "$TMP/stat0" --stat-after "$TMP/stat1" \
+    --cpu-before "$c0" --cpu-after "$c1" --clk-tck "$CLK_TCK" --t0 "$t0" --t1 "$t1" \
+    --target-rps "$rate" --require-requests
+}
+
+# Rotates a list by $1 places, so that no proxy always runs first in a round.
+rotate() { local n=$1; shift; local a=("$@"); local k=$(( n % ${#a[@]} )); echo "${a[@]:k}" "${a[@]:0:k}"; }
+
+MAIN=(nginx haproxy gateway gateway-h2)       # compared in closed and open loop
+EXTRA=(gateway-reject gateway-miss)           # gateway paths, closed loop only
+
+# Calibration: one closed-loop run of each proxy (also warms every pool and cache), nginx's rate
+# being "nginx's maximum rate" for the open-loop runs.
+log "calibration: one closed-loop run per proxy"
+for name in "${MAIN[@]}" "${EXTRA[@]}"; do
+  [[ $name == gateway-miss ]] && export LOAD_SESSION_PREFIX="sess-cal-$RANDOM-"
+  rate=$(closed_loop 0 "$name" "$([[ $name == gateway-reject ]] && echo "$TMP/invalid.json" || echo "$REQUEST_BODY")")
+  export LOAD_SESSION_PREFIX=""
+  [[ $name == nginx ]] && NGINX_MAX=$rate
+done
+NGINX_MAX=${NGINX_MAX%.*}
+(( NGINX_MAX > 0 )) || die "nginx's calibration rate is 0"
+RATES=( $(( NGINX_MAX / 4 )) $(( NGINX_MAX / 2 )) $(( NGINX_MAX * 3 / 4 )) )
+log "nginx's maximum rate: $NGINX_MAX req/s; open-loop rates ${RATES[*]} req/s"
+
+for round in $(seq 1 "$ROUNDS"); do
+  log "round $round of $ROUNDS: closed loop"
+  for name in $(rotate "$round" "${MAIN[@]}"); do
+    closed_loop "$round" "$name" >/dev/null
+  done
+  closed_loop "$round" gateway-reject "$TMP/invalid.json" >/dev/null
+  export LOAD_SESSION_PREFIX="sess-r$round-$RANDOM-"   # never seen before: every request misses
+  closed_loop "$round" gateway-miss >/dev/null
+  export LOAD_SESSION_PREFIX=""
+  [[ $OPEN_LOOP == 1 ]] || continue
+  log "round $round of $ROUNDS: open loop"
+  for i in 0 1 2; do
+    kind=open$(( (i + 1) * 25 ))
+    for name in $(rotate "$round" "${MAIN[@]}"); do
+      open_loop "$round" "$name" "$kind" "${RATES[$i]}"
+    done
+  done
+done
+
+# Peak RSS over the whole run (VmHWM; summed over nginx's master and worker).
+for name in "${MAIN[@]}" "${EXTRA[@]}"; do
+  read -r -a pids <<<"$(proxy_pids "$name")"
+  read -r _ hwm <<<"$(python3 "$HELPERS" rss "${pids[@]}")"
+  meta "peak_rss_kb.$name" "$hwm"
+done
+
+# ------------------------------------------------------------------------------------------------
+# Gateway memory: idle, 1,000 keep-alive connections, (BIG_CACHE=1) 1,000,000 cached sessions.
+
+if [[ $MEMORY == 1 ]]; then
+log "gateway memory: idle and with 1,000 open connections"
+start_gateway gateway-mem false 100000 60s "$UP_H1"
+check gateway-mem "$REQUEST_BODY" 200
+sleep 1
+read -r rss hwm <<<"$(python3 "$HELPERS" rss "${PID[gateway-mem]}")"
+meta memory.idle.rss_kb "$rss"; meta memory.idle.hwm_kb "$hwm"
+taskset -c "$LOAD_CPU" python3 "$HELPERS" hold --host 127.0.0.1 --port "${PORT[gateway-mem]}" \
+  --path "$ROUTE" --body "$REQUEST_BODY" --bearer "$BEARER" --session "$SESSION" --n 1000 \
+  --ready "$TMP/hold.ready" --seconds 60 &
+HOLD_PID=$!
+STARTED_PIDS+=("$HOLD_PID")
+for _ in $(seq 300); do
+  [[ -s $TMP/hold.ready ]] && break
+  kill -0 "$HOLD_PID" 2>/dev/null || die "the connection holder exited early"
+  sleep 0.1
+done
+[[ -s $TMP/hold.ready ]] || die "1,000 connections were not set up within 30 s"
+sleep 0.5
+read -r rss hwm <<<"$(python3 "$HELPERS" rss "${PID[gateway-mem]}")"
+open=$(python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[gateway-mem]}/metrics" gateway_open_connections)
+meta memory.conns.rss_kb "$rss"; meta memory.conns.hwm_kb "$hwm"
+meta memory.conns.note "$(cut -d' ' -f2-4 "$TMP/hold.ready") answered 2xx; gateway_open_connections $open"
+kill "$HOLD_PID" 2>/dev/null || true
+wait "$HOLD_PID" 2>/dev/null || true
+fi
+
+if [[ $BIG_CACHE == 1 ]]; then
+  log "gateway memory: filling $BIG_CACHE_SESSIONS sessions (one new session per request)"
+  start_gateway gateway-big false $(( BIG_CACHE_SESSIONS * 11 / 10 )) 1h "$UP_H1"
+  out="$OUT_DIR/wrk.gateway-big.txt"
+  LOAD_SESSION_PREFIX="sess-big-$RANDOM-" LOAD_STOP_AFTER="$BIG_CACHE_SESSIONS" \
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d900s --timeout 5s -s "$LUA" "$(url gateway-big)" \
+    >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+  sleep 1
+  read -r rss hwm <<<"$(python3 "$HELPERS" rss "${PID[gateway-big]}")"
+  entries=$(python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[gateway-big]}/metrics" gateway_session_cache_entries)
+  meta memory.sessions.rss_kb "$rss"; meta memory.sessions.hwm_kb "$hwm"
+  meta memory.sessions.note "gateway_session_cache_entries $entries; $(grep -o '[0-9]* requests in [0-9.]*s' "$out")"
+fi
+
+# ------------------------------------------------------------------------------------------------
+# Report
+
+if grep -q '\[\(alert\|crit\|emerg\|error\)\]' "$TMP"/{upstream,nginx}/error.log 2>/dev/null; then
+  meta note "nginx logged errors: $(grep -h '\[\(alert\|crit\|emerg\|error\)\]' "$TMP"/{upstream,nginx}/error.log | head -3 | tr '\n' ' ')"
+fi
+for name in gateway gateway-h2 gateway-reject gateway-miss gateway-mem; do
+  if [[ -s $TMP/$name/stdout.log ]]; then
+    meta note "$name logged (warn and above): $(head -c 400 "$TMP/$name/stdout.log" | tr '\n' ' ')"
+  fi
+done
+for name in "${!PID[@]}"; do
+  kill -0 "${PID[$name]}" 2>/dev/null || meta note "$name is no longer running at the end of the run"
+done
+
+elapsed=$(( $(date +%s) - START_EPOCH ))
+meta started "$(date -u -d "@$START_EPOCH" +%Y-%m-%dT%H:%M:%SZ)"
+meta nproc "$(nproc)"
+meta cpu_model "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+meta kernel "$(uname -r)"
+meta mem "$(free -h | awk '/^Mem:/ {print $2}')"
+meta versions "$("$GATEWAY" --version 2>/dev/null | head -1); $(nginx -v 2>&1); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(oha --version 2>/dev/null || echo "no oha"); $(openssl version | cut -d' ' -f1-2)"
+meta command "$COMMAND_LINE"
+meta rounds "$ROUNDS"; meta duration "$DURATION"; meta open_duration "$OPEN_DURATION"
+meta warmup "$WARMUP"; meta conns "$CONNS"; meta nginx_max "$NGINX_MAX"; meta rates "${RATES[*]}"
+meta raw "$RESULTS"
+meta elapsed "$(( elapsed / 60 )) min $(( elapsed % 60 )) s"
+
+python3 "$HELPERS" report "$RESULTS" "$META" | tee "$OUT_DIR/report.md"
+log "report saved to $OUT_DIR/report.md"
