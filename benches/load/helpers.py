@@ -346,10 +346,10 @@ def load_meta(path):
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        try:
-            value = float(value) if re.fullmatch(r"-?\d+(\.\d+)?", value) else value
-        except ValueError:
-            pass
+        if re.fullmatch(r"-?\d+", value):
+            value = int(value)
+        elif re.fullmatch(r"-?\d+\.\d+", value):
+            value = float(value)
         node[leaf] = value
     return meta
 

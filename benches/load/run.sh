@@ -263,7 +263,9 @@ start_gateway gateway-miss false 100000 60s "$UP_H1"
 proxy_pids() {
   local name=$1
   if [[ $name == nginx || $name == upstream ]]; then
-    echo "${PID[$name]}" $(pgrep -P "${PID[$name]}" || true)
+    local workers
+    workers=$(pgrep -P "${PID[$name]}" | tr '\n' ' ' || true)
+    echo "${PID[$name]} $workers"
   else
     echo "${PID[$name]}"
   fi
