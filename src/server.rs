@@ -496,7 +496,7 @@ where
         let svc = svc.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| svc(req));
+            let svc = hyper::service::service_fn(&svc);
             let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
         });
     }

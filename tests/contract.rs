@@ -90,7 +90,8 @@ async fn header_stages_answer_401_and_415_and_never_reach_the_upstream() {
     let (_pki, mock, gw) = setup().await;
     let long = format!("Bearer {}", "a".repeat(4097));
     let long_session = "s".repeat(4097);
-    let cases: Vec<(Vec<(String, String)>, u16, &str)> = vec![
+    type Case<'a> = (Vec<(String, String)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (with(&[("authorization", None)]), 401, "Authorization"),
         (
             with(&[("authorization", Some("Basic dXNlcjpwYXNz"))]),

@@ -270,9 +270,7 @@ async fn requests_pipelined_behind_a_rejected_one_are_answered_in_order() {
     assert_eq!(status_lines(&out).len(), 1, "{out}");
 
     // Framing abuse closes the connection: the pipelined request is never read.
-    let bytes = format!(
-        "POST /other HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
-    );
+    let bytes = "POST /other HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n".to_string();
     let (out, closed) = exchange(&gw, bytes.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(status_lines(&out).len(), 1, "{out}");

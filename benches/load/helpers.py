@@ -6,7 +6,8 @@ Subcommands (run.sh is the only caller):
   jwt                             an HS256 JWT (random secret) whose exp is one hour ahead
   nginx-string FILE               FILE's text as an nginx single-quoted string
   render TEMPLATE OUT K=V...      copy TEMPLATE to OUT, replacing every @K@ by V (all must be given)
-  metric URL NAME                 sum of a Prometheus metric (all label sets) at URL; 0 if absent
+  metric URL NAME [LABELS]        sum of a Prometheus metric at URL over the label sets that
+                                  contain LABELS (e.g. 'result="miss"'); 0 if absent
   rss PID...                      "VmRSS VmHWM" in kB, summed over the PIDs
   new-conns LOG PORT T0 T1        connections the upstream saw opened on PORT between T0 and T1
   record ...                      parse one measurement and append it to the results TSV
@@ -90,7 +91,7 @@ def cmd_metric(args):
         if line.startswith("#"):
             continue
         m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if m and m.group(1) == args.name:
+        if m and m.group(1) == args.name and args.labels in (m.group(2) or ""):
             total += float(m.group(3))
     print(int(total) if total.is_integer() else total)
 
@@ -206,7 +207,8 @@ def busy(stat_before, stat_after):
 COLUMNS = [
     "round", "proxy", "kind", "tool", "requests", "seconds", "rps", "cpu_ticks", "clk_tck",
     "cpu_s_per_10k", "non2xx", "socket_errors", "conns_opened", "conns_per_1k",
-    "core0_busy", "core1_busy", "p50_ms", "p99_ms", "p999_ms", "target_rps",
+    "proxy_cpu_pct", "core0_busy", "core1_busy", "p50_ms", "p99_ms", "p999_ms", "target_rps",
+    "cache_misses",
 ]
 
 
@@ -229,14 +231,16 @@ def cmd_record(args):
     conns = args.conns
     conns_per_1k = conns / requests * 1000 if (conns is not None and requests) else None
     c0, c1 = busy(args.stat_before, args.stat_after)
+    seconds = args.t1 - args.t0
+    cpu_pct = 100.0 * ticks / args.clk_tck / seconds if seconds > 0 else None
     row = {
         "round": args.round, "proxy": args.proxy, "kind": args.kind, "tool": args.tool,
         "requests": requests, "seconds": round(args.t1 - args.t0, 3), "rps": r["rps"],
         "cpu_ticks": ticks, "clk_tck": args.clk_tck, "cpu_s_per_10k": cpu_per_10k,
         "non2xx": r["non2xx"], "socket_errors": r["socket_errors"], "conns_opened": conns,
-        "conns_per_1k": conns_per_1k, "core0_busy": c0, "core1_busy": c1,
+        "conns_per_1k": conns_per_1k, "proxy_cpu_pct": cpu_pct, "core0_busy": c0, "core1_busy": c1,
         "p50_ms": r.get("p50"), "p99_ms": r.get("p99"), "p999_ms": r.get("p999"),
-        "target_rps": args.target_rps,
+        "target_rps": args.target_rps, "cache_misses": args.cache_misses,
     }
     new = not os.path.exists(args.tsv)
     with open(args.tsv, "a", newline="") as f:
@@ -252,10 +256,12 @@ def cmd_record(args):
         bits.append(f"{cpu_per_10k:.3f} CPU s/10k")
     if conns is not None:
         bits.append(f"{conns} new upstream conns")
+    if args.cache_misses is not None:
+        bits.append(f"{args.cache_misses} session cache misses")
     if r.get("p99") is not None:
         bits.append(f"p50 {r['p50']:.2f} p99 {r['p99']:.2f} p99.9 {r['p999']:.2f} ms")
     if c0 is not None:
-        bits.append(f"cores {c0:.0f}%/{c1:.0f}%")
+        bits.append(f"proxy CPU {cpu_pct:.0f}%, cores {c0:.0f}%/{c1:.0f}%")
     if r["non2xx"] or r["socket_errors"]:
         bits.append(f"NON-2XX {r['non2xx']} ERRORS {r['socket_errors']}")
         if r.get("errors_detail"):
@@ -401,7 +407,7 @@ def cmd_report(args):
     w("")
     w("| proxy | req/s (closed loop) | CPU s / 10k req | ratio to nginx | "
       "p50 / p99 / p99.9 @25% (ms) | @50% (ms) | @75% (ms) | peak RSS MB | "
-      "upstream conns / 1k req | non-2xx, errors | core 0 / core 1 busy % |")
+      "upstream conns / 1k req | non-2xx, errors | proxy CPU % / core 0 / core 1 busy % |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     peak = meta.get("peak_rss_kb", {})
     for p in proxies:
@@ -412,16 +418,25 @@ def cmd_report(args):
         conns = median(r["conns_per_1k"] for r in c)
         non2xx = sum(int(r["non2xx"] or 0) for r in rows if r["proxy"] == p)
         errs = sum(int(r["socket_errors"] or 0) for r in rows if r["proxy"] == p)
+        pc = median(r["proxy_cpu_pct"] for r in c)
         c0 = median(r["core0_busy"] for r in c)
         c1 = median(r["core1_busy"] for r in c)
         rss = peak.get(p)
         w(f"| {LABELS[p]} | {f(rps, 0)} | {f(cpu, 3)} | {f(rat, 3)} | {open_cell(p, 'open25')} | "
           f"{open_cell(p, 'open50')} | {open_cell(p, 'open75')} | "
           f"{f(rss / 1024 if rss else None, 1)} | {f(conns, 3)} | {non2xx}, {errs} | "
-          f"{f(c0, 0)} / {f(c1, 0)} |")
+          f"{f(pc, 0)} / {f(c0, 0)} / {f(c1, 0)} |")
     w("")
     w("Per-round CPU ratios to nginx (same round): " + "; ".join(
         f"{p}: " + ", ".join(f"{x:.3f}" for x in ratios(p)) for p in proxies if p != "nginx"))
+    miss = []
+    for p in proxies:
+        vals = [r["cache_misses"] / r["requests"] for r in closed[p]
+                if r["cache_misses"] is not None and r["requests"]]
+        if vals:
+            miss.append(f"{p}: {median(vals):.3f}")
+    if miss:
+        w("Session-cache misses per request (gateway metric, median): " + "; ".join(miss) + ".")
     if "gateway-reject" in proxies:
         w("The rejection row's non-2xx are its expected 400s.")
     w("")
@@ -492,6 +507,7 @@ def main():
     p.add_argument("template"); p.add_argument("out"); p.add_argument("pairs", nargs="*")
     p.set_defaults(fn=cmd_render)
     p = sub.add_parser("metric"); p.add_argument("url"); p.add_argument("name")
+    p.add_argument("labels", nargs="?", default="")
     p.set_defaults(fn=cmd_metric)
     p = sub.add_parser("rss"); p.add_argument("pids", nargs="+"); p.set_defaults(fn=cmd_rss)
     p = sub.add_parser("new-conns")
@@ -507,6 +523,7 @@ def main():
     p.add_argument("--t0", type=float, required=True)
     p.add_argument("--t1", type=float, required=True)
     p.add_argument("--conns", type=int)
+    p.add_argument("--cache-misses", type=int)
     p.add_argument("--target-rps", type=float)
     p.add_argument("--require-requests", action="store_true")
     p.set_defaults(fn=cmd_record)

@@ -348,17 +348,23 @@ log "sanity checks passed: 200 and the example response through every proxy, 400
 # ------------------------------------------------------------------------------------------------
 # Measurements
 
+cache_misses() { python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[$1]}/metrics" gateway_session_cache_lookups_total 'result="miss"'; }
 new_conns_metric() { python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[$1]}/metrics" gateway_upstream_connections_opened_total; }
 
 # Closed loop: wrk -t1 -cCONNS for DURATION seconds (after a warm-up), CPU and connections read
 # around it. Extra environment for the Lua script comes from the caller.
-closed_loop() { # round name [body-file]
+closed_loop() { # round name [body-file]  (round 0: calibration, not in the report's medians)
   local round=$1 name=$2 body=${3:-$REQUEST_BODY}
-  local out="$OUT_DIR/wrk.$name.r$round.txt" pids c0 c1 t0 t1 m0="" m1="" conns
+  local out="$OUT_DIR/wrk.$name.r$round.txt" pids c0 c1 t0 t1 m0="" m1="" conns kind=closed
+  local miss0="" misses=()
+  (( round > 0 )) || kind=calibration
   LOAD_BODY_FILE=$body taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$LUA" \
     "$(url "$name")" >/dev/null
   read -r -a pids <<<"$(proxy_pids "$name")"
-  [[ $name == gateway* ]] && m0=$(new_conns_metric "$name")
+  if [[ $name == gateway* ]]; then
+    m0=$(new_conns_metric "$name")
+    miss0=$(cache_misses "$name")
+  fi
   cp /proc/stat "$TMP/stat0"
   c0=$(cpu_ticks "${pids[@]}")
   t0=$(date +%s.%N)
@@ -370,14 +376,15 @@ closed_loop() { # round name [body-file]
   if [[ $name == gateway* ]]; then
     m1=$(new_conns_metric "$name")
     conns=$(( m1 - m0 ))
+    misses=(--cache-misses $(( $(cache_misses "$name") - miss0 )))
   else
     sleep 1.2   # the upstream's access log is flushed every second
     conns=$(python3 "$HELPERS" new-conns "$UPSTREAM_LOG" "$UP_H1" "$t0" "$t1")
   fi
-  python3 "$HELPERS" record --tsv "$RESULTS" --round "$round" --proxy "$name" --kind closed \
+  python3 "$HELPERS" record --tsv "$RESULTS" --round "$round" --proxy "$name" --kind "$kind" \
     --tool wrk --output "$out" --stat-before "$TMP/stat0" --stat-after "$TMP/stat1" \
     --cpu-before "$c0" --cpu-after "$c1" --clk-tck "$CLK_TCK" --t0 "$t0" --t1 "$t1" \
-    --conns "$conns" --require-requests
+    --conns "$conns" "${misses[@]}" --require-requests
   tail -n 1 "$RESULTS" | cut -f7
 }
 

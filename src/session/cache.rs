@@ -73,19 +73,10 @@ impl Entry {
 pub type Key = u128;
 
 /// Hashes sessions into cache keys.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct KeyHasher {
     a: std::collections::hash_map::RandomState,
     b: std::collections::hash_map::RandomState,
-}
-
-impl Default for KeyHasher {
-    fn default() -> Self {
-        KeyHasher {
-            a: Default::default(),
-            b: Default::default(),
-        }
-    }
 }
 
 impl KeyHasher {
