@@ -398,7 +398,7 @@ open_loop() { # round name kind rate
   c0=$(cpu_ticks "${pids[@]}")
   t0=$(date +%s.%N)
   taskset -c "$LOAD_CPU" oha --no-tui --output-format json -z "${OPEN_DURATION}s" -c "$CONNS" \
-    -q "$rate" --latency-correction -m PATCH -T application/json -D "$REQUEST_BODY" \
+    -q "$rate" --latency-correction -w -m PATCH -T application/json -D "$REQUEST_BODY" \
     -H "Authorization: Bearer $BEARER" -H "X-Session-Token: $SESSION" \
     "$(url "$name")" >"$out" 2>"$out.err" || die "oha failed: $(cat "$out.err")"
   t1=$(date +%s.%N)
