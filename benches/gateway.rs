@@ -69,7 +69,10 @@ fn request() -> Request<Body> {
 }
 
 fn bench_session(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let s = session();
     let auth = HeaderValue::from_static("Bearer dGhpcy1pcy1hLWJlYXJlci10b2tlbg");
     let token = HeaderValue::from_static(SESSION);
@@ -102,8 +105,10 @@ fn bench_headers(c: &mut Criterion) {
 
 fn bench_forward(c: &mut Criterion) {
     let cfg = ForwardConfig {
-        target: UpstreamTarget::parse("https://z52mnqg347.execute-api.eu-west-3.amazonaws.com/main")
-            .expect("target"),
+        target: UpstreamTarget::parse(
+            "https://z52mnqg347.execute-api.eu-west-3.amazonaws.com/main",
+        )
+        .expect("target"),
         trusted_proxies: vec![],
         request_timeout: Duration::from_secs(15),
     };

@@ -1,5 +1,7 @@
 //! Logging: `[log] format` and `level`, with `RUST_LOG` winning over the level.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -12,6 +14,7 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

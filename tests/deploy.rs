@@ -18,7 +18,10 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     while i < bytes.len() {
         let rest = &text[i..];
         let starts = rest.starts_with("gateway_") || rest.starts_with("process_");
-        let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b':');
+        let boundary = i == 0
+            || !(bytes[i - 1].is_ascii_alphanumeric()
+                || bytes[i - 1] == b'_'
+                || bytes[i - 1] == b':');
         if starts && boundary {
             let len = rest
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -53,7 +56,10 @@ async fn the_dashboard_and_rules_query_only_exported_metrics() {
     let req = |auth: &str, body: &'static [u8]| {
         Request::builder()
             .method("PATCH")
-            .uri(format!("http://{}/companies/v2/rs/1/contacts/2", gw.public_addr))
+            .uri(format!(
+                "http://{}/companies/v2/rs/1/contacts/2",
+                gw.public_addr
+            ))
             .header("authorization", auth.to_string())
             .header("x-session-token", "s")
             .header("content-type", "application/json")
@@ -83,7 +89,9 @@ async fn the_dashboard_and_rules_query_only_exported_metrics() {
                     serde_json::Value::Object(m) => {
                         for (k, v) in m {
                             match (k.as_str(), v) {
-                                ("expr" | "query", serde_json::Value::String(s)) => out.push(s.clone()),
+                                ("expr" | "query", serde_json::Value::String(s)) => {
+                                    out.push(s.clone())
+                                }
                                 _ => exprs(v, out),
                             }
                         }
@@ -94,7 +102,11 @@ async fn the_dashboard_and_rules_query_only_exported_metrics() {
             }
             let mut found = Vec::new();
             exprs(&dash, &mut found);
-            assert!(found.len() >= 10, "the dashboard has {} queries", found.len());
+            assert!(
+                found.len() >= 10,
+                "the dashboard has {} queries",
+                found.len()
+            );
             for e in found {
                 queried.extend(metric_names(&e));
             }
@@ -116,5 +128,8 @@ async fn the_dashboard_and_rules_query_only_exported_metrics() {
                 && !have.contains(base)
         })
         .collect();
-    assert!(missing.is_empty(), "queried by {sources:?} but not exported: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "queried by {sources:?} but not exported: {missing:?}"
+    );
 }
