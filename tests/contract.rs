@@ -409,12 +409,7 @@ async fn other_methods_and_routes_pass_untouched() {
 async fn unknown_routes_can_be_rejected() {
     let (_pki, mock, gw) =
         setup_with(|c| c.validation.unknown_routes = UnknownRoutes::Reject).await;
-    let got = send(
-        Request::get(format!("http://{}/elsewhere", gw.public_addr))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let got = send(get(gw.public_addr, "/elsewhere")).await;
     assert_eq!(got.status, 404);
     assert_eq!(
         got.json()["type"],

@@ -233,12 +233,7 @@ async fn upstream_error_kind(gw: &companies_gateway::Running, kind: &str) -> f64
 async fn a_refused_port_is_a_502() {
     let port = closed_port().await;
     let gw = start_gateway(test_config(&format!("https://localhost:{port}"), None)).await;
-    let got = send(
-        Request::get(format!("http://{}/x", gw.public_addr))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let got = send(get(gw.public_addr, "/x")).await;
     assert_eq!(got.status, 502);
     assert_eq!(upstream_error_kind(&gw, "connect").await, 1.0);
 }
@@ -249,12 +244,7 @@ async fn an_untrusted_certificate_is_a_502() {
     let other = Pki::new();
     let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
     let gw = start_gateway(test_config(&mock.url(""), Some(other.ca_file()))).await;
-    let got = send(
-        Request::get(format!("http://{}/x", gw.public_addr))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let got = send(get(gw.public_addr, "/x")).await;
     assert_eq!(got.status, 502);
     assert_eq!(
         got.json()["type"],
@@ -269,12 +259,7 @@ async fn a_certificate_for_another_name_is_a_502() {
     let pki = Pki::new();
     let mock = MockUpstream::start(pki.leaf(&["other.example"])).await;
     let gw = start_gateway(test_config(&mock.url(""), Some(pki.ca_file()))).await;
-    let got = send(
-        Request::get(format!("http://{}/x", gw.public_addr))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let got = send(get(gw.public_addr, "/x")).await;
     assert_eq!(got.status, 502);
     assert_eq!(mock.count(), 0);
     assert_eq!(upstream_error_kind(&gw, "tls").await, 1.0);
@@ -290,12 +275,7 @@ async fn a_slow_upstream_is_a_504() {
     let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
     config.upstream.request_timeout = companies_gateway::config::Dur(Duration::from_millis(200));
     let gw = start_gateway(config).await;
-    let got = send(
-        Request::get(format!("http://{}/x", gw.public_addr))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let got = send(get(gw.public_addr, "/x")).await;
     assert_eq!(got.status, 504);
     assert_eq!(
         got.json()["type"],
@@ -328,14 +308,7 @@ async fn sequential_requests_reuse_pooled_connections() {
     let (_pki, mock, gw) = setup().await;
     let client = client();
     for _ in 0..10 {
-        let res = client
-            .request(
-                Request::get(format!("http://{}/x", gw.public_addr))
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let res = client.request(get(gw.public_addr, "/x")).await.unwrap();
         assert_eq!(res.status(), 200);
         // Reading the body to its end lets hyper-util hand the connection back to the pool.
         http_body_util::BodyExt::collect(res.into_body())
@@ -359,14 +332,7 @@ async fn h2c_with_prior_knowledge_is_served() {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
-    let res = client
-        .request(
-            Request::get(format!("http://{}/h2c", gw.public_addr))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let res = client.request(get(gw.public_addr, "/h2c")).await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.version(), http::Version::HTTP_2);
     assert_eq!(mock.received()[0].target, "/main/h2c");
@@ -379,12 +345,7 @@ async fn an_http2_upstream_is_used_when_enabled() {
     let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
     config.upstream.http2 = true;
     let gw = start_gateway(config).await;
-    let got = send(
-        Request::get(format!("http://{}/x", gw.public_addr))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let got = send(get(gw.public_addr, "/x")).await;
     assert_eq!(got.status, 200);
     assert_eq!(mock.received()[0].version, http::Version::HTTP_2);
 }

@@ -13,12 +13,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn get(addr: std::net::SocketAddr, path: &str) -> Request<Full<Bytes>> {
-    Request::get(format!("http://{addr}{path}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
-
 async fn healthy(gw: &Running) {
     let got = send(get(gw.admin_addr, "/healthz")).await;
     assert_eq!(got.status, 200);

@@ -116,12 +116,6 @@ impl Drop for Gateway {
     }
 }
 
-fn get(addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
-    Request::get(format!("http://{addr}{path}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
-
 async fn drains_on(sig: &str) {
     let pki = Pki::new();
     let mock = MockUpstream::start_with(pki.leaf(&["localhost"]), |_| {

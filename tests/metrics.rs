@@ -50,10 +50,7 @@ async fn counters_match_a_known_mix_of_requests() {
             .status,
         400
     );
-    let get = Request::get(format!("http://{addr}/other"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(send(get).await.status, 200);
+    assert_eq!(send(get(addr, "/other")).await.status, 200);
     let brew = Request::builder()
         .method("BREW")
         .uri(format!("http://{addr}/pot"))
@@ -70,10 +67,7 @@ async fn counters_match_a_known_mix_of_requests() {
     );
     // An upstream 400 on a route without a contract is not drift.
     mock.push_reply(Reply::status(400));
-    let get = Request::get(format!("http://{addr}/other"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert_eq!(send(get).await.status, 400);
+    assert_eq!(send(get(addr, "/other")).await.status, 400);
 
     let expect = [
         ("gateway_requests_total{method=\"PATCH\",outcome=\"forwarded\",route=\"update_contact\",status=\"200\"}", 3.0),
@@ -207,33 +201,15 @@ async fn readiness_flips_to_503_during_a_drain() {
     let gw = start_gateway(config).await;
     let admin = gw.admin_addr;
     let public = gw.public_addr;
-    let ready = |addr| async move {
-        send(
-            Request::get(format!("http://{addr}/readyz"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .status
-    };
+    let ready = |addr| async move { send(get(addr, "/readyz")).await.status };
     assert_eq!(ready(admin).await, 200);
-    let health = send(
-        Request::get(format!("http://{admin}/healthz"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let health = send(get(admin, "/healthz")).await;
     assert_eq!(health.status, 200);
     let drain = tokio::spawn(gw.shutdown());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(ready(admin).await, 503);
     // Still serving traffic during drain_delay, so the load balancer can move away first.
-    let got = send(
-        Request::get(format!("http://{public}/x"))
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let got = send(get(public, "/x")).await;
     assert_eq!(got.status, 200);
     drain.await.unwrap();
     assert!(

@@ -392,6 +392,13 @@ pub async fn send(req: Request<Full<Bytes>>) -> Got {
     }
 }
 
+/// `GET http://{addr}{path}` with an empty body.
+pub fn get(addr: SocketAddr, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request")
+}
+
 /// A valid update-contact request to the gateway at `addr`.
 pub fn update_contact(addr: SocketAddr) -> http::request::Builder {
     Request::builder()
