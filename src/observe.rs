@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -55,14 +55,15 @@ struct Pending {
     route: RouteLabel,
     method: &'static str,
     request_id: Option<RequestId>,
-    path: String,
+    /// Kept only when the access log is on.
+    path: Option<String>,
     client: Option<ConnInfo>,
 }
 
 impl Pending {
     fn finish(
         self,
-        status: u16,
+        status: StatusCode,
         outcome: Outcome,
         upstream: Option<UpstreamTiming>,
         validated: bool,
@@ -70,10 +71,8 @@ impl Pending {
         let m = &self.metrics;
         let elapsed = self.started.elapsed();
         let route = self.route.as_str();
-        let mut code = itoa_buf();
-        let status_text = code.format(status);
         m.requests
-            .with_label_values(&[route, self.method, status_text, outcome.kind.as_str()])
+            .with_label_values(&[route, self.method, status.as_str(), outcome.kind.as_str()])
             .inc();
         m.request_duration
             .with_label_values(&[route, outcome.kind.as_str()])
@@ -87,47 +86,29 @@ impl Pending {
             m.upstream_errors.with_label_values(&[kind.as_str()]).inc();
         }
         if let Some(t) = upstream {
-            let mut up = itoa_buf();
             m.upstream_duration
-                .with_label_values(&[route, up.format(t.status.as_u16())])
+                .with_label_values(&[route, t.status.as_str()])
                 .observe(t.elapsed.as_secs_f64());
             if validated && matches!(t.status.as_u16(), 400 | 422) {
                 m.contract_drift.with_label_values(&[route]).inc();
             }
         }
-        tracing::info!(
-            target: "access",
-            request_id = self.request_id.as_ref().map(|r| r.as_str()).unwrap_or(""),
-            method = self.method,
-            route,
-            path = %self.path,
-            status,
-            outcome = outcome.kind.as_str(),
-            reason = outcome.reason.map(|r| r.as_str()).unwrap_or(""),
-            upstream_status = upstream.map(|t| t.status.as_u16()).unwrap_or(0),
-            duration_us = elapsed.as_micros() as u64,
-            upstream_us = upstream.map(|t| t.elapsed.as_micros() as u64).unwrap_or(0),
-            client = %self.client.map(|c| c.peer.to_string()).unwrap_or_default(),
-        );
-    }
-}
-
-/// A small stack buffer for status codes as label text.
-struct StatusText([u8; 3]);
-
-fn itoa_buf() -> StatusText {
-    StatusText([b'0'; 3])
-}
-
-impl StatusText {
-    fn format(&mut self, status: u16) -> &str {
-        let s = status.min(999);
-        self.0 = [
-            b'0' + (s / 100) as u8,
-            b'0' + (s / 10 % 10) as u8,
-            b'0' + (s % 10) as u8,
-        ];
-        std::str::from_utf8(&self.0).unwrap_or("0")
+        if let Some(path) = self.path {
+            tracing::info!(
+                target: "access",
+                request_id = self.request_id.as_ref().map(|r| r.as_str()).unwrap_or(""),
+                method = self.method,
+                route,
+                path = %path,
+                status = status.as_u16(),
+                outcome = outcome.kind.as_str(),
+                reason = outcome.reason.map(|r| r.as_str()).unwrap_or(""),
+                upstream_status = upstream.map(|t| t.status.as_u16()).unwrap_or(0),
+                duration_us = elapsed.as_micros() as u64,
+                upstream_us = upstream.map(|t| t.elapsed.as_micros() as u64).unwrap_or(0),
+                client = %self.client.map(|c| c.peer.to_string()).unwrap_or_default(),
+            );
+        }
     }
 }
 
@@ -151,7 +132,8 @@ where
             route: match_route(req.method(), req.uri().path()).label(),
             method: method_label(req.method()),
             request_id: req.extensions().get::<RequestId>().cloned(),
-            path: req.uri().path().to_string(),
+            path: tracing::enabled!(target: "access", tracing::Level::INFO)
+                .then(|| req.uri().path().to_string()),
             client: req.extensions().get::<ConnInfo>().copied(),
         };
         ResponseFuture {
@@ -174,7 +156,8 @@ impl Drop for Guard {
                 upstream_error: None,
             };
             // 499: nginx's "client closed request"; no status was sent.
-            p.finish(499, aborted, None, false);
+            let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            p.finish(status, aborted, None, false);
         }
     }
 }
@@ -211,7 +194,7 @@ where
                         });
                     let upstream = res.extensions().get::<UpstreamTiming>().copied();
                     let validated = res.extensions().get::<Validated>().is_some();
-                    p.finish(res.status().as_u16(), outcome, upstream, validated);
+                    p.finish(res.status(), outcome, upstream, validated);
                 }
                 Err(_) => {
                     let error = Outcome {
@@ -219,7 +202,7 @@ where
                         reason: None,
                         upstream_error: None,
                     };
-                    p.finish(500, error, None, false);
+                    p.finish(StatusCode::INTERNAL_SERVER_ERROR, error, None, false);
                 }
             }
         }
