@@ -334,8 +334,6 @@ impl Serialize for Dur {
 pub struct UpstreamTarget {
     pub scheme: Scheme,
     pub authority: Authority,
-    /// The host, for the `Host` header and SNI.
-    pub host_header: http::HeaderValue,
     /// Without a trailing slash; empty for the root.
     pub base_path: String,
 }
@@ -360,12 +358,9 @@ impl UpstreamTarget {
         if uri.query().is_some() {
             return Err("the upstream URL must not have a query string".into());
         }
-        let host_header = http::HeaderValue::from_str(authority.as_str())
-            .map_err(|_| format!("`{url}` has an invalid host"))?;
         Ok(Self {
             scheme: Scheme::HTTPS,
             authority,
-            host_header,
             base_path: uri.path().trim_end_matches('/').to_string(),
         })
     }

@@ -31,7 +31,7 @@ pub struct ForwardConfig {
 }
 
 /// Rewrites a client request into the upstream request: the target comes from config alone, the
-/// query passes byte for byte, hop-by-hop headers go, `Host` is the upstream's, `Via` and the
+/// query passes byte for byte, hop-by-hop headers go, `Host` becomes the upstream's, `Via` and the
 /// forwarded headers are set. Method, body and end-to-end headers are untouched.
 pub fn upstream_request(
     mut req: Request<Body>,
@@ -67,7 +67,9 @@ pub fn upstream_request(
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    headers.insert(HOST, target.host_header.clone());
+    // The pooled client sets `Host` from the URI on HTTP/1.1; on h2 the URI is `:authority`, and
+    // a second `host` header would make the upstream refuse the request.
+    headers.remove(HOST);
     set_forwarded(headers, conn, client_host.as_ref(), &cfg.trusted_proxies);
     append_via(headers);
     Ok(req)
@@ -219,7 +221,8 @@ mod tests {
             "https://api.example:8443/main/companies/v2/rs/1/contacts/2?a=1&b=%2F%20x&&c"
         );
         assert_eq!(out.method(), "PATCH");
-        assert_eq!(out.headers()["host"], "api.example:8443");
+        // The client's Host is gone; hyper-util writes the upstream's from the URI.
+        assert!(out.headers().get("host").is_none());
         assert_eq!(out.headers()["x-forwarded-host"], "evil.example:1");
         assert_eq!(out.headers()["via"], "1.1 companies-gateway");
         let custom: Vec<_> = out.headers().get_all("x-custom").iter().collect();

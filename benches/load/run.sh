@@ -358,8 +358,9 @@ closed_loop() { # round name [body-file]  (round 0: calibration, not in the repo
   local out="$OUT_DIR/wrk.$name.r$round.txt" pids c0 c1 t0 t1 m0="" m1="" conns kind=closed
   local miss0="" misses=()
   (( round > 0 )) || kind=calibration
-  LOAD_BODY_FILE=$body taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$LUA" \
-    "$(url "$name")" >/dev/null
+  # (A distinct-session run warms up with other sessions, so that the measured run still misses.)
+  LOAD_BODY_FILE=$body LOAD_SESSION_PREFIX=${LOAD_SESSION_PREFIX:+${LOAD_SESSION_PREFIX}warm-} \
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$LUA" "$(url "$name")" >/dev/null
   read -r -a pids <<<"$(proxy_pids "$name")"
   if [[ $name == gateway* ]]; then
     m0=$(new_conns_metric "$name")
@@ -416,15 +417,10 @@ rotate() { local n=$1; shift; local a=("$@"); local k=$(( n % ${#a[@]} )); echo 
 MAIN=(nginx haproxy gateway gateway-h2)       # compared in closed and open loop
 EXTRA=(gateway-reject gateway-miss)           # gateway paths, closed loop only
 
-# Calibration: one closed-loop run of each proxy (also warms every pool and cache), nginx's rate
-# being "nginx's maximum rate" for the open-loop runs.
-log "calibration: one closed-loop run per proxy"
-for name in "${MAIN[@]}" "${EXTRA[@]}"; do
-  [[ $name == gateway-miss ]] && export LOAD_SESSION_PREFIX="sess-cal-$RANDOM-"
-  rate=$(closed_loop 0 "$name" "$([[ $name == gateway-reject ]] && echo "$TMP/invalid.json" || echo "$REQUEST_BODY")")
-  export LOAD_SESSION_PREFIX=""
-  [[ $name == nginx ]] && NGINX_MAX=$rate
-done
+# Calibration: one closed-loop run of nginx, whose rate is "nginx's maximum rate" for the open-loop
+# runs. (Every measured closed-loop run has its own warm-up, which also fills pools and caches.)
+log "calibration: nginx's maximum rate (closed loop)"
+NGINX_MAX=$(closed_loop 0 nginx)
 NGINX_MAX=${NGINX_MAX%.*}
 (( NGINX_MAX > 0 )) || die "nginx's calibration rate is 0"
 RATES=( $(( NGINX_MAX / 4 )) $(( NGINX_MAX / 2 )) $(( NGINX_MAX * 3 / 4 )) )
@@ -460,44 +456,56 @@ done
 # Gateway memory: idle, 1,000 keep-alive connections, (BIG_CACHE=1) 1,000,000 cached sessions.
 
 if [[ $MEMORY == 1 ]]; then
-log "gateway memory: idle and with 1,000 open connections"
-start_gateway gateway-mem false 100000 60s "$UP_H1"
-check gateway-mem "$REQUEST_BODY" 200
-sleep 1
-read -r rss hwm <<<"$(python3 "$HELPERS" rss "${PID[gateway-mem]}")"
-meta memory.idle.rss_kb "$rss"; meta memory.idle.hwm_kb "$hwm"
-taskset -c "$LOAD_CPU" python3 "$HELPERS" hold --host 127.0.0.1 --port "${PORT[gateway-mem]}" \
-  --path "$ROUTE" --body "$REQUEST_BODY" --bearer "$BEARER" --session "$SESSION" --n 1000 \
-  --ready "$TMP/hold.ready" --seconds 60 &
-HOLD_PID=$!
-STARTED_PIDS+=("$HOLD_PID")
-for _ in $(seq 300); do
-  [[ -s $TMP/hold.ready ]] && break
-  kill -0 "$HOLD_PID" 2>/dev/null || die "the connection holder exited early"
-  sleep 0.1
-done
-[[ -s $TMP/hold.ready ]] || die "1,000 connections were not set up within 30 s"
-sleep 0.5
-read -r rss hwm <<<"$(python3 "$HELPERS" rss "${PID[gateway-mem]}")"
-open=$(python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[gateway-mem]}/metrics" gateway_open_connections)
-meta memory.conns.rss_kb "$rss"; meta memory.conns.hwm_kb "$hwm"
-meta memory.conns.note "$(cut -d' ' -f2-4 "$TMP/hold.ready") answered 2xx; gateway_open_connections $open"
-kill "$HOLD_PID" 2>/dev/null || true
-wait "$HOLD_PID" 2>/dev/null || true
+  log "gateway memory: idle and with 1,000 open connections"
+  start_gateway gateway-mem false 100000 60s "$UP_H1"
+  check gateway-mem "$REQUEST_BODY" 200
+  sleep 1
+  read -r rss hwm <<<"$(python3 "$HELPERS" rss "${PID[gateway-mem]}")"
+  meta memory.idle.rss_kb "$rss"; meta memory.idle.hwm_kb "$hwm"
+  taskset -c "$LOAD_CPU" python3 "$HELPERS" hold --host 127.0.0.1 --port "${PORT[gateway-mem]}" \
+    --path "$ROUTE" --body "$REQUEST_BODY" --bearer "$BEARER" --session "$SESSION" --n 1000 \
+    --ready "$TMP/hold.ready" --seconds 60 &
+  HOLD_PID=$!
+  STARTED_PIDS+=("$HOLD_PID")
+  for _ in $(seq 300); do
+    [[ -s $TMP/hold.ready ]] && break
+    kill -0 "$HOLD_PID" 2>/dev/null || die "the connection holder exited early"
+    sleep 0.1
+  done
+  [[ -s $TMP/hold.ready ]] || die "1,000 connections were not set up within 30 s"
+  sleep 0.5
+  read -r rss hwm <<<"$(python3 "$HELPERS" rss "${PID[gateway-mem]}")"
+  open=$(python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[gateway-mem]}/metrics" gateway_open_connections)
+  meta memory.conns.rss_kb "$rss"; meta memory.conns.hwm_kb "$hwm"
+  meta memory.conns.note "$(cut -d' ' -f2-4 "$TMP/hold.ready") answered 2xx; gateway_open_connections $open"
+  kill "$HOLD_PID" 2>/dev/null || true
+  wait "$HOLD_PID" 2>/dev/null || true
 fi
 
 if [[ $BIG_CACHE == 1 ]]; then
   log "gateway memory: filling $BIG_CACHE_SESSIONS sessions (one new session per request)"
   start_gateway gateway-big false $(( BIG_CACHE_SESSIONS * 11 / 10 )) 1h "$UP_H1"
   out="$OUT_DIR/wrk.gateway-big.txt"
+  # wrk stops sending after BIG_CACHE_SESSIONS answers (Lua) but would then idle until -d ends, so
+  # the gateway's miss counter is polled and wrk interrupted (it prints its summary on SIGINT).
   LOAD_SESSION_PREFIX="sess-big-$RANDOM-" LOAD_STOP_AFTER="$BIG_CACHE_SESSIONS" \
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d900s --timeout 5s -s "$LUA" "$(url gateway-big)" \
-    >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+    >"$out" 2>&1 &
+  WRK_PID=$!
+  STARTED_PIDS+=("$WRK_PID")
+  for _ in $(seq 900); do
+    kill -0 "$WRK_PID" 2>/dev/null || break
+    (( $(cache_misses gateway-big) >= BIG_CACHE_SESSIONS )) && break
+    sleep 1
+  done
+  kill -INT "$WRK_PID" 2>/dev/null || true
+  wait "$WRK_PID" || true
   sleep 1
   read -r rss hwm <<<"$(python3 "$HELPERS" rss "${PID[gateway-big]}")"
   entries=$(python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[gateway-big]}/metrics" gateway_session_cache_entries)
   meta memory.sessions.rss_kb "$rss"; meta memory.sessions.hwm_kb "$hwm"
-  meta memory.sessions.note "gateway_session_cache_entries $entries; $(grep -o '[0-9]* requests in [0-9.]*s' "$out")"
+  meta memory.sessions.count "$BIG_CACHE_SESSIONS"
+  meta memory.sessions.note "gateway_session_cache_entries $entries; $(grep -o '[0-9]* requests in [0-9.]*s' "$out" || echo "wrk: no summary")"
 fi
 
 # ------------------------------------------------------------------------------------------------
