@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use companies_gateway::cli::Cli;
 use companies_gateway::{telemetry, Config};
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

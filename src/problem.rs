@@ -32,10 +32,20 @@ pub struct ProblemService<S> {
     inner: S,
 }
 
-/// What the problem body names: the request path and id.
+/// What the problem body names: the request path and id. Both are reference-counted clones, so
+/// a request that succeeds allocates nothing here.
 struct ProblemContext {
-    instance: String,
-    request_id: String,
+    uri: http::Uri,
+    request_id: Option<RequestId>,
+}
+
+impl ProblemContext {
+    fn request_id(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .map(RequestId::as_str)
+            .unwrap_or("")
+    }
 }
 
 impl<S, B> Service<Request<B>> for ProblemService<S>
@@ -57,12 +67,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ctx = ProblemContext {
-            instance: req.uri().path().to_string(),
-            request_id: req
-                .extensions()
-                .get::<RequestId>()
-                .map(|id| id.as_str().to_string())
-                .unwrap_or_default(),
+            uri: req.uri().clone(),
+            request_id: req.extensions().get::<RequestId>().cloned(),
         };
         let inner = &mut self.inner;
         let state = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req))) {
@@ -119,12 +125,11 @@ where
                 GatewayError::Internal(message.take().unwrap_or_default())
             }
         };
+        let request_id = this.ctx.request_id();
         if let GatewayError::Internal(message) = &err {
-            tracing::error!(request_id = %this.ctx.request_id, %message, "internal error");
+            tracing::error!(request_id, %message, "internal error");
         }
-        Poll::Ready(Ok(
-            err.into_response(&this.ctx.instance, &this.ctx.request_id)
-        ))
+        Poll::Ready(Ok(err.into_response(this.ctx.uri.path(), request_id)))
     }
 }
 

@@ -152,10 +152,17 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
 /// Runs the gateway until SIGTERM or SIGINT, then drains. Builds its own runtime from `[runtime]`.
 pub fn run(config: Config) -> Result<(), StartError> {
     raise_nofile_limit();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if config.runtime.worker_threads > 0 {
-        rt.worker_threads(config.runtime.worker_threads);
-    }
+    // One worker: a current-thread runtime, without the work-stealing machinery.
+    let mut rt = match config.runtime.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let rt = rt.enable_all().build().map_err(StartError::Runtime)?;
     rt.block_on(async move {
         let running = start(config).await?;
