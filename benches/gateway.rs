@@ -109,13 +109,9 @@ fn bench_forward(c: &mut Criterion) {
             "https://z52mnqg347.execute-api.eu-west-3.amazonaws.com/main",
         )
         .expect("target"),
-        trusted_proxies: vec![],
         request_timeout: Duration::from_secs(15),
     };
-    let conn = ConnInfo {
-        peer: SocketAddr::from(([203, 0, 113, 7], 51000)),
-        tls: false,
-    };
+    let conn = ConnInfo::new(SocketAddr::from(([203, 0, 113, 7], 51000)), false, &[]);
     c.bench_function("build the forwarded request", |b| {
         b.iter_batched(
             request,

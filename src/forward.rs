@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, Version};
-use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -26,7 +25,6 @@ use crate::{box_body, Body};
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
     pub target: UpstreamTarget,
-    pub trusted_proxies: Vec<IpNet>,
     pub request_timeout: Duration,
 }
 
@@ -70,7 +68,7 @@ pub fn upstream_request(
     // The pooled client sets `Host` from the URI on HTTP/1.1; on h2 the URI is `:authority`, and
     // a second `host` header would make the upstream refuse the request.
     headers.remove(HOST);
-    set_forwarded(headers, conn, client_host.as_ref(), &cfg.trusted_proxies);
+    set_forwarded(headers, conn, client_host.as_ref());
     append_via(headers);
     Ok(req)
 }
@@ -193,16 +191,12 @@ mod tests {
     fn cfg(url: &str) -> ForwardConfig {
         ForwardConfig {
             target: UpstreamTarget::parse(url).unwrap(),
-            trusted_proxies: vec![],
             request_timeout: Duration::from_secs(1),
         }
     }
 
     fn conn() -> ConnInfo {
-        ConnInfo {
-            peer: SocketAddr::from(([192, 0, 2, 1], 4000)),
-            tls: false,
-        }
+        ConnInfo::new(SocketAddr::from(([192, 0, 2, 1], 4000)), false, &[])
     }
 
     #[test]

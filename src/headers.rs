@@ -44,13 +44,18 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName
 
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop headers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names, no hashing.
+    let fixed = fixed_hop_by_hop();
+    if !headers.keys().any(|k| fixed.contains(&k)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = connection_tokens(headers).collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in fixed_hop_by_hop() {
+    for name in fixed {
         headers.remove(name);
     }
 }
@@ -65,57 +70,62 @@ pub fn append_via(headers: &mut HeaderMap) {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer is in `trusted_proxies`: its forwarded headers are extended, not replaced.
+    pub trusted: bool,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, trusted_proxies: &[IpNet]) -> Self {
+        let ip = peer.ip();
+        ConnInfo {
+            peer,
+            tls,
+            trusted: trusted_proxies.iter().any(|net| net.contains(&ip)),
+        }
+    }
 }
 
 /// Rewrites `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` to describe the real client.
-/// A peer in `trusted` has its values extended; anyone else has them replaced. `client_host` is the
+/// A trusted peer has its values extended; anyone else has them replaced. `client_host` is the
 /// host the client asked for (its `Host` header or the authority of its target).
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    conn: ConnInfo,
-    client_host: Option<&HeaderValue>,
-    trusted: &[IpNet],
-) {
-    let peer_ip = conn.peer.ip();
+pub fn set_forwarded(headers: &mut HeaderMap, conn: ConnInfo, client_host: Option<&HeaderValue>) {
     let proto = if conn.tls { "https" } else { "http" };
-    let is_trusted = trusted.iter().any(|net| net.contains(&peer_ip));
-    let peer_text = peer_ip.to_string();
+    let mut ip = String::with_capacity(48);
+    push_ip(&mut ip, conn.peer.ip(), false);
 
-    let mut xff = if is_trusted {
-        joined(headers, &X_FORWARDED_FOR)
-    } else {
-        None
-    };
-    xff = Some(match xff {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {peer_text}"),
-        _ => peer_text,
-    });
-
-    let mut forwarded_element = format!("for={}", forwarded_node(peer_ip));
+    let mut element = String::with_capacity(64);
+    element.push_str("for=");
+    push_ip(&mut element, conn.peer.ip(), true);
     if let Some(host) = client_host.and_then(|h| h.to_str().ok()) {
-        forwarded_element.push_str(";host=");
-        forwarded_element.push_str(&quoted(host));
+        element.push_str(";host=");
+        push_quoted(&mut element, host);
     }
-    forwarded_element.push_str(";proto=");
-    forwarded_element.push_str(proto);
-    let forwarded = match is_trusted.then(|| joined(headers, &FORWARDED)).flatten() {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {forwarded_element}"),
-        _ => forwarded_element,
-    };
+    element.push_str(";proto=");
+    element.push_str(proto);
 
-    let keep_proto = is_trusted && headers.contains_key(&X_FORWARDED_PROTO);
-    let keep_host = is_trusted && headers.contains_key(&X_FORWARDED_HOST);
-    if !keep_proto {
+    let (xff, forwarded) = if conn.trusted {
+        let extend = |prev: Option<String>, new: &str| match prev {
+            Some(p) => format!("{p}, {new}"),
+            None => new.to_string(),
+        };
+        (
+            extend(joined(headers, &X_FORWARDED_FOR), &ip),
+            extend(joined(headers, &FORWARDED), &element),
+        )
+    } else {
+        (ip, element)
+    };
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    if !keep_host {
-        headers.remove(&X_FORWARDED_HOST);
-        if let Some(host) = client_host {
-            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-        }
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match client_host {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
     }
     set_text(headers, &X_FORWARDED_FOR, xff);
-    set_text(headers, &FORWARDED, Some(forwarded));
+    set_text(headers, &FORWARDED, forwarded);
 }
 
 /// The values of every `name` header joined by ", ", if all are text.
@@ -131,24 +141,48 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-fn set_text(headers: &mut HeaderMap, name: &HeaderName, value: Option<String>) {
-    headers.remove(name);
-    if let Some(v) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
-        headers.insert(name.clone(), v);
+/// Replaces every `name` header with `value` (dropped if it is not a valid header value).
+fn set_text(headers: &mut HeaderMap, name: &HeaderName, value: String) {
+    match HeaderValue::try_from(value) {
+        Ok(v) => {
+            headers.insert(name.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
     }
 }
 
-/// RFC 7239 node: IPv6 in brackets and quotes.
-fn forwarded_node(ip: IpAddr) -> String {
+/// An address as text; an RFC 7239 node (IPv6 bracketed and quoted) when `node`.
+fn push_ip(out: &mut String, ip: IpAddr, node: bool) {
+    use std::fmt::Write;
     match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                let o = *octet;
+                if o >= 100 {
+                    out.push((b'0' + o / 100) as char);
+                }
+                if o >= 10 {
+                    out.push((b'0' + o / 10 % 10) as char);
+                }
+                out.push((b'0' + o % 10) as char);
+            }
+        }
+        IpAddr::V6(v6) if node => {
+            let _ = write!(out, "\"[{v6}]\"");
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
-/// An RFC 7230 quoted-string.
-fn quoted(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
+/// An RFC 9110 quoted-string.
+fn push_quoted(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         if c == '"' || c == '\\' {
@@ -157,7 +191,6 @@ fn quoted(text: &str) -> String {
         out.push(c);
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -202,6 +235,31 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "100.200.255.9",
+            "255.255.255.255",
+        ] {
+            let mut out = String::new();
+            push_ip(&mut out, ip.parse().unwrap(), false);
+            assert_eq!(out, ip);
+        }
+        let mut out = String::new();
+        push_ip(&mut out, "2001:db8::1".parse().unwrap(), true);
+        assert_eq!(out, "\"[2001:db8::1]\"");
+    }
+
+    #[test]
+    fn a_quoted_host_escapes_quotes_and_backslashes() {
+        let mut out = String::new();
+        push_quoted(&mut out, "a\"b\\c");
+        assert_eq!(out, "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
     fn via_is_appended() {
         let mut h = map(&[("via", "1.0 fred")]);
         append_via(&mut h);
@@ -209,11 +267,8 @@ mod tests {
         assert_eq!(all, vec!["1.0 fred", "1.1 companies-gateway"]);
     }
 
-    fn conn(ip: &str) -> ConnInfo {
-        ConnInfo {
-            peer: SocketAddr::new(ip.parse().unwrap(), 5000),
-            tls: false,
-        }
+    fn conn(ip: &str, trusted: &[IpNet]) -> ConnInfo {
+        ConnInfo::new(SocketAddr::new(ip.parse().unwrap(), 5000), false, trusted)
     }
 
     #[test]
@@ -225,7 +280,7 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
         ]);
         let host = HeaderValue::from_static("gw.example");
-        set_forwarded(&mut h, conn("203.0.113.7"), Some(&host), &[]);
+        set_forwarded(&mut h, conn("203.0.113.7", &[]), Some(&host));
         assert_eq!(h["x-forwarded-for"], "203.0.113.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "gw.example");
@@ -246,7 +301,7 @@ mod tests {
         ]);
         let trusted = vec!["10.0.0.0/8".parse().unwrap()];
         let host = HeaderValue::from_static("gw.internal");
-        set_forwarded(&mut h, conn("10.1.2.3"), Some(&host), &trusted);
+        set_forwarded(&mut h, conn("10.1.2.3", &trusted), Some(&host));
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 198.51.100.2, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example");
@@ -259,7 +314,7 @@ mod tests {
     #[test]
     fn ipv6_peers_are_bracketed_in_forwarded() {
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, conn("::1"), None, &[]);
+        set_forwarded(&mut h, conn("::1", &[]), None);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
         assert!(!h.contains_key("x-forwarded-host"));

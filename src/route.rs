@@ -53,20 +53,21 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Route<'a> {
 
 /// The update-contact path, whatever the method.
 pub fn match_update_contact_path(path: &str) -> Option<Route<'_>> {
-    let rest = path.strip_prefix('/')?;
+    const PREFIX: &str = "/companies/v2/rs/";
+    const MIDDLE: &str = "contacts/";
+    let head = path.get(..PREFIX.len())?;
+    if !head.eq_ignore_ascii_case(PREFIX) {
+        return None;
+    }
+    let rest = &path[PREFIX.len()..];
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let mut seg = rest.split('/');
-    let literal = |s: Option<&str>, want: &str| s.is_some_and(|s| s.eq_ignore_ascii_case(want));
-    if !(literal(seg.next(), "companies") && literal(seg.next(), "v2") && literal(seg.next(), "rs"))
-    {
+    let (company_id, rest) = rest.split_once('/')?;
+    let middle = rest.get(..MIDDLE.len())?;
+    if !middle.eq_ignore_ascii_case(MIDDLE) {
         return None;
     }
-    let company_id = seg.next()?;
-    if !literal(seg.next(), "contacts") {
-        return None;
-    }
-    let contact_id = seg.next()?;
-    if seg.next().is_some() {
+    let contact_id = &rest[MIDDLE.len()..];
+    if contact_id.contains('/') {
         return None;
     }
     Some(Route::UpdateContact {
@@ -100,11 +101,10 @@ pub fn check_canonical(path: &str) -> Result<(), NonCanonical> {
         // `*` (OPTIONS) and the like: nothing to normalise.
         return Ok(());
     };
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate() {
-        match *seg {
-            "" if i != last => return Err(NonCanonical::EmptySegment),
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        match seg {
+            "" if segments.peek().is_some() => return Err(NonCanonical::EmptySegment),
             "." | ".." => return Err(NonCanonical::DotSegment),
             _ => {}
         }
@@ -172,6 +172,11 @@ mod tests {
             (Method::PATCH, "/main/companies/v2/rs/1/contacts/2"),
             (Method::PATCH, "companies/v2/rs/1/contacts/2"),
             (Method::PATCH, "*"),
+            (Method::PATCH, "/companies/v2/rs/1/contactsX/2"),
+            (Method::PATCH, "/companies/v2/rs/1"),
+            (Method::PATCH, "/companies/v2/rs/"),
+            (Method::PATCH, "/companies/v2/rsx/1/contacts/2"),
+            (Method::PATCH, "/cömpanies/v2/rs/1/contacts/2"),
         ];
         for (m, path) in cases {
             assert_eq!(match_route(&m, path), Route::Other, "{m} {path}");

@@ -125,6 +125,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         acceptor,
         metrics: metrics.clone(),
         limits: config.limits.clone(),
+        trusted_proxies: config.listener.trusted_proxies.clone(),
         tls_handshake_timeout: config.listener.tls_handshake_timeout.0,
         drain_timeout: config.shutdown.drain_timeout.0,
     };
@@ -242,6 +243,7 @@ struct Serving {
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     metrics: Metrics,
     limits: LimitsConfig,
+    trusted_proxies: Vec<ipnet::IpNet>,
     tls_handshake_timeout: Duration,
     drain_timeout: Duration,
 }
@@ -315,10 +317,7 @@ impl Serving {
         let activity = Arc::new(Activity::new());
         let svc = ConnService {
             stack,
-            conn: ConnInfo {
-                peer,
-                tls: self.acceptor.is_some(),
-            },
+            conn: ConnInfo::new(peer, self.acceptor.is_some(), &self.trusted_proxies),
             activity: activity.clone(),
         };
         match &self.acceptor {

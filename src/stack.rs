@@ -64,7 +64,6 @@ pub fn build(
         target: config
             .upstream_target()
             .map_err(|e| SetupError::Config(e.to_string()))?,
-        trusted_proxies: config.listener.trusted_proxies.clone(),
         request_timeout: config.upstream.request_timeout.0,
     };
     let contract = ContractConfig {

@@ -348,6 +348,18 @@ log "sanity checks passed: 200 and the example response through every proxy, 400
 # ------------------------------------------------------------------------------------------------
 # Measurements
 
+# CPU time of this shell's finished children (the second line of bash's `times`), in ms, into
+# CHILD_MS. Not to be called in a subshell: a subshell reports its own children only.
+children_ms() {
+  times >"$TMP/times"
+  CHILD_MS=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/);
+    printf "%d\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 1000 }' "$TMP/times")
+}
+# Which upstream a row's proxy forwards to (the h2 row may use the HAProxy fallback).
+upstream_of() {
+  if [[ $1 == gateway-h2 && $H2_UPSTREAM == HAProxy ]]; then echo upstream-h2; else echo upstream; fi
+}
+
 cache_misses() { python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[$1]}/metrics" gateway_session_cache_lookups_total 'result="miss"'; }
 new_conns_metric() { python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[$1]}/metrics" gateway_upstream_connections_opened_total; }
 
@@ -356,22 +368,27 @@ new_conns_metric() { python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[$1]}/me
 closed_loop() { # round name [body-file]  (round 0: calibration, not in the report's medians)
   local round=$1 name=$2 body=${3:-$REQUEST_BODY}
   local out="$OUT_DIR/wrk.$name.r$round.txt" pids c0 c1 t0 t1 m0="" m1="" conns kind=closed
-  local miss0="" misses=()
+  local miss0="" misses=() upids u0 u1 g0
   (( round > 0 )) || kind=calibration
   # (A distinct-session run warms up with other sessions, so that the measured run still misses.)
   LOAD_BODY_FILE=$body LOAD_SESSION_PREFIX=${LOAD_SESSION_PREFIX:+${LOAD_SESSION_PREFIX}warm-} \
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$LUA" "$(url "$name")" >/dev/null
   read -r -a pids <<<"$(proxy_pids "$name")"
+  read -r -a upids <<<"$(proxy_pids "$(upstream_of "$name")")"
   if [[ $name == gateway* ]]; then
     m0=$(new_conns_metric "$name")
     miss0=$(cache_misses "$name")
   fi
   cp /proc/stat "$TMP/stat0"
   c0=$(cpu_ticks "${pids[@]}")
+  u0=$(cpu_ticks "${upids[@]}")
+  children_ms; g0=$CHILD_MS
   t0=$(date +%s.%N)
   LOAD_BODY_FILE=$body taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s \
     -s "$LUA" "$(url "$name")" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
   t1=$(date +%s.%N)
+  children_ms
+  u1=$(cpu_ticks "${upids[@]}")
   c1=$(cpu_ticks "${pids[@]}")
   cp /proc/stat "$TMP/stat1"
   if [[ $name == gateway* ]]; then
@@ -385,6 +402,7 @@ closed_loop() { # round name [body-file]  (round 0: calibration, not in the repo
   python3 "$HELPERS" record --tsv "$RESULTS" --round "$round" --proxy "$name" --kind "$kind" \
     --tool wrk --output "$out" --stat-before "$TMP/stat0" --stat-after "$TMP/stat1" \
     --cpu-before "$c0" --cpu-after "$c1" --clk-tck "$CLK_TCK" --t0 "$t0" --t1 "$t1" \
+    --gen-ms $(( CHILD_MS - g0 )) --upstream-ticks $(( u1 - u0 )) \
     --conns "$conns" "${misses[@]}" --require-requests
   tail -n 1 "$RESULTS" | cut -f7
 }
@@ -393,21 +411,27 @@ closed_loop() { # round name [body-file]  (round 0: calibration, not in the repo
 # each request was due, not when it was sent).
 open_loop() { # round name kind rate
   local round=$1 name=$2 kind=$3 rate=$4
-  local out="$OUT_DIR/oha.$name.$kind.r$round.json" pids c0 c1 t0 t1
+  local out="$OUT_DIR/oha.$name.$kind.r$round.json" pids c0 c1 t0 t1 upids u0 u1 g0
   read -r -a pids <<<"$(proxy_pids "$name")"
+  read -r -a upids <<<"$(proxy_pids "$(upstream_of "$name")")"
   cp /proc/stat "$TMP/stat0"
   c0=$(cpu_ticks "${pids[@]}")
+  u0=$(cpu_ticks "${upids[@]}")
+  children_ms; g0=$CHILD_MS
   t0=$(date +%s.%N)
   taskset -c "$LOAD_CPU" oha --no-tui --output-format json -z "${OPEN_DURATION}s" -c "$CONNS" \
     -q "$rate" --latency-correction -w -m PATCH -T application/json -D "$REQUEST_BODY" \
     -H "Authorization: Bearer $BEARER" -H "X-Session-Token: $SESSION" \
     "$(url "$name")" >"$out" 2>"$out.err" || die "oha failed: $(cat "$out.err")"
   t1=$(date +%s.%N)
+  children_ms
+  u1=$(cpu_ticks "${upids[@]}")
   c1=$(cpu_ticks "${pids[@]}")
   cp /proc/stat "$TMP/stat1"
   python3 "$HELPERS" record --tsv "$RESULTS" --round "$round" --proxy "$name" --kind "$kind" \
     --tool oha --output "$out" --stat-before "$TMP/stat0" --stat-after "$TMP/stat1" \
     --cpu-before "$c0" --cpu-after "$c1" --clk-tck "$CLK_TCK" --t0 "$t0" --t1 "$t1" \
+    --gen-ms $(( CHILD_MS - g0 )) --upstream-ticks $(( u1 - u0 )) \
     --target-rps "$rate" --require-requests
 }
 

@@ -55,12 +55,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let host = headers.get("host").cloned();
-    let conn = ConnInfo {
-        peer: SocketAddr::from(([192, 0, 2, 1], 1234)),
-        tls: data.len() % 2 == 0,
-    };
     let trusted = ["192.0.2.0/24".parse().expect("cidr")];
-    set_forwarded(&mut headers, conn, host.as_ref(), &trusted);
+    let trusted: &[ipnet::IpNet] = if data.len() % 3 == 0 { &trusted } else { &[] };
+    let conn = ConnInfo::new(SocketAddr::from(([192, 0, 2, 1], 1234)), data.len() % 2 == 0, trusted);
+    set_forwarded(&mut headers, conn, host.as_ref());
     strip_hop_by_hop(&mut headers);
     for name in named {
         assert!(!headers.contains_key(&name), "{name} survived stripping");

@@ -64,10 +64,11 @@ fuzz_target!(|data: &[u8]| {
             req.headers_mut().append(n, v);
         }
     }
-    req.extensions_mut().insert(ConnInfo {
-        peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
-        tls: false,
-    });
+    req.extensions_mut().insert(ConnInfo::new(
+        SocketAddr::from(([127, 0, 0, 1], 40000)),
+        false,
+        &[],
+    ));
     let res = rt.block_on(svc.clone().oneshot(req)).expect("infallible");
     assert_ne!(res.status(), 500, "the gateway failed on this input");
     assert!(res.headers().contains_key("x-request-id"));
