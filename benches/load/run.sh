@@ -24,6 +24,10 @@
 #   OUT_DIR [target/load/<UTC timestamp>]           report.md, results.tsv, meta.tsv, logs
 #   PROXY_CPU [0] LOAD_CPU [1]  the two cores
 #   KEEP_TMP [0]          1: keep the temp dir (configs, certs, logs) for inspection
+#   PROFILE []            a row name (gateway, gateway-h2, gateway-reject, gateway-miss, nginx,
+#                         haproxy): instead of the benchmark, profile that proxy with perf during
+#                         one closed-loop run of DURATION seconds and print its hottest functions
+#                         (installs linux-perf from Debian when perf is missing)
 #
 # Needs: root or sudo-less apt for the first run (nginx, haproxy, wrk), cargo for oha, python3,
 # openssl, taskset, curl. Sends traffic to 127.0.0.1 only; every loop is bounded.
@@ -54,6 +58,7 @@ OUT_DIR=${OUT_DIR:-$ROOT/target/load/$(date -u +%Y%m%dT%H%M%SZ)}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 KEEP_TMP=${KEEP_TMP:-0}
+PROFILE=${PROFILE:-}
 COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION OPEN_DURATION=$OPEN_DURATION WARMUP=$WARMUP CONNS=$CONNS OPEN_LOOP=$OPEN_LOOP MEMORY=$MEMORY BIG_CACHE=$BIG_CACHE bash benches/load/run.sh"
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -101,6 +106,17 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 
 [[ $OPEN_LOOP != 1 ]] || command -v oha >/dev/null || die "oha not found"
 CLK_TCK=$(getconf CLK_TCK)
+
+# Syscalls per request (a diagnostic column) need perf with syscall tracepoints; counted during
+# each warm-up, never during a measured run. Absent perf, the column stays empty.
+SYSCALL_EVENTS=raw_syscalls:sys_enter
+for call in write writev sendto sendmsg read readv recvfrom recvmsg epoll_wait epoll_pwait epoll_ctl futex; do
+  SYSCALL_EVENTS+=",syscalls:sys_enter_$call"
+done
+HAVE_PERF_TRACE=0
+if command -v perf >/dev/null && perf stat -x, -e "$SYSCALL_EVENTS" -o /dev/null -- true 2>/dev/null; then
+  HAVE_PERF_TRACE=1
+fi
 
 # ------------------------------------------------------------------------------------------------
 # Temp dir, cleanup
@@ -273,6 +289,18 @@ proxy_pids() {
 
 # utime + stime (fields 14 and 15 of /proc/PID/stat, clock ticks) summed over PIDs. The fields are
 # counted after the ")" that closes the command name, which may contain spaces.
+# utime alone, same PIDs (the user / system split of the report).
+user_ticks() {
+  local total=0 pid rest fields
+  for pid in "$@"; do
+    rest=$(<"/proc/$pid/stat") || die "process $pid is gone"
+    rest=${rest##*) }
+    read -r -a fields <<<"$rest"
+    total=$(( total + fields[11] ))
+  done
+  echo "$total"
+}
+
 cpu_ticks() {
   local total=0 pid rest fields
   for pid in "$@"; do
@@ -346,6 +374,64 @@ meta h2_upstream "$H2_UPSTREAM"
 log "sanity checks passed: 200 and the example response through every proxy, 400 for the invalid body"
 
 # ------------------------------------------------------------------------------------------------
+# PROFILE=<row>: perf on one proxy under the closed loop, then stop.
+
+if [[ -n $PROFILE ]]; then
+  [[ -n ${PORT[$PROFILE]:-} && $PROFILE != gateway-mem && $PROFILE != gateway-big ]] \
+    || die "PROFILE must be one of nginx haproxy gateway gateway-h2 gateway-reject gateway-miss"
+  if ! command -v perf >/dev/null || ! perf version >/dev/null 2>&1; then
+    log "installing linux-perf from Debian"
+    SUDO=""
+    [[ $EUID -eq 0 ]] || SUDO=sudo
+    $SUDO apt-get update
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends linux-perf
+  fi
+  body=$REQUEST_BODY
+  [[ $PROFILE == gateway-reject ]] && body="$TMP/invalid.json"
+  [[ $PROFILE == gateway-miss ]] && export LOAD_SESSION_PREFIX="sess-prof-$RANDOM-"
+  read -r -a pids <<<"$(proxy_pids "$PROFILE")"
+  log "profiling $PROFILE (PIDs ${pids[*]}) for ${DURATION}s under wrk -c$CONNS"
+  LOAD_BODY_FILE=$body LOAD_SESSION_PREFIX=${LOAD_SESSION_PREFIX:+${LOAD_SESSION_PREFIX}warm-} \
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$LUA" "$(url "$PROFILE")" >/dev/null
+  LOAD_BODY_FILE=$body taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$(( DURATION + 2 ))s" \
+    -s "$LUA" "$(url "$PROFILE")" >"$OUT_DIR/wrk.profile.txt" 2>&1 &
+  WRK_PID=$!
+  STARTED_PIDS+=("$WRK_PID")
+  sleep 1
+  # cpu-clock works where hardware counters are not exposed (VMs); DWARF call graphs because
+  # release builds have no frame pointers. perf runs on the generator's core.
+  pid_list=$(IFS=,; echo "${pids[*]}")
+  taskset -c "$LOAD_CPU" perf record -q -e cpu-clock -F 499 --call-graph dwarf,8192 \
+    -o "$OUT_DIR/perf.data" -p "$pid_list" -- sleep "$DURATION" 2>"$OUT_DIR/perf.record.log" \
+    || die "perf record failed: $(cat "$OUT_DIR/perf.record.log")"
+  wait "$WRK_PID" || true
+  log "perf report (this takes a minute)"
+  # (head closes the pipe early: without "|| true", pipefail would end the script.)
+  perf report -i "$OUT_DIR/perf.data" --no-children --sort symbol --stdio --percent-limit 0.5 \
+    -g none 2>/dev/null | grep '%' | grep -v '^#' | head -n 60 >"$OUT_DIR/perf.self.txt" || true
+  perf report -i "$OUT_DIR/perf.data" --children --sort symbol --stdio --percent-limit 2 \
+    -g none 2>/dev/null | grep '%' | grep -v '^#' | head -n 80 >"$OUT_DIR/perf.children.txt" || true
+  {
+    echo "# perf profile of $PROFILE under wrk -t1 -c$CONNS, ${DURATION}s, cpu-clock at 499 Hz"
+    echo
+    grep -m1 'Requests/sec' "$OUT_DIR/wrk.profile.txt" || true
+    echo
+    echo "## Self time (functions where the samples landed), top 60 ≥ 0.5%"
+    echo '```'
+    cat "$OUT_DIR/perf.self.txt"
+    echo '```'
+    echo
+    echo "## Inclusive time (function and everything it called), ≥ 2%"
+    echo '```'
+    cat "$OUT_DIR/perf.children.txt"
+    echo '```'
+    echo
+    echo "perf data: $OUT_DIR/perf.data (perf report -i … for more)"
+  } | tee "$OUT_DIR/profile.md"
+  exit 0
+fi
+
+# ------------------------------------------------------------------------------------------------
 # Measurements
 
 # CPU time of this shell's finished children (the second line of bash's `times`), in ms, into
@@ -368,12 +454,25 @@ new_conns_metric() { python3 "$HELPERS" metric "http://127.0.0.1:${ADMIN[$1]}/me
 closed_loop() { # round name [body-file]  (round 0: calibration, not in the report's medians)
   local round=$1 name=$2 body=${3:-$REQUEST_BODY}
   local out="$OUT_DIR/wrk.$name.r$round.txt" pids c0 c1 t0 t1 m0="" m1="" conns kind=closed
-  local miss0="" misses=() upids u0 u1 g0
+  local miss0="" misses=() upids u0 u1 g0 cu0 cu1
   (( round > 0 )) || kind=calibration
+  local warm_out="$OUT_DIR/wrk.$name.r$round.warmup.txt" sc_out="$OUT_DIR/syscalls.$name.r$round.csv"
+  local perf_pid="" sc_args=()
+  read -r -a pids <<<"$(proxy_pids "$name")"
+  if [[ $HAVE_PERF_TRACE == 1 ]]; then
+    # Counts the proxy's syscalls inside the warm-up: from 0.25 s in, for WARMUP - 0.5 s.
+    (sleep 0.25; exec taskset -c "$LOAD_CPU" perf stat -x, -e "$SYSCALL_EVENTS" \
+      -p "$(IFS=,; echo "${pids[*]}")" -o "$sc_out" -- sleep "$(python3 -c "print(max(0.2, $WARMUP - 0.5))")") \
+      >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   # (A distinct-session run warms up with other sessions, so that the measured run still misses.)
   LOAD_BODY_FILE=$body LOAD_SESSION_PREFIX=${LOAD_SESSION_PREFIX:+${LOAD_SESSION_PREFIX}warm-} \
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$LUA" "$(url "$name")" >/dev/null
-  read -r -a pids <<<"$(proxy_pids "$name")"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s "$LUA" "$(url "$name")" >"$warm_out"
+  if [[ -n $perf_pid ]]; then
+    wait "$perf_pid" || true
+    [[ -s $sc_out ]] && sc_args=(--syscalls "$sc_out" --syscalls-seconds "$(python3 -c "print(max(0.2, $WARMUP - 0.5))")" --warmup-output "$warm_out")
+  fi
   read -r -a upids <<<"$(proxy_pids "$(upstream_of "$name")")"
   if [[ $name == gateway* ]]; then
     m0=$(new_conns_metric "$name")
@@ -381,6 +480,7 @@ closed_loop() { # round name [body-file]  (round 0: calibration, not in the repo
   fi
   cp /proc/stat "$TMP/stat0"
   c0=$(cpu_ticks "${pids[@]}")
+  cu0=$(user_ticks "${pids[@]}")
   u0=$(cpu_ticks "${upids[@]}")
   children_ms; g0=$CHILD_MS
   t0=$(date +%s.%N)
@@ -390,6 +490,7 @@ closed_loop() { # round name [body-file]  (round 0: calibration, not in the repo
   children_ms
   u1=$(cpu_ticks "${upids[@]}")
   c1=$(cpu_ticks "${pids[@]}")
+  cu1=$(user_ticks "${pids[@]}")
   cp /proc/stat "$TMP/stat1"
   if [[ $name == gateway* ]]; then
     m1=$(new_conns_metric "$name")
@@ -402,8 +503,8 @@ closed_loop() { # round name [body-file]  (round 0: calibration, not in the repo
   python3 "$HELPERS" record --tsv "$RESULTS" --round "$round" --proxy "$name" --kind "$kind" \
     --tool wrk --output "$out" --stat-before "$TMP/stat0" --stat-after "$TMP/stat1" \
     --cpu-before "$c0" --cpu-after "$c1" --clk-tck "$CLK_TCK" --t0 "$t0" --t1 "$t1" \
-    --gen-ms $(( CHILD_MS - g0 )) --upstream-ticks $(( u1 - u0 )) \
-    --conns "$conns" "${misses[@]}" --require-requests
+    --gen-ms $(( CHILD_MS - g0 )) --upstream-ticks $(( u1 - u0 )) --user-ticks $(( cu1 - cu0 )) \
+    --conns "$conns" "${misses[@]}" "${sc_args[@]}" --require-requests
   tail -n 1 "$RESULTS" | cut -f7
 }
 

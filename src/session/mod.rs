@@ -23,7 +23,7 @@ use crate::error::GatewayError;
 use crate::metrics::{CacheResult, Metrics, VerdictLabel, VerdictSource};
 use crate::validate::ContractPassed;
 use crate::Body;
-use cache::{fingerprint, Entry, Key, SessionCache, Verdict};
+use cache::{fingerprint, Entry, Key, Packed, SessionCache, Verdict};
 use introspect::{Introspector, X_SESSION_TOKEN};
 use jwt::{JwtInfo, JwtKey};
 
@@ -70,7 +70,7 @@ impl Session {
             .hasher
             .key(authorization.as_bytes(), session.as_bytes());
         let now = self.cache.now();
-        let old = self.cache.cache.get(&key).await;
+        let old = self.cache.cache.get(&key).await.map(Entry::from);
         if let Some(entry) = old.filter(|e| e.is_fresh(now)) {
             self.metrics.cache_lookup(CacheResult::Hit);
             return Self::answer(entry.verdict).map(|()| key);
@@ -101,7 +101,7 @@ impl Session {
             // Nothing else to ask: valid until the upstream says otherwise.
             self.metrics.cache_lookup(CacheResult::Miss);
             let entry = self.cache.ttls.valid_entry(now, None, exp);
-            self.cache.cache.insert(key, entry).await;
+            self.cache.cache.insert(key, entry.into()).await;
             self.update_gauge();
             return Ok(key);
         };
@@ -128,10 +128,11 @@ impl Session {
                             VerdictSource::Introspection,
                             Self::label(remote.verdict),
                         );
-                        Ok(match remote.verdict {
+                        let entry = match remote.verdict {
                             Verdict::Valid => self.cache.ttls.valid_entry(now, remote.max_age, exp),
                             Verdict::Invalid => self.cache.ttls.invalid_entry(now),
-                        })
+                        };
+                        Ok(Packed::from(entry))
                     }
                     Err(e) => {
                         self.metrics
@@ -148,7 +149,7 @@ impl Session {
             Ok(entry) => {
                 self.metrics.cache_lookup(CacheResult::Miss);
                 self.update_gauge();
-                Self::answer(entry.value().verdict).map(|()| key)
+                Self::answer(Entry::from(entry.into_value()).verdict).map(|()| key)
             }
             Err(e) => {
                 if let Some(stale) = old.filter(|o| self.cache.ttls.usable_stale(o, now)) {
@@ -168,8 +169,8 @@ impl Session {
 
     /// An upstream 401 to a forwarded request: remember the session as invalid.
     pub async fn learn_invalid(&self, key: Key) {
-        let entry: Entry = self.cache.ttls.invalid_entry(self.cache.now());
-        self.cache.cache.insert(key, entry).await;
+        let entry = self.cache.ttls.invalid_entry(self.cache.now());
+        self.cache.cache.insert(key, entry.into()).await;
         self.metrics
             .session_check(VerdictSource::Upstream, VerdictLabel::Invalid);
         self.update_gauge();
