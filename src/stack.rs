@@ -72,7 +72,12 @@ pub fn build(
         max_body_bytes: config.limits.max_body_bytes,
         body_read_timeout: config.limits.body_read_timeout.0,
     };
-    let session = build_session(&config.session, config, metrics, options)?;
+    let session = build_session(
+        &config.session,
+        config.upstream.ca_file.as_deref(),
+        metrics,
+        options,
+    )?;
     let service = ServiceBuilder::new()
         // Outermost: every response, the gateway's own included, carries the request id.
         .layer(RequestIdLayer)
@@ -93,9 +98,10 @@ pub fn build(
     Ok((service, upstream_tls))
 }
 
+/// The session layer's state; `ca_file` is the upstream's, which introspection trusts too.
 fn build_session(
     cfg: &SessionConfig,
-    config: &Config,
+    ca_file: Option<&std::path::Path>,
     metrics: &Metrics,
     options: &Options,
 ) -> Result<Arc<Session>, SetupError> {
@@ -112,7 +118,7 @@ fn build_session(
                 .parse()
                 .map_err(|e| SetupError::Config(format!("session.introspect_url: {e}")))?;
             // The introspection endpoint is trusted with the upstream's anchors.
-            let tls = tls_config(root_store(config.upstream.ca_file.as_deref())?)?;
+            let tls = tls_config(root_store(ca_file)?)?;
             Some(Introspector::new(uri, cfg.introspect_timeout.0, tls))
         }
     };

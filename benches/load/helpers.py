@@ -215,6 +215,7 @@ COLUMNS = [
     "proxy_cpu_pct", "core0_busy", "core1_busy", "p50_ms", "p99_ms", "p999_ms", "target_rps",
     "cache_misses", "gen_cpu_pct", "upstream_cpu_pct", "other_core0", "other_core1", "clean",
     "sc_total", "sc_writes", "sc_reads", "sc_epoll", "sc_futex", "user_s_per_10k", "sys_s_per_10k",
+    "faults", "cswitches",
 ]
 
 # Syscall groups of the per-request diagnostic (perf stat tracepoint names, sys_enter_ stripped).
@@ -239,7 +240,9 @@ def syscalls_per_request(csv_path, seconds, warmup_output):
             continue
         counts[parts[2].split(":")[-1].replace("sys_enter_", "")] = int(parts[0])
     requests = rps * seconds
-    out = {"sc_total": counts.get("sys_enter", 0) / requests}
+    out = {"sc_total": counts.get("sys_enter", 0) / requests,
+           "faults": counts.get("page-faults", 0) / requests,
+           "cswitches": counts.get("context-switches", 0) / requests}
     for group, calls in SYSCALL_GROUPS.items():
         out[group] = sum(counts.get(c, 0) for c in calls) / requests
     return out
@@ -437,20 +440,19 @@ def cmd_report(args):
     def mark(value_text, clean):
         return value_text if clean or value_text == "–" else value_text + " §"
 
-    nginx_closed = {r["round"]: r for r in runs("nginx", "closed")}
-
-    def ratio_pairs(p):
+    def ratio_pairs(p, kind="closed"):
         """(ratio to nginx's CPU per request in the same round, both runs clean) per round."""
+        nginx_runs = {r["round"]: r for r in runs("nginx", kind)}
         out = []
-        for r in runs(p, "closed"):
-            base = nginx_closed.get(r["round"])
+        for r in runs(p, kind):
+            base = nginx_runs.get(r["round"])
             if base and base["cpu_s_per_10k"] and r["cpu_s_per_10k"] is not None:
                 out.append((r["cpu_s_per_10k"] / base["cpu_s_per_10k"],
                             r["clean"] == 1 and base["clean"] == 1))
         return out
 
-    def ratio(p):
-        pairs = ratio_pairs(p)
+    def ratio(p, kind="closed"):
+        pairs = ratio_pairs(p, kind)
         clean = [x for x, c in pairs if c]
         return (median(clean), True) if clean else (median(x for x, _ in pairs), False)
 
@@ -480,6 +482,13 @@ def cmd_report(args):
         )
         return mark(text, clean)
 
+    def cpu25(p):
+        rs, clean = pick(runs(p, "open25"))
+        if not rs:
+            return "–"
+        rat, c_rat = ratio(p, "open25")
+        return mark(f"{f(median(r['cpu_s_per_10k'] for r in rs), 3)} ({f(rat, 2)})", clean and c_rat)
+
     def clean_count(p, kinds):
         rs = [r for r in rows if r["proxy"] == p and r["kind"] in kinds]
         return f"{sum(1 for r in rs if r['clean'] == 1)}/{len(rs)}" if rs else "–"
@@ -505,8 +514,9 @@ def cmd_report(args):
     w("")
     w("| proxy | req/s (closed loop) | CPU s / 10k req | ratio to nginx | "
       "p50 / p99 / p99.9 @25% (ms) | @50% (ms) | @75% (ms) | peak RSS MB | "
-      "upstream conns / 1k req | non-2xx, errors | proxy CPU % | clean runs closed, open |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "upstream conns / 1k req | non-2xx, errors | proxy CPU % | clean runs closed, open | "
+      "CPU s / 10k @25% (ratio) |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     peak = meta.get("peak_rss_kb", {})
     for p in proxies:
         rps, c_rps = closed_value(p, "rps")
@@ -521,7 +531,8 @@ def cmd_report(args):
           f"{mark(f(rat, 3), c_rat)} | {open_cell(p, 'open25')} | {open_cell(p, 'open50')} | "
           f"{open_cell(p, 'open75')} | {f(rss / 1024 if rss else None, 1)} | "
           f"{mark(f(conns, 3), c_conns)} | {non2xx}, {errs} | {mark(f(pc, 0), c_pc)} | "
-          f"{clean_count(p, ('closed',))}, {clean_count(p, ('open25', 'open50', 'open75'))} |")
+          f"{clean_count(p, ('closed',))}, {clean_count(p, ('open25', 'open50', 'open75'))} | "
+          f"{cpu25(p)} |")
     w("")
     w("Per-round CPU ratios to nginx (same round; * = a contended run in the pair): " + "; ".join(
         f"{p}: " + ", ".join(f"{x:.3f}{'' if c else '*'}" for x, c in ratio_pairs(p))
@@ -557,13 +568,15 @@ def cmd_report(args):
           "warm-up; on loopback each write also runs the receiver's TCP input and wake-up in the "
           "writer's system time). Medians.")
         w("")
-        w("| proxy | user s / 10k | sys s / 10k | syscalls / req | writes | reads | epoll | futex |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        w("| proxy | user s / 10k | sys s / 10k | syscalls / req | writes | reads | epoll | futex | "
+          "context switches / req | page faults / req |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for p in proxies:
             rs, clean = pick(runs(p, "closed"))
             cells = [f(median(r[k] for r in rs), 3) for k in ("user_s_per_10k", "sys_s_per_10k")]
             cells += [f(median(r[k] for r in rs if r[k] is not None), 2)
-                      for k in ("sc_total", "sc_writes", "sc_reads", "sc_epoll", "sc_futex")]
+                      for k in ("sc_total", "sc_writes", "sc_reads", "sc_epoll", "sc_futex",
+                                "cswitches", "faults")]
             w(f"| {LABELS[p]} | " + " | ".join(mark(c, clean) for c in cells) + " |")
         w("")
     others = [r for r in rows if r["kind"] != "calibration" and r["clean"] != 1]

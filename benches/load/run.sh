@@ -109,7 +109,7 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # Syscalls per request (a diagnostic column) need perf with syscall tracepoints; counted during
 # each warm-up, never during a measured run. Absent perf, the column stays empty.
-SYSCALL_EVENTS=raw_syscalls:sys_enter
+SYSCALL_EVENTS=raw_syscalls:sys_enter,page-faults,context-switches
 for call in write writev sendto sendmsg read readv recvfrom recvmsg epoll_wait epoll_pwait epoll_ctl futex; do
   SYSCALL_EVENTS+=",syscalls:sys_enter_$call"
 done
