@@ -101,8 +101,10 @@ impl<S> Layer<S> for ContractLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ContractService {
             inner,
-            cfg: self.cfg,
-            metrics: self.metrics.clone(),
+            judge: Judge {
+                cfg: self.cfg,
+                metrics: self.metrics.clone(),
+            },
         }
     }
 }
@@ -110,11 +112,17 @@ impl<S> Layer<S> for ContractLayer {
 #[derive(Clone)]
 pub struct ContractService<S> {
     inner: S,
+    judge: Judge,
+}
+
+/// What the layer decides with, once the body is in.
+#[derive(Clone)]
+struct Judge {
     cfg: ContractConfig,
     metrics: Metrics,
 }
 
-impl<S> ContractService<S> {
+impl Judge {
     fn record(&self, violations: &[Violation], request_id: Option<&RequestId>) {
         for v in violations {
             self.metrics
@@ -156,14 +164,15 @@ where
             match_route(req.method(), req.uri().path()),
             Route::UpdateContact { .. }
         );
+        let cfg = self.judge.cfg;
         if !is_route {
             // Streamed through, under the same whole-body deadline.
-            let timeout = self.cfg.body_read_timeout;
+            let timeout = cfg.body_read_timeout;
             let req = req.map(|body| box_body(DeadlineBody::new(body, timeout)));
             return ResponseFuture::calling(self.inner.call(req), false);
         }
         if let Err(e) = check_headers(req.headers())
-            .and_then(|()| check_declared_length(req.headers(), self.cfg.max_body_bytes))
+            .and_then(|()| check_declared_length(req.headers(), cfg.max_body_bytes))
         {
             return ResponseFuture::failed(e);
         }
@@ -171,33 +180,21 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
-        let limit = self.cfg.max_body_bytes;
         ResponseFuture {
             state: State::Reading {
                 read: tokio::time::timeout(
-                    self.cfg.body_read_timeout,
-                    Limited::new(body, limit).collect(),
+                    cfg.body_read_timeout,
+                    Limited::new(body, cfg.max_body_bytes).collect(),
                 ),
                 parts: Some(parts),
                 inner: Some(inner),
-                service: Some(self.clone_for_future()),
+                judge: Some(self.judge.clone()),
             },
         }
     }
 }
 
-impl<S> ContractService<S> {
-    /// What the future needs after the body arrives (no inner service).
-    fn clone_for_future(&self) -> ContractService<()> {
-        ContractService {
-            inner: (),
-            cfg: self.cfg,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-impl ContractService<()> {
+impl Judge {
     /// Stage 4 (while reading) and stage 5, once the body is in.
     fn judge(
         &self,
@@ -252,7 +249,7 @@ pin_project! {
             #[pin] read: Read,
             parts: Option<Parts>,
             inner: Option<S>,
-            service: Option<ContractService<()>>,
+            judge: Option<Judge>,
         },
         Calling { #[pin] fut: S::Future, validated: bool },
         Failed { err: Option<GatewayError> },
@@ -294,17 +291,17 @@ where
                     read,
                     parts,
                     inner,
-                    service,
+                    judge,
                 } => {
                     let result = ready!(read.poll(cx));
-                    let (Some(mut parts), Some(mut inner), Some(service)) =
-                        (parts.take(), inner.take(), service.take())
+                    let (Some(mut parts), Some(mut inner), Some(judge)) =
+                        (parts.take(), inner.take(), judge.take())
                     else {
                         return Poll::Ready(Err(GatewayError::Internal(
                             "contract future polled after completion".into(),
                         )));
                     };
-                    match service.judge(&mut parts, result) {
+                    match judge.judge(&mut parts, result) {
                         Ok((bytes, validated)) => {
                             let req = Request::from_parts(parts, full_body(bytes));
                             State::Calling {
