@@ -13,6 +13,8 @@ Subcommands (run.sh is the only caller):
   record ...                      parse one measurement and append it to the results TSV
   hold ...                        open N keep-alive connections, one valid request each, hold them
   report TSV META                 the Markdown report of a whole run
+  perf-groups FILE                perf report's flat symbol list (stdin format of run.sh's
+                                  PROFILE mode), summed by where the time went
 """
 
 import argparse
@@ -661,6 +663,67 @@ def cmd_report(args):
     print("\n".join(out))
 
 
+def perf_group(symbol):
+    """Groups one perf symbol: kernel, allocator, libc copies, or the Rust crate (and, for the
+    gateway, its module) the code belongs to."""
+    kind, _, name = symbol.partition(" ")
+    if kind == "[k]":
+        return "kernel: syscalls, TCP over loopback, wake-ups"
+    name = name.strip()
+    for prefix in ("malloc", "_int_", "cfree", "free", "realloc", "calloc", "__libc_malloc",
+                   "__libc_free", "tcache", "malloc_consolidate", "unlink_chunk", "sysmalloc"):
+        if name.startswith(prefix):
+            return "glibc malloc / free"
+    if re.match(r"__(memmove|memcpy|memset|memcmp|memchr|strlen)", name) or name in ("memcpy", "memmove"):
+        return "glibc memcpy / memmove / memset"
+    if "clock_gettime" in name:
+        return "clock_gettime (vDSO)"
+    if name.startswith("ring_core"):
+        return "ring (TLS crypto)"
+    if name.startswith("ngx_"):
+        return "nginx"
+    if re.match(r"(SSL|ssl|tls|EVP|evp|aes|gcm|CRYPTO|OPENSSL|ossl|BIO|bio|ERR|OBJ|EC_|BN_|"
+                r"sha|ChaCha|Poly1305|x25519)", name):
+        return "OpenSSL"
+    if re.match(r"(h1_|h2_|htx_|http_|sc_|se_|si_|stream_|process_stream|conn_|sock_|fd_|"
+                r"task_|tasklet|run_tasks|pool_|b_|channel_|ssl_sock|srv_|be_|fe_|listener_)", name):
+        return "haproxy (by name)"
+    m = re.match(r"^core::ptr::drop_in_place<(.*)>$", name)
+    if m:
+        name = m.group(1)
+    m = re.search(r"([A-Za-z_][A-Za-z0-9_]*)::([A-Za-z_][A-Za-z0-9_]*)", name)
+    if not m:
+        return "other (libc, or a library without symbols, e.g. libcrypto)"
+    crate, module = m.group(1), m.group(2)
+    if crate == "ring":
+        return "ring (TLS crypto)"
+    if crate == "companies_gateway":
+        return f"gateway: {module}"
+    if crate in ("core", "alloc", "std"):
+        if "sip::Hasher" in name:
+            return "std SipHash (HashMap hashing)"
+        return "core / alloc / std"
+    return crate
+
+
+def cmd_perf_groups(args):
+    totals = {}
+    for line in open(args.file, encoding="utf-8", errors="replace"):
+        m = re.match(r"^\s*([\d.]+)%\s+(\[[k.]\]\s+.*?)\s*(-\s+-)?\s*$", line)
+        if not m:
+            continue
+        group = perf_group(m.group(2))
+        totals[group] = totals.get(group, 0.0) + float(m.group(1))
+    user = sum(v for k, v in totals.items() if not k.startswith("kernel"))
+    print("| where | % of samples | % of user-space samples |")
+    print("|---|---:|---:|")
+    for group, pct in sorted(totals.items(), key=lambda kv: -kv[1]):
+        if pct < 0.3:
+            continue
+        share = "" if group.startswith("kernel") else f"{100 * pct / user:.1f}"
+        print(f"| {group} | {pct:.1f} | {share} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -704,6 +767,7 @@ def main():
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--seconds", type=float, default=60)
     p.set_defaults(fn=cmd_hold)
+    p = sub.add_parser("perf-groups"); p.add_argument("file"); p.set_defaults(fn=cmd_perf_groups)
     p = sub.add_parser("report"); p.add_argument("tsv"); p.add_argument("meta")
     p.set_defaults(fn=cmd_report)
     args = ap.parse_args()

@@ -411,10 +411,19 @@ if [[ -n $PROFILE ]]; then
     -g none 2>/dev/null | grep '%' | grep -v '^#' | head -n 60 >"$OUT_DIR/perf.self.txt" || true
   perf report -i "$OUT_DIR/perf.data" --children --sort symbol --stdio --percent-limit 2 \
     -g none 2>/dev/null | grep '%' | grep -v '^#' | head -n 80 >"$OUT_DIR/perf.children.txt" || true
+  perf report -i "$OUT_DIR/perf.data" --no-children --sort symbol --stdio --percent-limit 0 \
+    -g none 2>/dev/null | grep '%' | grep -v '^#' >"$OUT_DIR/perf.all.txt" || true
+  # perf pads symbols to a wide column and appends two empty columns: trim them.
+  sed -i 's/[[:space:]]*-[[:space:]]*-[[:space:]]*$//; s/[[:space:]]*$//' \
+    "$OUT_DIR/perf.self.txt" "$OUT_DIR/perf.children.txt" "$OUT_DIR/perf.all.txt"
   {
     echo "# perf profile of $PROFILE under wrk -t1 -c$CONNS, ${DURATION}s, cpu-clock at 499 Hz"
     echo
     grep -m1 'Requests/sec' "$OUT_DIR/wrk.profile.txt" || true
+    echo
+    echo "## Self time by crate (and by module for the gateway)"
+    echo
+    python3 "$HELPERS" perf-groups "$OUT_DIR/perf.all.txt"
     echo
     echo "## Self time (functions where the samples landed), top 60 ≥ 0.5%"
     echo '```'

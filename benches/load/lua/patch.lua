@@ -3,7 +3,8 @@
 --   LOAD_BEARER         Authorization bearer token (required)
 --   LOAD_SESSION        X-Session-Token for every request (required unless LOAD_SESSION_PREFIX)
 --   LOAD_SESSION_PREFIX if set: a distinct X-Session-Token per request, PREFIX..N (cache misses)
---   LOAD_STOP_AFTER     if set: stop after that many responses (per wrk thread; run.sh uses -t1)
+--   LOAD_STOP_AFTER     if set: stop sending after that many responses (per wrk thread; run.sh
+--                       uses -t1). wrk then idles until -d ends: run.sh interrupts it.
 -- The path comes from the URL given to wrk.
 
 local function env(name, required)
