@@ -1,6 +1,9 @@
 //! Every metric of gateway.md §3, registered in a `Registry` the gateway creates (never the global
 //! one), so that tests and several gateways in one process never share state.
 
+use std::ops::Deref;
+use std::sync::Arc;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -48,8 +51,18 @@ pub enum VerdictLabel {
     Error,
 }
 
+/// A handle on the gateway's metrics: cloning it is one reference count, so requests share it.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<MetricSet>);
+
+impl Deref for Metrics {
+    type Target = MetricSet;
+    fn deref(&self) -> &MetricSet {
+        &self.0
+    }
+}
+
+pub struct MetricSet {
     registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -100,7 +113,7 @@ impl Metrics {
             Ok(c)
         };
 
-        let metrics = Metrics {
+        let metrics = MetricSet {
             requests: counter(
                 "gateway_requests_total",
                 "Requests by route, method, status and outcome.",
@@ -195,9 +208,11 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         metrics.touch_label_sets();
-        Ok(metrics)
+        Ok(Metrics(Arc::new(metrics)))
     }
+}
 
+impl MetricSet {
     /// Creates the series of the small closed label sets at zero, so that dashboards and `rate()`
     /// see them before the first event.
     fn touch_label_sets(&self) {
