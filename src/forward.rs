@@ -1,5 +1,5 @@
-//! The innermost service: rewrites a request for the upstream and sends it through the pooled
-//! client, bounded by `request_timeout` until the response head.
+//! The innermost service: rewrites a request for the upstream and sends it through the
+//! connection pool, bounded by `request_timeout` until the response head.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +18,7 @@ use crate::config::UpstreamTarget;
 use crate::error::GatewayError;
 use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, ConnInfo};
 use crate::outcome::{Outcome, UpstreamErrorKind, UpstreamTiming};
-use crate::upstream::{classify, UpstreamClient};
+use crate::pool::{Pool, PooledBody, SendFuture};
 use crate::{box_body, Body};
 
 /// What the forwarder needs to know, built once at start-up.
@@ -55,18 +55,11 @@ pub fn upstream_request(
     }
     let pq = PathAndQuery::try_from(pq)
         .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))?;
-    let uri = Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| GatewayError::Internal(format!("upstream uri: {e}")))?;
-    *req.uri_mut() = uri;
+    // Origin-form: the pool writes `Host` (HTTP/1) or `:authority` (h2) for the upstream.
+    *req.uri_mut() = Uri::from(pq);
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    // The pooled client sets `Host` from the URI on HTTP/1.1; on h2 the URI is `:authority`, and
-    // a second `host` header would make the upstream refuse the request.
     headers.remove(HOST);
     set_forwarded(headers, conn, client_host.as_ref());
     append_via(headers);
@@ -74,7 +67,7 @@ pub fn upstream_request(
 }
 
 /// Cleans an upstream response for the client.
-pub fn client_response(res: Response<hyper::body::Incoming>) -> Response<Body> {
+pub fn client_response(res: Response<PooledBody>) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     append_via(&mut parts.headers);
@@ -83,14 +76,14 @@ pub fn client_response(res: Response<hyper::body::Incoming>) -> Response<Body> {
 
 #[derive(Clone)]
 pub struct Forward {
-    client: UpstreamClient,
+    pool: Pool,
     cfg: Arc<ForwardConfig>,
 }
 
 impl Forward {
-    pub fn new(client: UpstreamClient, cfg: ForwardConfig) -> Self {
+    pub fn new(pool: Pool, cfg: ForwardConfig) -> Self {
         Forward {
-            client,
+            pool,
             cfg: Arc::new(cfg),
         }
     }
@@ -102,7 +95,7 @@ impl Service<Request<Body>> for Forward {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The pooled client is always ready; it queues internally.
+        // The pool is always ready: it connects when no idle connection is left.
         Poll::Ready(Ok(()))
     }
 
@@ -116,7 +109,7 @@ impl Service<Request<Body>> for Forward {
         };
         let state = match prepared {
             Ok(req) => State::Sending {
-                fut: tokio::time::timeout(self.cfg.request_timeout, self.client.request(req)),
+                fut: tokio::time::timeout(self.cfg.request_timeout, self.pool.send(req)),
             },
             Err(e) => State::Failed { err: Some(e) },
         };
@@ -130,7 +123,7 @@ impl Service<Request<Body>> for Forward {
 pin_project! {
     #[project = StateProj]
     enum State {
-        Sending { #[pin] fut: tokio::time::Timeout<hyper_util::client::legacy::ResponseFuture> },
+        Sending { #[pin] fut: tokio::time::Timeout<SendFuture> },
         Failed { err: Option<GatewayError> },
     }
 }
@@ -164,7 +157,7 @@ impl Future for ResponseFuture {
                         Some(ClientFault::Body) => {
                             GatewayError::BadRequest("the request body was malformed")
                         }
-                        None => GatewayError::upstream(classify(&e), e),
+                        None => GatewayError::upstream(e.kind(), e),
                     }),
                     Ok(Ok(res)) => {
                         let timing = UpstreamTiming {
@@ -210,12 +203,13 @@ mod tests {
             .body(empty_body())
             .unwrap();
         let out = upstream_request(req, &cfg("https://api.example:8443/main/"), conn()).unwrap();
+        // Origin-form: the pool adds the upstream's authority (`Host` or `:authority`).
         assert_eq!(
             out.uri().to_string(),
-            "https://api.example:8443/main/companies/v2/rs/1/contacts/2?a=1&b=%2F%20x&&c"
+            "/main/companies/v2/rs/1/contacts/2?a=1&b=%2F%20x&&c"
         );
         assert_eq!(out.method(), "PATCH");
-        // The client's Host is gone; hyper-util writes the upstream's from the URI.
+        // The client's Host is gone; the pool writes the upstream's.
         assert!(out.headers().get("host").is_none());
         assert_eq!(out.headers()["x-forwarded-host"], "evil.example:1");
         assert_eq!(out.headers()["via"], "1.1 companies-gateway");
@@ -227,6 +221,6 @@ mod tests {
     fn a_root_base_path_adds_nothing() {
         let req = Request::builder().uri("/x/y").body(empty_body()).unwrap();
         let out = upstream_request(req, &cfg("https://api.example"), conn()).unwrap();
-        assert_eq!(out.uri().to_string(), "https://api.example/x/y");
+        assert_eq!(out.uri().to_string(), "/x/y");
     }
 }

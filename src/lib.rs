@@ -16,6 +16,7 @@ pub mod headers;
 pub mod metrics;
 pub mod observe;
 pub mod outcome;
+pub mod pool;
 pub mod problem;
 pub mod reload;
 pub mod request_id;

@@ -18,7 +18,7 @@ use crate::session::introspect::Introspector;
 use crate::session::jwt::JwtKey;
 use crate::session::{Session, SessionLayer};
 use crate::shed::ShedLayer;
-use crate::upstream::{build_client, root_store, tls_config, SetupError, UpstreamTls};
+use crate::upstream::{build_pool, root_store, tls_config, SetupError, UpstreamTls};
 use crate::validate::{ContractConfig, ContractLayer};
 use crate::Body;
 
@@ -56,16 +56,17 @@ pub fn build(
     ),
     SetupError,
 > {
-    let (client, upstream_tls) = build_client(
-        &config.upstream,
-        metrics.upstream_connections_opened.clone(),
-    )?;
     let forward = ForwardConfig {
         target: config
             .upstream_target()
             .map_err(|e| SetupError::Config(e.to_string()))?,
         request_timeout: config.upstream.request_timeout.0,
     };
+    let (pool, upstream_tls) = build_pool(
+        &config.upstream,
+        &forward.target,
+        metrics.upstream_connections_opened.clone(),
+    )?;
     let contract = ContractConfig {
         mode: config.validation.mode,
         unknown_fields: config.validation.unknown_fields,
@@ -93,8 +94,8 @@ pub fn build(
         .layer(ContractLayer::new(contract, metrics.clone()))
         // Stage 6, only for requests that passed the contract: the cheapest checks are done.
         .layer(SessionLayer::new(session))
-        // Innermost: rewrite for the upstream and send through the pooled TLS client.
-        .service(Forward::new(client, forward));
+        // Innermost: rewrite for the upstream and send through the TLS connection pool.
+        .service(Forward::new(pool, forward));
     Ok((service, upstream_tls))
 }
 

@@ -1,5 +1,5 @@
-//! The upstream client: hyper-util's pooled legacy client over hyper-rustls (ring, https only),
-//! with a connector that bounds TCP + TLS by `connect_timeout` and counts the connections it opens.
+//! Connecting to the upstream: hyper-rustls (ring, https only) over hyper-util's TCP connector,
+//! bounded by `connect_timeout`, counting the connections it opens. `pool.rs` keeps them.
 
 use std::future::Future;
 use std::path::Path;
@@ -11,19 +11,16 @@ use std::time::Duration;
 use http::Uri;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tower::Service;
 
-use crate::config::UpstreamConfig;
-use crate::outcome::UpstreamErrorKind;
-use crate::{Body, BoxError};
-
-pub type UpstreamClient = Client<Connector, Body>;
+use crate::config::{UpstreamConfig, UpstreamTarget};
+use crate::pool::{Pool, PoolSettings};
+use crate::BoxError;
 
 /// Setting up the client failed: a bad `ca_file`.
 #[derive(Debug, thiserror::Error)]
@@ -182,11 +179,12 @@ fn https_connector(cfg: &UpstreamConfig) -> Result<HttpsConnector<TcpConnector>,
     })
 }
 
-/// Builds the pooled client for `[upstream]`, and the handle that reloads its trust anchors.
-pub fn build_client(
+/// Builds the connection pool for `[upstream]`, and the handle that reloads its trust anchors.
+pub fn build_pool(
     cfg: &UpstreamConfig,
+    target: &UpstreamTarget,
     opened: IntCounter,
-) -> Result<(UpstreamClient, UpstreamTls), SetupError> {
+) -> Result<(Pool, UpstreamTls), SetupError> {
     let https = Arc::new(RwLock::new(https_connector(cfg)?));
     let reload = UpstreamTls {
         https: https.clone(),
@@ -197,42 +195,10 @@ pub fn build_client(
         timeout: cfg.connect_timeout.0,
         opened,
     };
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout.0)
-        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .retry_canceled_requests(true)
-        .build(connector);
-    Ok((client, reload))
-}
-
-/// Sorts a client error into its `kind` by walking its source chain for typed markers; never by
-/// its message.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    let mut kind = None;
-    while let Some(e) = source {
-        if e.is::<ConnectTimeout>() {
-            return UpstreamErrorKind::Timeout;
-        }
-        if e.is::<TcpConnectError>() {
-            return UpstreamErrorKind::Connect;
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            kind = Some(if h.is_timeout() {
-                UpstreamErrorKind::Timeout
-            } else if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
-                UpstreamErrorKind::Protocol
-            } else {
-                UpstreamErrorKind::Reset
-            });
-        }
-        source = e.source();
-    }
-    if err.is_connect() {
-        // Not the TCP connect and not the timeout: the TLS handshake.
-        return UpstreamErrorKind::Tls;
-    }
-    kind.unwrap_or(UpstreamErrorKind::Reset)
+    let settings = PoolSettings {
+        idle_timeout: cfg.pool_idle_timeout.0,
+        max_idle: cfg.pool_max_idle_per_host,
+        http2: cfg.http2,
+    };
+    Ok((Pool::new(connector, target, settings), reload))
 }

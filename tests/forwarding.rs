@@ -310,20 +310,78 @@ async fn sequential_requests_reuse_pooled_connections() {
     for _ in 0..10 {
         let res = client.request(get(gw.public_addr, "/x")).await.unwrap();
         assert_eq!(res.status(), 200);
-        // Reading the body to its end lets hyper-util hand the connection back to the pool.
+        // The connection goes back to the pool as the response body ends.
         http_body_util::BodyExt::collect(res.into_body())
             .await
             .unwrap();
     }
     assert_eq!(mock.count(), 10);
-    let opened = metric(&gw, "gateway_upstream_connections_opened_total").await;
-    // hyper-util returns a connection to the pool from a background task, so a request may
-    // occasionally race it and open a second one; ten requests must not need ten connections.
-    assert!((1.0..=2.0).contains(&opened), "opened {opened} connections");
+    assert_eq!(opened(&gw, &mock).await, 1);
+    // Every request went over that one connection.
+    assert!(mock.received().iter().all(|r| r.connection == 1));
+}
+
+/// Connections the gateway opened, checked against the ones the mock accepted.
+async fn opened(gw: &companies_gateway::Running, mock: &MockUpstream) -> usize {
+    let opened = metric(gw, "gateway_upstream_connections_opened_total").await;
     assert_eq!(
         mock.connections.load(std::sync::atomic::Ordering::SeqCst) as f64,
         opened
     );
+    opened as usize
+}
+
+/// `n` requests at once, each held `delay` by the upstream, so that each needs its own connection.
+async fn concurrently(gw: &companies_gateway::Running, mock: &MockUpstream, n: usize) {
+    for _ in 0..n {
+        mock.push_reply(Reply::ok(b"{}").delayed(Duration::from_millis(300)));
+    }
+    let all = (0..n).map(|_| send(get(gw.public_addr, "/x")));
+    for got in futures_util::future::join_all(all).await {
+        assert_eq!(got.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_pool_idle_timeout_is_not_reused() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
+    config.upstream.pool_idle_timeout = companies_gateway::config::Dur(Duration::from_millis(300));
+    let gw = start_gateway(config).await;
+    assert_eq!(send(get(gw.public_addr, "/x")).await.status, 200);
+    assert_eq!(send(get(gw.public_addr, "/x")).await.status, 200);
+    assert_eq!(opened(&gw, &mock).await, 1);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(send(get(gw.public_addr, "/x")).await.status, 200);
+    assert_eq!(opened(&gw, &mock).await, 2);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closes_is_replaced_without_an_error() {
+    let (_pki, mock, gw) = setup().await;
+    mock.push_reply(Reply::ok(b"{}").header("connection", "close"));
+    assert_eq!(send(get(gw.public_addr, "/x")).await.status, 200);
+    // Whether or not the close has been seen yet, the next request must not fail.
+    for _ in 0..3 {
+        assert_eq!(send(get(gw.public_addr, "/x")).await.status, 200);
+    }
+    assert_eq!(mock.count(), 4);
+    assert_eq!(opened(&gw, &mock).await, 2);
+}
+
+#[tokio::test]
+async fn pool_max_idle_per_host_caps_the_idle_connections() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
+    config.upstream.pool_max_idle_per_host = 1;
+    let gw = start_gateway(config).await;
+    concurrently(&gw, &mock, 3).await;
+    assert_eq!(opened(&gw, &mock).await, 3);
+    // Only one of the three was kept: the next three at once reuse it and open two.
+    concurrently(&gw, &mock, 3).await;
+    assert_eq!(opened(&gw, &mock).await, 5);
 }
 
 #[tokio::test]
@@ -351,4 +409,7 @@ async fn an_http2_upstream_is_used_when_enabled() {
     assert_eq!(seen.version, http::Version::HTTP_2);
     // :authority carries the host; a `host` header beside it makes nginx refuse the request.
     assert!(seen.headers.get("host").is_none(), "{:?}", seen.headers);
+    // Requests at once share the one multiplexed connection.
+    concurrently(&gw, &mock, 5).await;
+    assert_eq!(opened(&gw, &mock).await, 1);
 }
