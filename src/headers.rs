@@ -44,19 +44,31 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName
 
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop headers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names, no hashing.
+    // One pass over the names, no hashing: most messages carry none, and a response often carries
+    // only `Connection: keep-alive`, so only the names present are removed.
     let fixed = fixed_hop_by_hop();
-    if !headers.keys().any(|k| fixed.contains(&k)) {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = fixed.iter().position(|f| *f == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = connection_tokens(headers).collect();
+    // `fixed[0]` is `Connection`.
+    if present & 1 != 0 {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|name| !fixed.contains(&name))
+            .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in fixed {
-        headers.remove(name);
+    for (i, name) in fixed.into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
