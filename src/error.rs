@@ -259,7 +259,11 @@ impl GatewayError {
             request_id,
             errors,
         };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        // Sized for the usual problem, so serialising does not grow the buffer item by item.
+        let mut body = Vec::with_capacity(384 + 192 * problem.errors.len());
+        if serde_json::to_writer(&mut body, &problem).is_err() {
+            body.clear();
+        }
         let mut response = Response::new(full_body(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();

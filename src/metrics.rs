@@ -2,7 +2,7 @@
 //! one), so that tests and several gateways in one process never share state.
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -81,6 +81,19 @@ pub struct MetricSet {
     pub session_introspection_duration: Histogram,
     pub session_coalesced: IntCounter,
     pub build_info: IntGaugeVec,
+    /// Handles of the per-request series with closed label sets, resolved once rather than by
+    /// hashing the label values on every request.
+    resolved: Resolved,
+}
+
+struct Resolved {
+    /// `request_duration` by route x outcome, resolved on first use so that no series appears
+    /// before its first event.
+    request_duration: [OnceLock<Histogram>; RouteLabel::ALL.len() * OutcomeKind::ALL.len()],
+    /// `session_cache_lookups` by hit, miss, stale.
+    cache_lookups: [IntCounter; 3],
+    /// `session_checks` by source x verdict.
+    session_checks: [[IntCounter; 3]; 3],
 }
 
 impl Metrics {
@@ -113,6 +126,16 @@ impl Metrics {
             Ok(c)
         };
 
+        let session_cache_lookups = counter(
+            "gateway_session_cache_lookups_total",
+            "Session cache lookups by result.",
+            &["result"],
+        )?;
+        let session_checks = counter(
+            "gateway_session_checks_total",
+            "Session verdicts by source and verdict.",
+            &["source", "verdict"],
+        )?;
         let metrics = MetricSet {
             requests: counter(
                 "gateway_requests_total",
@@ -160,19 +183,9 @@ impl Metrics {
             )?,
             inflight_requests: gauge("gateway_inflight_requests", "Requests in flight.")?,
             open_connections: gauge("gateway_open_connections", "Open client connections.")?,
-            session_cache_lookups: counter(
-                "gateway_session_cache_lookups_total",
-                "Session cache lookups by result.",
-                &["result"],
-            )?,
             session_cache_entries: gauge(
                 "gateway_session_cache_entries",
                 "Entries in the session cache.",
-            )?,
-            session_checks: counter(
-                "gateway_session_checks_total",
-                "Session verdicts by source and verdict.",
-                &["source", "verdict"],
             )?,
             session_introspection_duration: {
                 let h = Histogram::with_opts(
@@ -198,6 +211,38 @@ impl Metrics {
                 g
             },
             registry: registry.clone(),
+            resolved: Resolved {
+                request_duration: std::array::from_fn(|_| OnceLock::new()),
+                cache_lookups: [
+                    session_cache_lookups.get_metric_with_label_values(&["hit"])?,
+                    session_cache_lookups.get_metric_with_label_values(&["miss"])?,
+                    session_cache_lookups.get_metric_with_label_values(&["stale"])?,
+                ],
+                session_checks: {
+                    let check = |source: &str, verdict: &str| {
+                        session_checks.get_metric_with_label_values(&[source, verdict])
+                    };
+                    [
+                        [
+                            check("jwt", "valid")?,
+                            check("jwt", "invalid")?,
+                            check("jwt", "error")?,
+                        ],
+                        [
+                            check("introspection", "valid")?,
+                            check("introspection", "invalid")?,
+                            check("introspection", "error")?,
+                        ],
+                        [
+                            check("upstream", "valid")?,
+                            check("upstream", "invalid")?,
+                            check("upstream", "error")?,
+                        ],
+                    ]
+                },
+            },
+            session_cache_lookups,
+            session_checks,
         };
         metrics
             .build_info
@@ -256,28 +301,28 @@ impl MetricSet {
     }
 
     pub fn cache_lookup(&self, result: CacheResult) {
-        let label = match result {
-            CacheResult::Hit => "hit",
-            CacheResult::Miss => "miss",
-            CacheResult::Stale => "stale",
-        };
-        self.session_cache_lookups.with_label_values(&[label]).inc();
+        self.resolved.cache_lookups[result as usize].inc();
     }
 
     pub fn session_check(&self, source: VerdictSource, verdict: VerdictLabel) {
-        let source = match source {
-            VerdictSource::Jwt => "jwt",
-            VerdictSource::Introspection => "introspection",
-            VerdictSource::Upstream => "upstream",
-        };
-        let verdict = match verdict {
-            VerdictLabel::Valid => "valid",
-            VerdictLabel::Invalid => "invalid",
-            VerdictLabel::Error => "error",
-        };
-        self.session_checks
-            .with_label_values(&[source, verdict])
-            .inc();
+        self.resolved.session_checks[source as usize][verdict as usize].inc();
+    }
+
+    /// Observes `gateway_request_duration_seconds{route, outcome}`.
+    pub fn observe_request_duration(&self, route: RouteLabel, outcome: OutcomeKind, secs: f64) {
+        let slot = route as usize * OutcomeKind::ALL.len() + outcome as usize;
+        match self.resolved.request_duration.get(slot) {
+            Some(handle) => handle
+                .get_or_init(|| {
+                    self.request_duration
+                        .with_label_values(&[route.as_str(), outcome.as_str()])
+                })
+                .observe(secs),
+            None => self
+                .request_duration
+                .with_label_values(&[route.as_str(), outcome.as_str()])
+                .observe(secs),
+        }
     }
 }
 
@@ -330,6 +375,37 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing");
         }
+    }
+
+    #[test]
+    fn resolved_handles_count_in_their_own_series() {
+        let m = Metrics::new(&[0.1, 1.0]).unwrap();
+        m.cache_lookup(CacheResult::Stale);
+        m.session_check(VerdictSource::Introspection, VerdictLabel::Error);
+        m.observe_request_duration(RouteLabel::Other, OutcomeKind::Shed, 0.5);
+        let text = String::from_utf8(m.render().unwrap()).unwrap();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(has(
+            r#"gateway_session_cache_lookups_total{result="stale"} 1"#
+        ));
+        assert!(has(
+            r#"gateway_session_cache_lookups_total{result="hit"} 0"#
+        ));
+        assert!(has(
+            r#"gateway_session_checks_total{source="introspection",verdict="error"} 1"#
+        ));
+        assert!(has(
+            r#"gateway_session_checks_total{source="introspection",verdict="valid"} 0"#
+        ));
+        assert!(has(
+            r#"gateway_request_duration_seconds_count{outcome="shed",route="other"} 1"#
+        ));
+        // Only the series that saw an event exists.
+        assert_eq!(
+            text.matches("gateway_request_duration_seconds_count")
+                .count(),
+            1
+        );
     }
 
     #[test]

@@ -74,9 +74,7 @@ impl Pending {
         m.requests
             .with_label_values(&[route, self.method, status.as_str(), outcome.kind.as_str()])
             .inc();
-        m.request_duration
-            .with_label_values(&[route, outcome.kind.as_str()])
-            .observe(elapsed.as_secs_f64());
+        m.observe_request_duration(self.route, outcome.kind, elapsed.as_secs_f64());
         if let Some(reason) = outcome.reason {
             m.rejections
                 .with_label_values(&[route, reason.as_str()])

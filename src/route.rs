@@ -101,11 +101,11 @@ pub fn check_canonical(path: &str) -> Result<(), NonCanonical> {
         // `*` (OPTIONS) and the like: nothing to normalise.
         return Ok(());
     };
-    let mut segments = rest.split('/').peekable();
+    let mut segments = rest.as_bytes().split(|&b| b == b'/').peekable();
     while let Some(seg) = segments.next() {
         match seg {
-            "" if segments.peek().is_some() => return Err(NonCanonical::EmptySegment),
-            "." | ".." => return Err(NonCanonical::DotSegment),
+            b"" if segments.peek().is_some() => return Err(NonCanonical::EmptySegment),
+            b"." | b".." => return Err(NonCanonical::DotSegment),
             _ => {}
         }
     }
