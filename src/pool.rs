@@ -173,7 +173,8 @@ impl Inner {
                 },
             }
         }
-        match self.connect().await? {
+        // Boxed, so that the reuse path's future stays small.
+        match Box::pin(self.connect()).await? {
             Conn::H1(mut tx) => {
                 tx.ready().await.map_err(PoolError::Send)?;
                 self.set_host(&mut req);

@@ -75,7 +75,19 @@ impl Session {
             self.metrics.cache_lookup(CacheResult::Hit);
             return Self::answer(entry.verdict).map(|()| key);
         }
+        // Boxed, so that the hit path's future stays small.
+        Box::pin(self.decide_miss(key, old, now, authorization, session)).await
+    }
 
+    /// Not a fresh hit: the local JWT checks, then introspection (or none).
+    async fn decide_miss(
+        &self,
+        key: Key,
+        old: Option<Entry>,
+        now: Duration,
+        authorization: &HeaderValue,
+        session: &HeaderValue,
+    ) -> Result<Key, GatewayError> {
         // Local checks: an expired or forged token never costs a lookup.
         let token = session.to_str().unwrap_or("");
         let exp = match jwt::check(token, &self.jwt, now, self.leeway) {
