@@ -43,18 +43,24 @@ pub fn upstream_request(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let path = req.uri().path();
-    let mut pq = String::with_capacity(target.base_path.len() + path.len() + 64);
-    pq.push_str(&target.base_path);
-    if !path.starts_with('/') {
-        pq.push('/');
-    }
-    pq.push_str(path);
-    if let Some(q) = req.uri().query() {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let pq = PathAndQuery::try_from(pq)
-        .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))?;
+    let pq = match req.uri().path_and_query() {
+        // No base path: the client's path and query, as parsed, without a copy.
+        Some(pq) if target.base_path.is_empty() && path.starts_with('/') => pq.clone(),
+        _ => {
+            let mut pq = String::with_capacity(target.base_path.len() + path.len() + 64);
+            pq.push_str(&target.base_path);
+            if !path.starts_with('/') {
+                pq.push('/');
+            }
+            pq.push_str(path);
+            if let Some(q) = req.uri().query() {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            PathAndQuery::try_from(pq)
+                .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))?
+        }
+    };
     // Origin-form: the pool writes `Host` (HTTP/1) or `:authority` (h2) for the upstream.
     *req.uri_mut() = Uri::from(pq);
     *req.version_mut() = Version::HTTP_11;
@@ -219,8 +225,16 @@ mod tests {
 
     #[test]
     fn a_root_base_path_adds_nothing() {
-        let req = Request::builder().uri("/x/y").body(empty_body()).unwrap();
-        let out = upstream_request(req, &cfg("https://api.example"), conn()).unwrap();
-        assert_eq!(out.uri().to_string(), "/x/y");
+        for (target, sent) in [
+            ("/x/y", "/x/y"),
+            ("/x/y?", "/x/y?"),
+            ("/x/y?a=1&&b=%2F", "/x/y?a=1&&b=%2F"),
+            ("http://evil.example/x?q", "/x?q"),
+            ("*", "/*"),
+        ] {
+            let req = Request::builder().uri(target).body(empty_body()).unwrap();
+            let out = upstream_request(req, &cfg("https://api.example"), conn()).unwrap();
+            assert_eq!(out.uri().to_string(), sent, "{target}");
+        }
     }
 }
