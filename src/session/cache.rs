@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use moka::future::Cache;
+use moka::policy::EvictionPolicy;
 
 /// Wall-clock time as a duration since the Unix epoch. Tests inject a manual one.
 pub trait Clock: Send + Sync + 'static {
@@ -170,8 +171,13 @@ impl SessionCache {
     pub fn new(capacity: u64, ttls: Ttls, clock: Arc<dyn Clock>) -> Self {
         // Freshness is judged by `clock` against each entry's own expiry. Stale entries make way
         // for new ones under the capacity bound; a moka TTL on top would cost ~65 bytes an entry.
+        // LRU, not TinyLFU: a new session is always admitted, and there is no frequency sketch
+        // (16 MB at 1M entries) to keep or update on every read.
         SessionCache {
-            cache: Cache::builder().max_capacity(capacity).build(),
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
             clock,
             ttls,
             hasher: KeyHasher::default(),
