@@ -479,8 +479,21 @@ fn is_decimal_i64(value: &str) -> bool {
 /// together with every other violation; a repeated member is only reported as the duplicate, its
 /// later values are not checked again.
 pub fn check_body(body: &[u8], unknown: UnknownFields) -> Result<(), Vec<Violation>> {
+    // A body that is UTF-8 as a whole (the usual case) is read as a `str`: serde_json then skips
+    // the UTF-8 check of each string, with the same outcome. Otherwise the byte reader finds and
+    // reports the bad bytes exactly as before.
+    match std::str::from_utf8(body) {
+        Ok(text) => check_document(serde_json::Deserializer::from_str(text), unknown),
+        Err(_) => check_document(serde_json::Deserializer::from_slice(body), unknown),
+    }
+}
+
+/// `check_body` on either reader; both give the same result on UTF-8 input.
+fn check_document<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    unknown: UnknownFields,
+) -> Result<(), Vec<Violation>> {
     let mut report = Report::default();
-    let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = BodySeed {
         report: &mut report,
         unknown,
@@ -550,6 +563,10 @@ impl Report {
     }
 
     fn max_length(&mut self, field: Field, path: &Path<'_>, text: &str, max: usize) -> bool {
+        // A char takes at least one byte: a short text needs no counting.
+        if text.len() <= max {
+            return true;
+        }
         let chars = text.chars().count();
         if chars > max {
             let detail = format!("must be at most {max} characters, got {chars}");
@@ -1003,6 +1020,101 @@ fn check_member(
 
 /// A plain addr-spec: no display name, no domain literal, and a dotted domain.
 fn email_syntax(text: &str) -> Result<(), String> {
+    if plain_email(text) {
+        return Ok(());
+    }
+    email_syntax_full(text)
+}
+
+/// Longest local part, domain and domain label `email_address` 0.2 takes, in bytes.
+const EMAIL_LOCAL_MAX_BYTES: usize = 64;
+const EMAIL_DOMAIN_MAX_BYTES: usize = 254;
+const EMAIL_LABEL_MAX_BYTES: usize = 63;
+
+/// The usual shape, checked without the crate: an ASCII dot-atom local part, `@`, then at least two
+/// dot-separated labels of letters, digits and inner hyphens. `true` means `email_syntax_full`
+/// passes too; `false` only means "not this shape" and leaves the answer to it.
+fn plain_email(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let Some(at) = plain_local_part(bytes) else {
+        return false;
+    };
+    let domain = bytes.get(at + 1..).unwrap_or_default();
+    at <= EMAIL_LOCAL_MAX_BYTES && domain.len() <= EMAIL_DOMAIN_MAX_BYTES && plain_domain(domain)
+}
+
+/// RFC 5322 `atext` in ASCII (what the crate takes there).
+const fn is_ascii_atext(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'/' | b'=' | b'?' | b'^'..=b'`' | b'{'..=b'~'
+        )
+}
+
+/// Classes of bytes for the fast path, one load per byte.
+const ATEXT: u8 = 1;
+const ALNUM: u8 = 2;
+static EMAIL_BYTES: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if is_ascii_atext(b) {
+            table[i] |= ATEXT;
+        }
+        if b.is_ascii_alphanumeric() {
+            table[i] |= ALNUM;
+        }
+        i += 1;
+    }
+    table
+};
+
+/// Whether `b` is in `class` (`ATEXT` or `ALNUM`); never for a non-ASCII byte.
+fn is_class(b: u8, class: u8) -> bool {
+    EMAIL_BYTES[usize::from(b)] & class != 0
+}
+
+/// Where the `@` is, if all before it is non-empty runs of `atext` joined by single dots.
+fn plain_local_part(text: &[u8]) -> Option<usize> {
+    let mut after_dot = true; // a leading dot is as bad as a doubled one
+    for (i, &b) in text.iter().enumerate() {
+        if is_class(b, ATEXT) {
+            after_dot = false;
+        } else if b == b'.' && !after_dot {
+            after_dot = true;
+        } else {
+            return (b == b'@' && !after_dot).then_some(i);
+        }
+    }
+    None
+}
+
+/// Two or more labels of 1-63 letters, digits and hyphens, no hyphen at either end of a label.
+fn plain_domain(part: &[u8]) -> bool {
+    let mut labels = 1usize;
+    let mut len = 0usize;
+    let mut last = b'.';
+    for &b in part {
+        if is_class(b, ALNUM) || (b == b'-' && len > 0) {
+            len += 1;
+            if len > EMAIL_LABEL_MAX_BYTES {
+                return false;
+            }
+        } else if b == b'.' && len > 0 && last != b'-' {
+            labels += 1;
+            len = 0;
+        } else {
+            return false;
+        }
+        last = b;
+    }
+    labels >= 2 && len > 0 && last != b'-'
+}
+
+/// The full check by the `email_address` crate; `email_syntax` only skips it for `plain_email`.
+fn email_syntax_full(text: &str) -> Result<(), String> {
     let options = EmailOptions::default()
         .without_display_text()
         .without_domain_literal();
@@ -1450,6 +1562,230 @@ mod tests {
         assert!(violations[0]
             .detail
             .contains("at most 250 characters, got 300"));
+    }
+
+    // ----- fast paths -----
+
+    mod fast_paths {
+        use super::super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use proptest::sample::{select, Index};
+
+        /// Characters that break or bend an address, put into near-valid ones.
+        const ODD: &[&str] = &[
+            ".", "..", "-", "@", "+", "_", "\"", " ", " <", "<", ">", "\\", "[", "]", "(", ")",
+            ",", ":", ";", "!", "~", "'", "/", "=", "?", "`", "{", "}", "\t", "\n", "\u{0}",
+            "\u{7f}", "é", "ü", "ß", "😀", "ǅ", "٣", "\u{a0}", "\u{200b}", "İ", "A", "9",
+        ];
+
+        fn odd() -> impl Strategy<Value = String> {
+            select(ODD).prop_map(str::to_owned)
+        }
+
+        /// Up to two odd pieces put in at random places.
+        fn odd_inserts() -> impl Strategy<Value = Vec<(Index, String)>> {
+            prop_oneof![2 => Just(Vec::new()), 1 => vec((any::<Index>(), odd()), 1..=2)]
+        }
+
+        fn insert_all(mut text: String, inserts: Vec<(Index, String)>) -> String {
+            for (at, piece) in inserts {
+                let bounds: Vec<usize> = text
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([text.len()])
+                    .collect();
+                text.insert_str(bounds[at.index(bounds.len())], &piece);
+            }
+            text
+        }
+
+        /// Local parts around the rules: dots anywhere, quotes, lengths around 64.
+        fn local() -> impl Strategy<Value = String> {
+            prop_oneof![
+                6 => "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,8}(\\.[a-zA-Z0-9_+-]{1,6}){0,2}",
+                3 => "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~.-]{0,12}",
+                1 => (60usize..=66, "[a-z.]{0,2}").prop_map(|(n, tail)| format!("{}{tail}", "l".repeat(n))),
+                1 => "\"[a-z @.\\\\\"]{0,6}\"",
+                1 => "[a-zé😀 .]{0,6}",
+            ]
+        }
+
+        /// Labels around the rules: hyphens at the ends, empty, lengths around 63.
+        fn label() -> impl Strategy<Value = String> {
+            prop_oneof![
+                8 => "[a-z0-9]([a-zA-Z0-9-]{0,6}[a-z0-9])?",
+                2 => "[a-zA-Z0-9-]{0,8}",
+                2 => (61usize..=65).prop_map(|n| "d".repeat(n)),
+                1 => "[a-zü_!-]{1,4}",
+            ]
+        }
+
+        /// `local@label.label...` (or any text), then maybe odd pieces put in.
+        fn near_email() -> impl Strategy<Value = String> {
+            // domains around the 254-byte limit, in labels of at most 63
+            let long = (248usize..=260).prop_map(|len| {
+                let count = (len + 1).div_ceil(64);
+                let letters = len - (count - 1);
+                (0..count)
+                    .map(|i| "d".repeat(letters / count + usize::from(i < letters % count)))
+                    .collect::<Vec<_>>()
+            });
+            let labels = prop_oneof![4 => vec(label(), 1..=4), 1 => vec(label(), 0..=6), 1 => long];
+            let ending = prop_oneof![4 => Just(""), 1 => Just("."), 1 => Just("-")];
+            let shaped = (local(), labels, ending)
+                .prop_map(|(local, labels, end)| format!("{local}@{}{end}", labels.join(".")));
+            let soup = vec(prop_oneof![3 => "[a-z0-9]{1,8}", 2 => odd()], 0..12)
+                .prop_map(|pieces| pieces.concat());
+            (
+                prop_oneof![8 => shaped, 1 => soup, 1 => any::<String>()],
+                odd_inserts(),
+            )
+                .prop_map(|(text, inserts)| insert_all(text, inserts))
+        }
+
+        /// Addresses of the common shape: the fast path must take all of them.
+        fn common_email() -> impl Strategy<Value = String> {
+            (
+                "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,20}(\\.[a-zA-Z0-9_+-]{1,10}){0,3}",
+                vec("[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", 2..=4),
+            )
+                .prop_map(|(local, labels)| format!("{local}@{}", labels.join(".")))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            #[test]
+            fn email_fast_path_agrees_with_the_crate(text in near_email()) {
+                let full = email_syntax_full(&text);
+                if plain_email(&text) {
+                    prop_assert_eq!(&full, &Ok(()), "{:?}", text);
+                }
+                prop_assert_eq!(email_syntax(&text), full, "{:?}", text);
+            }
+
+            #[test]
+            fn email_fast_path_takes_the_common_shape(text in common_email()) {
+                prop_assert!(plain_email(&text), "{:?}", text);
+                prop_assert_eq!(email_syntax_full(&text), Ok(()), "{:?}", text);
+            }
+        }
+
+        #[test]
+        fn email_byte_classes_match_the_crate() {
+            for b in 0..=u8::MAX {
+                let one = char::from(b).to_string();
+                let atext = b.is_ascii() && EmailAddress::is_valid_local_part(&one);
+                let alnum = b.is_ascii() && EmailAddress::is_valid_domain(&one);
+                assert_eq!(is_class(b, ATEXT), atext, "{b:#x}");
+                assert_eq!(is_class(b, ALNUM), alnum, "{b:#x}");
+            }
+        }
+
+        #[test]
+        fn email_fast_path_limits_are_the_crate_limits() {
+            let label63 = "d".repeat(63);
+            let cases = [
+                format!("{}@b.co", "l".repeat(64)),
+                format!("{}@b.co", "l".repeat(65)),
+                format!("a@{label63}.co"),
+                format!("a@{}.co", "d".repeat(64)),
+                // domains of 254 and 255 bytes
+                format!("a@{label63}.{label63}.{label63}.{}", "d".repeat(62)),
+                format!("a@{label63}.{label63}.{label63}.{label63}"),
+                "a@b.c".to_owned(),
+                "a@b".to_owned(),
+                "a.b@c-d.e".to_owned(),
+                "a@-b.c".to_owned(),
+                "a@b-.c".to_owned(),
+                "a..b@c.d".to_owned(),
+                ".a@c.d".to_owned(),
+                "a.@c.d".to_owned(),
+                "a@b..c".to_owned(),
+                "a@b@c.d".to_owned(),
+                "@b.c".to_owned(),
+            ];
+            let taken: Vec<bool> = cases.iter().map(|t| plain_email(t)).collect();
+            assert_eq!(
+                taken,
+                [
+                    true, false, true, false, true, false, true, false, true, false, false, false,
+                    false, false, false, false, false
+                ]
+            );
+            for text in &cases {
+                let full = email_syntax_full(text);
+                if plain_email(text) {
+                    assert_eq!(full, Ok(()), "{text}");
+                }
+                assert_eq!(email_syntax(text), full, "{text}");
+            }
+        }
+
+        /// JSON-ish text: values nested a few levels, keys from a small set (so duplicates happen),
+        /// strings plain or escaped, lone surrogates and odd bytes now and then.
+        fn json_value() -> impl Strategy<Value = String> {
+            let string = prop_oneof![
+                3 => any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap_or_default()),
+                1 => "\"([a-zé😀 @.]|\\\\u00e9|\\\\ud83d\\\\ude00|\\\\ud800|\\\\udc00|\\\\n|\\\\\"|\\\\u12|\\\\x){0,6}\"",
+                1 => Just("\"contact@example.com\"".to_owned()),
+            ];
+            let leaf = prop_oneof![
+                Just("null".to_owned()),
+                Just("true".to_owned()),
+                Just("false".to_owned()),
+                "-?[0-9]{1,3}(\\.[0-9]{1,2})?([eE][+-]?[0-9]{1,3})?",
+                string.clone(),
+            ];
+            let key = prop_oneof![
+                select(
+                    &[
+                        "notify",
+                        "name",
+                        "email",
+                        "phones",
+                        "comment",
+                        "x",
+                        "a/b~c",
+                        "\\u006eotify"
+                    ][..]
+                )
+                .prop_map(|k| format!("\"{k}\"")),
+                string,
+            ];
+            leaf.prop_recursive(4, 32, 6, move |inner| {
+                prop_oneof![
+                    vec(inner.clone(), 0..6).prop_map(|items| format!("[{}]", items.join(","))),
+                    vec((key.clone(), inner), 0..7).prop_map(|members| {
+                        let members: Vec<String> = members
+                            .into_iter()
+                            .map(|(k, v)| format!("{k} : {v}"))
+                            .collect();
+                        format!("{{{}}}", members.join(","))
+                    }),
+                ]
+            })
+        }
+
+        fn json_text() -> impl Strategy<Value = String> {
+            (json_value(), odd_inserts()).prop_map(|(text, inserts)| insert_all(text, inserts))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            #[test]
+            fn str_and_slice_readers_agree(text in json_text()) {
+                for unknown in [UnknownFields::Reject, UnknownFields::Allow] {
+                    let by_str = check_document(serde_json::Deserializer::from_str(&text), unknown);
+                    let by_slice =
+                        check_document(serde_json::Deserializer::from_slice(text.as_bytes()), unknown);
+                    prop_assert_eq!(&by_str, &by_slice, "{}", text);
+                    prop_assert_eq!(check_body(text.as_bytes(), unknown), by_slice, "{}", text);
+                }
+            }
+        }
     }
 
     // ----- path parameters -----
