@@ -143,11 +143,6 @@ impl Pool {
     pub fn send(&self, req: Request<Body>) -> SendFuture {
         Box::pin(self.inner.clone().send(req))
     }
-
-    /// Idle HTTP/1 connections right now.
-    pub fn idle_count(&self) -> usize {
-        self.inner.idle.lock().map_or(0, |idle| idle.len())
-    }
 }
 
 impl Inner {
