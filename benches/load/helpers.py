@@ -381,6 +381,7 @@ def cmd_hold(args):
 LABELS = {
     "nginx": "nginx proxy_pass",
     "haproxy": "HAProxy",
+    "floor": "floor: hyper + rustls, no gateway logic",
     "gateway": "gateway (valid PATCH, upstream h1)",
     "gateway-h2": "gateway (valid PATCH, upstream h2)",
     "gateway-reject": "gateway (invalid body: 400 answered locally)",
@@ -539,6 +540,29 @@ def cmd_report(args):
     w("Per-round CPU ratios to nginx (same round; * = a contended run in the pair): " + "; ".join(
         f"{p}: " + ", ".join(f"{x:.3f}{'' if c else '*'}" for x, c in ratio_pairs(p))
         for p in proxies if p != "nginx"))
+    if "floor" in proxies and "gateway" in proxies:
+        # The stack's share of the gateway's CPU per request: floor over gateway, same round.
+        floor_runs = {r["round"]: r for r in runs("floor", "closed")}
+        pairs = [(floor_runs[r["round"]]["cpu_s_per_10k"] / r["cpu_s_per_10k"],
+                  r["clean"] == 1 and floor_runs[r["round"]]["clean"] == 1)
+                 for r in runs("gateway", "closed")
+                 if r["round"] in floor_runs and r["cpu_s_per_10k"]
+                 and floor_runs[r["round"]]["cpu_s_per_10k"] is not None]
+        clean_pairs = [x for x, c in pairs if c]
+        share = median(clean_pairs) if clean_pairs else median(x for x, _ in pairs)
+        (g_rat, g_clean), (fl_rat, fl_clean) = ratio("gateway"), ratio("floor")
+        if share is not None and g_rat is not None and fl_rat is not None:
+            text = (f"The stack alone (floor: the gateway's hyper + tokio + rustls + mimalloc, "
+                    f"forwarding with no gateway logic) costs {fl_rat:.3f} × nginx's CPU per "
+                    f"request and the gateway {g_rat:.3f} ×; the floor is {100 * share:.0f}% of the "
+                    f"gateway's CPU per request (same-round median), the gateway's own work the "
+                    f"other {100 * (1 - share):.0f}%")
+            if g_rat > 1 and fl_rat > 1:
+                text += (f"; of the gateway's excess over nginx ({g_rat - 1:+.3f}), the stack "
+                         f"accounts for {fl_rat - 1:+.3f} ({100 * (fl_rat - 1) / (g_rat - 1):.0f}%)")
+            elif g_rat > 1:
+                text += "; the stack alone is no dearer than nginx, so all of the gateway's excess is its own work"
+            w(mark(text, bool(clean_pairs) and g_clean and fl_clean) + ".")
     miss = []
     for p in proxies:
         vals = [r["cache_misses"] / r["requests"] for r in runs(p, "closed")

@@ -21,13 +21,18 @@
 #   BIG_CACHE_SESSIONS [1000000]
 #   BUILD [1]             1: cargo build --release --locked first (a no-op when up to date)
 #   GATEWAY_BIN [target/release/companies-gateway]  copied to the temp dir before the run
+#   FLOOR [1]             1: also measure "floor" (benches/load/floor: the gateway's stack, hyper +
+#                         tokio + rustls + mimalloc, forwarding with no gateway logic), closed loop
+#                         only; BUILD=1 builds it (cargo build --release --locked, its own lock file)
+#   FLOOR_TARGET_DIR [target/floor]  its CARGO_TARGET_DIR (apart from the gateway's build)
+#   FLOOR_BIN [FLOOR_TARGET_DIR/release/floor]      copied to the temp dir before the run
 #   OUT_DIR [target/load/<UTC timestamp>]           report.md, results.tsv, meta.tsv, logs
 #   PROXY_CPU [0] LOAD_CPU [1]  the two cores
 #   KEEP_TMP [0]          1: keep the temp dir (configs, certs, logs) for inspection
 #   PROFILE []            a row name (gateway, gateway-h2, gateway-reject, gateway-miss, nginx,
-#                         haproxy): instead of the benchmark, profile that proxy with perf during
-#                         one closed-loop run of DURATION seconds and print its hottest functions
-#                         (installs linux-perf from Debian when perf is missing)
+#                         haproxy, floor): instead of the benchmark, profile that proxy with perf
+#                         during one closed-loop run of DURATION seconds and print its hottest
+#                         functions (installs linux-perf from Debian when perf is missing)
 #
 # Needs: root or sudo-less apt for the first run (nginx, haproxy, wrk), cargo for oha, python3,
 # openssl, taskset, curl. Sends traffic to 127.0.0.1 only; every loop is bounded.
@@ -54,12 +59,15 @@ BIG_CACHE=${BIG_CACHE:-0}
 BIG_CACHE_SESSIONS=${BIG_CACHE_SESSIONS:-1000000}
 BUILD=${BUILD:-1}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/companies-gateway}
+FLOOR=${FLOOR:-1}
+FLOOR_TARGET_DIR=${FLOOR_TARGET_DIR:-$ROOT/target/floor}
+FLOOR_BIN=${FLOOR_BIN:-$FLOOR_TARGET_DIR/release/floor}
 OUT_DIR=${OUT_DIR:-$ROOT/target/load/$(date -u +%Y%m%dT%H%M%SZ)}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 KEEP_TMP=${KEEP_TMP:-0}
 PROFILE=${PROFILE:-}
-COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION OPEN_DURATION=$OPEN_DURATION WARMUP=$WARMUP CONNS=$CONNS OPEN_LOOP=$OPEN_LOOP MEMORY=$MEMORY BIG_CACHE=$BIG_CACHE bash benches/load/run.sh"
+COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION OPEN_DURATION=$OPEN_DURATION WARMUP=$WARMUP CONNS=$CONNS OPEN_LOOP=$OPEN_LOOP MEMORY=$MEMORY BIG_CACHE=$BIG_CACHE FLOOR=$FLOOR bash benches/load/run.sh"
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -67,6 +75,7 @@ die() { log "error: $*"; exit 1; }
 for v in ROUNDS DURATION OPEN_DURATION WARMUP CONNS BIG_CACHE_SESSIONS; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
+[[ $FLOOR == 0 || $FLOOR == 1 ]] || die "FLOOR must be 0 or 1 (got '$FLOOR')"
 [[ -f $REQUEST_BODY && -f $RESPONSE_BODY ]] || die "contract examples not found in $EXAMPLES"
 
 # ------------------------------------------------------------------------------------------------
@@ -97,8 +106,13 @@ done
 if [[ $BUILD == 1 ]]; then
   log "cargo build --release --locked"
   (cd "$ROOT" && cargo build --release --locked)
+  if [[ $FLOOR == 1 ]]; then
+    log "cargo build --release --locked (benches/load/floor, target dir $FLOOR_TARGET_DIR)"
+    (cd "$HERE/floor" && CARGO_TARGET_DIR=$FLOOR_TARGET_DIR cargo build --release --locked)
+  fi
 fi
 [[ -x $GATEWAY_BIN ]] || die "$GATEWAY_BIN not found (build it, or set GATEWAY_BIN)"
+[[ $FLOOR != 1 || -x $FLOOR_BIN ]] || die "$FLOOR_BIN not found (build it, set FLOOR_BIN, or FLOOR=0)"
 
 # Many connections: raise the open-files limit to the hard limit (the gateway raises its own too).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
@@ -161,6 +175,10 @@ meta() { printf '%s\t%s\n' "$1" "$2" >>"$META"; }
 # Freeze the binary under test: the shared target dir may be rebuilt during the run.
 cp "$GATEWAY_BIN" "$TMP/companies-gateway"
 GATEWAY="$TMP/companies-gateway"
+if [[ $FLOOR == 1 ]]; then
+  cp "$FLOOR_BIN" "$TMP/floor-bin"
+  FLOOR_EXE="$TMP/floor-bin"
+fi
 
 # ------------------------------------------------------------------------------------------------
 # Certificates: a CA (CN test-CA) and a leaf for localhost / 127.0.0.1, ECDSA P-256.
@@ -193,11 +211,11 @@ export LOAD_SESSION_PREFIX="" LOAD_STOP_AFTER=""
 # ------------------------------------------------------------------------------------------------
 # Processes
 
-read -r -a P <<<"$(python3 "$HELPERS" ports 17)"
+read -r -a P <<<"$(python3 "$HELPERS" ports 18)"
 UP_H1=${P[0]} UP_H2=${P[1]} NGINX_PORT=${P[2]} HAPROXY_PORT=${P[3]}
 declare -A PORT=( [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
   [gateway]=${P[4]} [gateway-h2]=${P[5]} [gateway-reject]=${P[6]} [gateway-miss]=${P[7]}
-  [gateway-mem]=${P[8]} [gateway-big]=${P[9]} )
+  [gateway-mem]=${P[8]} [gateway-big]=${P[9]} [floor]=${P[17]} )
 declare -A ADMIN=( [gateway]=${P[10]} [gateway-h2]=${P[11]} [gateway-reject]=${P[12]}
   [gateway-miss]=${P[13]} [gateway-mem]=${P[14]} [gateway-big]=${P[15]} )
 declare -A PID=()
@@ -274,6 +292,16 @@ start_gateway gateway-h2 true 100000 60s "$UP_H2"
 start_gateway gateway-reject false 100000 60s "$UP_H1"
 start_gateway gateway-miss false 100000 60s "$UP_H1"
 
+# The floor: the same stack as the gateway, no gateway logic (benches/load/floor), same upstream.
+if [[ $FLOOR == 1 ]]; then
+  mkdir -p "$TMP/floor"
+  taskset -c "$PROXY_CPU" "$FLOOR_EXE" --listen "127.0.0.1:${PORT[floor]}" \
+    --upstream "https://localhost:$UP_H1" --ca-file "$CA" >"$TMP/floor/stdout.log" 2>&1 &
+  PID[floor]=$!
+  STARTED_PIDS+=("$!")
+  wait_port "${PID[floor]}" "${PORT[floor]}" floor
+fi
+
 # PIDs whose CPU counts for a proxy: nginx's master and its workers; the others are one process
 # (the gateway's threads are all in its /proc/PID/stat).
 proxy_pids() {
@@ -335,6 +363,7 @@ check() { # name body expected-status
 for name in nginx haproxy gateway gateway-miss; do
   check "$name" "$REQUEST_BODY" 200
 done
+[[ $FLOOR != 1 ]] || check floor "$REQUEST_BODY" 200
 check gateway-reject "$TMP/invalid.json" 400
 
 # The gateway with [upstream] http2 = true against nginx's h2 port. nginx 1.22 answers 400 to an
@@ -378,7 +407,8 @@ log "sanity checks passed: 200 and the example response through every proxy, 400
 
 if [[ -n $PROFILE ]]; then
   [[ -n ${PORT[$PROFILE]:-} && $PROFILE != gateway-mem && $PROFILE != gateway-big ]] \
-    || die "PROFILE must be one of nginx haproxy gateway gateway-h2 gateway-reject gateway-miss"
+    || die "PROFILE must be one of nginx haproxy gateway gateway-h2 gateway-reject gateway-miss floor"
+  [[ $PROFILE != floor || $FLOOR == 1 ]] || die "PROFILE=floor needs FLOOR=1"
   if ! command -v perf >/dev/null || ! perf version >/dev/null 2>&1; then
     log "installing linux-perf from Debian"
     SUDO=""
@@ -550,6 +580,11 @@ rotate() { local n=$1; shift; local a=("$@"); local k=$(( n % ${#a[@]} )); echo 
 
 MAIN=(nginx haproxy gateway gateway-h2)       # compared in closed and open loop
 EXTRA=(gateway-reject gateway-miss)           # gateway paths, closed loop only
+CLOSED=("${MAIN[@]}")                         # interleaved in the closed loop
+if [[ $FLOOR == 1 ]]; then
+  CLOSED+=(floor)                             # the stack alone: closed loop only
+  EXTRA+=(floor)
+fi
 
 # Calibration: one closed-loop run of nginx, whose rate is "nginx's maximum rate" for the open-loop
 # runs. (Every measured closed-loop run has its own warm-up, which also fills pools and caches.)
@@ -562,7 +597,7 @@ log "nginx's maximum rate: $NGINX_MAX req/s; open-loop rates ${RATES[*]} req/s"
 
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS: closed loop"
-  for name in $(rotate "$round" "${MAIN[@]}"); do
+  for name in $(rotate "$round" "${CLOSED[@]}"); do
     closed_loop "$round" "$name" >/dev/null
   done
   closed_loop "$round" gateway-reject "$TMP/invalid.json" >/dev/null
@@ -648,7 +683,7 @@ fi
 if grep -q '\[\(alert\|crit\|emerg\|error\)\]' "$TMP"/{upstream,nginx}/error.log 2>/dev/null; then
   meta note "nginx logged errors: $(grep -h '\[\(alert\|crit\|emerg\|error\)\]' "$TMP"/{upstream,nginx}/error.log | head -3 | tr '\n' ' ')"
 fi
-for name in gateway gateway-h2 gateway-reject gateway-miss gateway-mem; do
+for name in gateway gateway-h2 gateway-reject gateway-miss gateway-mem floor; do
   if [[ -s $TMP/$name/stdout.log ]]; then
     meta note "$name logged (warn and above): $(head -c 400 "$TMP/$name/stdout.log" | tr '\n' ' ')"
   fi
