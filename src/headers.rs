@@ -58,8 +58,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // `fixed[0]` is `Connection`.
     if present & 1 != 0 {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|name| !fixed.contains(&name))
+        // Tokens naming fixed hop-by-hop headers (`keep-alive`, the usual one) are compared as
+        // text: they go below anyway, and no header name is built for them.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !fixed.iter().any(|f| f.as_str().eq_ignore_ascii_case(t)))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
