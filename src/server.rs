@@ -323,8 +323,15 @@ impl Serving {
         match &self.acceptor {
             None => self.drive(TokioIo::new(tcp), svc, activity, stop).await,
             Some(acceptor) => {
-                match tokio::time::timeout(self.tls_handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => self.drive(TokioIo::new(tls), svc, activity, stop).await,
+                // Boxed: TLS state would otherwise make every plain connection's task larger.
+                let accept = Box::pin(tokio::time::timeout(
+                    self.tls_handshake_timeout,
+                    acceptor.accept(tcp),
+                ));
+                match accept.await {
+                    Ok(Ok(tls)) => {
+                        Box::pin(self.drive(TokioIo::new(tls), svc, activity, stop)).await
+                    }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
