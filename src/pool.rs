@@ -275,11 +275,7 @@ impl Inner {
                 .handshake(io)
                 .await
                 .map_err(PoolError::Send)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream h2 connection ended");
-                }
-            });
+            drive(conn, "h2");
             if let Ok(mut shared) = self.shared_h2.lock() {
                 *shared = Some(tx.clone());
             }
@@ -290,11 +286,7 @@ impl Inner {
                 .handshake(io)
                 .await
                 .map_err(PoolError::Send)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
+            drive(conn, "http/1.1");
             Ok(Conn::H1(tx))
         }
     }
@@ -321,6 +313,18 @@ impl Inner {
             }
         });
     }
+}
+
+/// Runs a connection's task until the connection ends; how it ended is only worth a debug line.
+fn drive<C>(conn: C, protocol: &'static str)
+where
+    C: Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, protocol, "upstream connection ended");
+        }
+    });
 }
 
 /// h2 takes the authority from the URI (`:authority`); a `host` header as well makes some

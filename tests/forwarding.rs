@@ -10,9 +10,18 @@ use http_body_util::Full;
 use support::*;
 
 async fn setup() -> (Pki, MockUpstream, companies_gateway::Running) {
+    setup_with("/main", |_| {}).await
+}
+
+/// A gateway in front of a fresh mock at `base`, its config adjusted by `tweak`.
+async fn setup_with(
+    base: &str,
+    tweak: impl FnOnce(&mut companies_gateway::config::Config),
+) -> (Pki, MockUpstream, companies_gateway::Running) {
     let pki = Pki::new();
     let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
-    let config = test_config(&mock.url("/main"), Some(pki.ca_file()));
+    let mut config = test_config(&mock.url(base), Some(pki.ca_file()));
+    tweak(&mut config);
     let gw = start_gateway(config).await;
     (pki, mock, gw)
 }
@@ -144,11 +153,10 @@ async fn host_sni_via_are_the_upstreams_and_forwarded_headers_are_replaced() {
 
 #[tokio::test]
 async fn a_trusted_proxy_has_the_peer_appended() {
-    let pki = Pki::new();
-    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
-    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
-    config.listener.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
-    let gw = start_gateway(config).await;
+    let (_pki, mock, gw) = setup_with("", |config| {
+        config.listener.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
     send(
         Request::get(format!("http://{}/x", gw.public_addr))
             .header("x-forwarded-for", "198.51.100.9")
@@ -344,11 +352,11 @@ async fn concurrently(gw: &companies_gateway::Running, mock: &MockUpstream, n: u
 
 #[tokio::test]
 async fn a_connection_idle_past_pool_idle_timeout_is_not_reused() {
-    let pki = Pki::new();
-    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
-    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
-    config.upstream.pool_idle_timeout = companies_gateway::config::Dur(Duration::from_millis(300));
-    let gw = start_gateway(config).await;
+    let (_pki, mock, gw) = setup_with("", |config| {
+        config.upstream.pool_idle_timeout =
+            companies_gateway::config::Dur(Duration::from_millis(300));
+    })
+    .await;
     assert_eq!(send(get(gw.public_addr, "/x")).await.status, 200);
     assert_eq!(send(get(gw.public_addr, "/x")).await.status, 200);
     assert_eq!(opened(&gw, &mock).await, 1);
@@ -372,11 +380,10 @@ async fn a_connection_the_upstream_closes_is_replaced_without_an_error() {
 
 #[tokio::test]
 async fn pool_max_idle_per_host_caps_the_idle_connections() {
-    let pki = Pki::new();
-    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
-    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
-    config.upstream.pool_max_idle_per_host = 1;
-    let gw = start_gateway(config).await;
+    let (_pki, mock, gw) = setup_with("", |config| {
+        config.upstream.pool_max_idle_per_host = 1;
+    })
+    .await;
     concurrently(&gw, &mock, 3).await;
     assert_eq!(opened(&gw, &mock).await, 3);
     // Only one of the three was kept: the next three at once reuse it and open two.
@@ -398,11 +405,10 @@ async fn h2c_with_prior_knowledge_is_served() {
 
 #[tokio::test]
 async fn an_http2_upstream_is_used_when_enabled() {
-    let pki = Pki::new();
-    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
-    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
-    config.upstream.http2 = true;
-    let gw = start_gateway(config).await;
+    let (_pki, mock, gw) = setup_with("", |config| {
+        config.upstream.http2 = true;
+    })
+    .await;
     let got = send(get(gw.public_addr, "/x")).await;
     assert_eq!(got.status, 200);
     let seen = &mock.received()[0];
