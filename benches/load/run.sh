@@ -315,30 +315,24 @@ proxy_pids() {
   fi
 }
 
-# utime + stime (fields 14 and 15 of /proc/PID/stat, clock ticks) summed over PIDs. The fields are
-# counted after the ")" that closes the command name, which may contain spaces.
-# utime alone, same PIDs (the user / system split of the report).
-user_ticks() {
-  local total=0 pid rest fields
+# Clock ticks of /proc/PID/stat summed over PIDs: `all` is utime + stime (fields 14 and 15),
+# `user` utime alone (the report's user / system split). The fields are counted after the ")"
+# that closes the command name, which may contain spaces.
+proc_ticks() { # all|user pid...
+  local mode=$1 total=0 pid rest fields
+  shift
   for pid in "$@"; do
     rest=$(<"/proc/$pid/stat") || die "process $pid is gone"
     rest=${rest##*) }
     read -r -a fields <<<"$rest"
+    # fields[0] is field 3 (state): fields[11] is utime, fields[12] stime.
     total=$(( total + fields[11] ))
+    [[ $mode == user ]] || total=$(( total + fields[12] ))
   done
   echo "$total"
 }
-
-cpu_ticks() {
-  local total=0 pid rest fields
-  for pid in "$@"; do
-    rest=$(<"/proc/$pid/stat") || die "process $pid is gone"
-    rest=${rest##*) }
-    read -r -a fields <<<"$rest"
-    total=$(( total + fields[11] + fields[12] ))   # fields[0] is field 3 (state)
-  done
-  echo "$total"
-}
+cpu_ticks() { proc_ticks all "$@"; }
+user_ticks() { proc_ticks user "$@"; }
 
 url() { echo "http://127.0.0.1:${PORT[$1]}$ROUTE"; }
 
