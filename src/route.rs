@@ -51,28 +51,30 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Route<'a> {
     match_update_contact_path(path).unwrap_or(Route::Other)
 }
 
-/// The update-contact path, whatever the method.
+/// The update-contact path, whatever the method. Byte work only: every observer and the contract
+/// layer ask it, so it stays a few dozen instructions.
 pub fn match_update_contact_path(path: &str) -> Option<Route<'_>> {
-    const PREFIX: &str = "/companies/v2/rs/";
-    const MIDDLE: &str = "contacts/";
-    let head = path.get(..PREFIX.len())?;
-    if !head.eq_ignore_ascii_case(PREFIX) {
+    const PREFIX: &[u8] = b"/companies/v2/rs/";
+    const MIDDLE: &[u8] = b"contacts/";
+    let bytes = path.as_bytes();
+    let head = bytes.get(..PREFIX.len())?;
+    // The exact spelling first: a plain compare is cheaper than folding case.
+    if head != PREFIX && !head.eq_ignore_ascii_case(PREFIX) {
         return None;
     }
-    let rest = &path[PREFIX.len()..];
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let (company_id, rest) = rest.split_once('/')?;
-    let middle = rest.get(..MIDDLE.len())?;
-    if !middle.eq_ignore_ascii_case(MIDDLE) {
+    let start = PREFIX.len();
+    let end = bytes.len() - usize::from(bytes.len() > start && bytes[bytes.len() - 1] == b'/');
+    let rest = &bytes[start..end];
+    let slash = rest.iter().position(|&b| b == b'/')?;
+    let after = &rest[slash + 1..];
+    let middle = after.get(..MIDDLE.len())?;
+    if (middle != MIDDLE && !middle.eq_ignore_ascii_case(MIDDLE)) || after[MIDDLE.len()..].contains(&b'/') {
         return None;
     }
-    let contact_id = &rest[MIDDLE.len()..];
-    if contact_id.contains('/') {
-        return None;
-    }
+    // Every cut is next to an ASCII byte, so each is a char boundary.
     Some(Route::UpdateContact {
-        company_id,
-        contact_id,
+        company_id: path.get(start..start + slash)?,
+        contact_id: path.get(start + slash + 1 + MIDDLE.len()..end)?,
     })
 }
 
@@ -96,38 +98,51 @@ impl NonCanonical {
 
 /// A path is canonical when it has no `//`, no `.` or `..` segment and no percent-encoded
 /// unreserved character (RFC 3986 §2.3), so that the upstream sees the spelling the gateway matched.
+/// One pass over the bytes; a segment problem is reported before an encoding one.
 pub fn check_canonical(path: &str) -> Result<(), NonCanonical> {
-    let Some(rest) = path.strip_prefix('/') else {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         // `*` (OPTIONS) and the like: nothing to normalise.
         return Ok(());
-    };
-    let mut segments = rest.as_bytes().split(|&b| b == b'/').peekable();
-    while let Some(seg) = segments.next() {
-        match seg {
-            b"" if segments.peek().is_some() => return Err(NonCanonical::EmptySegment),
-            b"." | b".." => return Err(NonCanonical::DotSegment),
-            _ => {}
-        }
     }
-    let bytes = path.as_bytes();
-    let mut i = 0;
-    while let Some(off) = bytes[i..].iter().position(|&b| b == b'%') {
-        let at = i + off;
-        if let (Some(h), Some(l)) = (bytes.get(at + 1), bytes.get(at + 2)) {
-            if let (Some(h), Some(l)) = (hex(*h), hex(*l)) {
-                let c = h * 16 + l;
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    return Err(NonCanonical::EncodedUnreserved);
+    let mut encoded = false;
+    let mut segment = 1;
+    for i in 1..=bytes.len() {
+        match bytes.get(i) {
+            Some(b'%') => {
+                if let (Some(h), Some(l)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) {
+                    let c = h * 16 + l;
+                    encoded |= c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
                 }
             }
+            Some(b'/') | None => {
+                match &bytes[segment..i] {
+                    // An empty last segment is a trailing slash, which is allowed.
+                    b"" if i < bytes.len() => return Err(NonCanonical::EmptySegment),
+                    b"." | b".." => return Err(NonCanonical::DotSegment),
+                    _ => {}
+                }
+                segment = i + 1;
+            }
+            Some(_) => {}
         }
-        i = at + 1;
+    }
+    if encoded {
+        return Err(NonCanonical::EncodedUnreserved);
     }
     Ok(())
 }
 
 fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +223,76 @@ mod tests {
         ];
         for (path, want) in cases {
             assert_eq!(check_canonical(path).err(), want, "{path}");
+        }
+    }
+
+    /// The previous, `str`-based matcher and checker: the byte versions must agree with them.
+    fn match_by_split(path: &str) -> Option<Route<'_>> {
+        const PREFIX: &str = "/companies/v2/rs/";
+        const MIDDLE: &str = "contacts/";
+        let head = path.get(..PREFIX.len())?;
+        if !head.eq_ignore_ascii_case(PREFIX) {
+            return None;
+        }
+        let rest = &path[PREFIX.len()..];
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (company_id, rest) = rest.split_once('/')?;
+        let middle = rest.get(..MIDDLE.len())?;
+        if !middle.eq_ignore_ascii_case(MIDDLE) {
+            return None;
+        }
+        let contact_id = &rest[MIDDLE.len()..];
+        if contact_id.contains('/') {
+            return None;
+        }
+        Some(Route::UpdateContact {
+            company_id,
+            contact_id,
+        })
+    }
+
+    fn canonical_by_split(path: &str) -> Result<(), NonCanonical> {
+        let Some(rest) = path.strip_prefix('/') else {
+            return Ok(());
+        };
+        let mut segments = rest.as_bytes().split(|&b| b == b'/').peekable();
+        while let Some(seg) = segments.next() {
+            match seg {
+                b"" if segments.peek().is_some() => return Err(NonCanonical::EmptySegment),
+                b"." | b".." => return Err(NonCanonical::DotSegment),
+                _ => {}
+            }
+        }
+        let bytes = path.as_bytes();
+        let mut i = 0;
+        while let Some(off) = bytes[i..].iter().position(|&b| b == b'%') {
+            let at = i + off;
+            if let (Some(h), Some(l)) = (bytes.get(at + 1), bytes.get(at + 2)) {
+                if let (Some(h), Some(l)) = (hex(*h), hex(*l)) {
+                    let c = h * 16 + l;
+                    if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                        return Err(NonCanonical::EncodedUnreserved);
+                    }
+                }
+            }
+            i = at + 1;
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn byte_matcher_agrees_with_the_split_one(
+            path in "(/companies/v2/rs/|/COMPANIES/V2/RS/|/comp|/)?([a-z0-9%./é]|contacts/|Contacts/|/){0,24}"
+        ) {
+            proptest::prop_assert_eq!(match_update_contact_path(&path), match_by_split(&path));
+        }
+
+        #[test]
+        fn one_pass_canonical_check_agrees_with_the_split_one(
+            path in "(/|\\*)?([a-z0-9.é]|/|%|%2[eEfF]|%3[01]|%7[eE]|%4|%zz){0,16}"
+        ) {
+            proptest::prop_assert_eq!(check_canonical(&path), canonical_by_split(&path));
         }
     }
 }
