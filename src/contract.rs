@@ -257,7 +257,7 @@ pub fn check_session_token(headers: &HeaderMap) -> Result<(), Vec<HeaderProblem>
             ),
         ));
     }
-    if !value.iter().all(|b| (0x21..=0x7e).contains(b)) {
+    if !all_visible_ascii(value) {
         return Err(problem(
             SESSION_TOKEN_LABEL,
             "malformed",
@@ -265,6 +265,14 @@ pub fn check_session_token(headers: &HeaderMap) -> Result<(), Vec<HeaderProblem>
         ));
     }
     Ok(())
+}
+
+/// Whether every byte is visible ASCII (0x21-0x7E). No early exit, so the compiler vectorises it.
+pub fn all_visible_ascii(value: &[u8]) -> bool {
+    value.chunks(32).all(|c| {
+        c.iter()
+            .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e))
+    })
 }
 
 /// Stage 3: `Content-Type: application/json` in any case, with RFC 9110 parameters; a `charset`
@@ -367,6 +375,10 @@ fn media_type(value: &[u8]) -> Result<(), (&'static str, String)> {
             format!("{} is not a valid media type: {why}", echo(value)),
         )
     };
+    if value.eq_ignore_ascii_case(b"application/json") {
+        // The usual spelling, without the grammar walk.
+        return Ok(());
+    }
     let trimmed = value.trim_ascii();
     let mut cur = Cursor { rest: trimmed };
     let kind = cur.token();
@@ -1995,5 +2007,21 @@ mod tests {
         assert_eq!(problems[0].code, "unsupported");
         assert!(problems[0].detail.len() < 200, "{}", problems[0].detail);
         assert!(problems[0].detail.contains("text/ppp"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn visible_ascii_check_agrees_with_the_plain_one(
+            mut value in proptest::collection::vec(0x21u8..=0x7e, 0..100),
+            odd in proptest::option::of((proptest::num::usize::ANY, proptest::prop_oneof![0u8..=0x20, 0x7fu8..=0xff])),
+        ) {
+            if let Some((at, b)) = odd {
+                value.insert(at % (value.len() + 1), b);
+            }
+            proptest::prop_assert_eq!(
+                all_visible_ascii(&value),
+                value.iter().all(|b| (0x21..=0x7e).contains(b))
+            );
+        }
     }
 }

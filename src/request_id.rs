@@ -33,7 +33,7 @@ pub fn accept(values: http::header::GetAll<'_, HeaderValue>) -> Option<HeaderVal
         return None;
     }
     let bytes = first.as_bytes();
-    let ok = (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+    let ok = (1..=128).contains(&bytes.len()) && crate::contract::all_visible_ascii(bytes);
     ok.then(|| first.clone())
 }
 
