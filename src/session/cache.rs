@@ -2,6 +2,7 @@
 //! tokens are never stored), with each entry's expiry kept in its value and judged by an
 //! injectable clock.
 
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 /// Wall-clock time as a duration since the Unix epoch. Tests inject a manual one.
 pub trait Clock: Send + Sync + 'static {
@@ -94,28 +96,69 @@ impl From<Packed> for Entry {
     }
 }
 
-/// 128 bits of two independently keyed SipHashes: no raw token is kept, and the keys are random per
+/// A 128-bit keyed SipHash of the two tokens: no raw token is kept, and the key is random per
 /// process so nobody can aim a collision.
 pub type Key = u128;
 
 /// Hashes sessions into cache keys.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct KeyHasher {
-    a: std::collections::hash_map::RandomState,
-    b: std::collections::hash_map::RandomState,
+    k0: u64,
+    k1: u64,
+}
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        // std seeds every RandomState from the OS, so a hash under one is as unpredictable as its
+        // keys.
+        let seed = |n: u8| RandomState::new().hash_one(n);
+        KeyHasher {
+            k0: seed(0),
+            k1: seed(1),
+        }
+    }
 }
 
 impl KeyHasher {
     pub fn key(&self, bearer: &[u8], session: &[u8]) -> Key {
-        let one = |state: &std::collections::hash_map::RandomState| {
-            let mut h = state.build_hasher();
-            // Length-prefixed, so (ab, c) and (a, bc) differ.
-            h.write_usize(bearer.len());
-            h.write(bearer);
-            h.write(session);
-            h.finish()
-        };
-        (u128::from(one(&self.a)) << 64) | u128::from(one(&self.b))
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        // Length-prefixed, so (ab, c) and (a, bc) differ.
+        h.write_usize(bearer.len());
+        h.write(bearer);
+        h.write(session);
+        h.finish128().as_u128()
+    }
+}
+
+/// The cache's own hasher. Keys are already uniform keyed hashes, so their bits serve as they are
+/// and a lookup does not hash a third time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyBits;
+
+impl BuildHasher for KeyBits {
+    type Hasher = KeyBitsHasher;
+    fn build_hasher(&self) -> KeyBitsHasher {
+        KeyBitsHasher(0)
+    }
+}
+
+#[derive(Debug)]
+pub struct KeyBitsHasher(u64);
+
+impl Hasher for KeyBitsHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= (n as u64) ^ ((n >> 64) as u64);
+    }
+
+    /// Only a `Key` (a `u128`) is ever hashed; any other input is still mixed, just slower.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
     }
 }
 
@@ -161,7 +204,7 @@ impl Ttls {
 /// The cache itself, plus its clock.
 #[derive(Clone)]
 pub struct SessionCache {
-    pub cache: Cache<Key, Packed>,
+    pub cache: Cache<Key, Packed, KeyBits>,
     pub clock: Arc<dyn Clock>,
     pub ttls: Ttls,
     pub hasher: KeyHasher,
@@ -177,7 +220,7 @@ impl SessionCache {
             cache: Cache::builder()
                 .max_capacity(capacity)
                 .eviction_policy(EvictionPolicy::lru())
-                .build(),
+                .build_with_hasher(KeyBits),
             clock,
             ttls,
             hasher: KeyHasher::default(),
@@ -204,6 +247,16 @@ mod tests {
         // Another process (another hasher) gets other keys.
         assert_ne!(k, KeyHasher::default().key(b"bearer", b"session"));
         assert_eq!(fingerprint(k).len(), 8);
+    }
+
+    #[test]
+    fn the_cache_hasher_uses_both_halves_of_a_key() {
+        let hash = |k: Key| KeyBits.hash_one(k);
+        assert_ne!(hash(1), hash(2));
+        assert_ne!(hash(1 << 64), hash(2 << 64));
+        let mut other = KeyBits.build_hasher();
+        other.write(b"not a key");
+        assert_ne!(other.finish(), 0);
     }
 
     #[test]
