@@ -4,6 +4,7 @@
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
+use http::StatusCode;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -15,15 +16,25 @@ use crate::route::RouteLabel;
 
 /// The `method` label's closed set.
 pub fn method_label(method: &http::Method) -> &'static str {
+    METHOD_LABELS[method_index(method)]
+}
+
+/// Every `method` label value.
+pub const METHOD_LABELS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+
+/// A method's place in `METHOD_LABELS`.
+pub fn method_index(method: &http::Method) -> usize {
     match *method {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "other",
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::PATCH => 4,
+        http::Method::DELETE => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
@@ -90,6 +101,10 @@ struct Resolved {
     /// `request_duration` by route x outcome, resolved on first use so that no series appears
     /// before its first event.
     request_duration: [OnceLock<Histogram>; RouteLabel::ALL.len() * OutcomeKind::ALL.len()],
+    /// `requests` with status 200 by route x method x outcome, and `upstream_duration` with status
+    /// 200 by route: the series nearly every request lands in, resolved on first use.
+    requests_ok: [OnceLock<IntCounter>; RouteLabel::ALL.len() * 8 * OutcomeKind::ALL.len()],
+    upstream_duration_ok: [OnceLock<Histogram>; RouteLabel::ALL.len()],
     /// `session_cache_lookups` by hit, miss, stale.
     cache_lookups: [IntCounter; 3],
     /// `session_checks` by source x verdict.
@@ -213,6 +228,8 @@ impl Metrics {
             registry: registry.clone(),
             resolved: Resolved {
                 request_duration: std::array::from_fn(|_| OnceLock::new()),
+                requests_ok: std::array::from_fn(|_| OnceLock::new()),
+                upstream_duration_ok: std::array::from_fn(|_| OnceLock::new()),
                 cache_lookups: [
                     session_cache_lookups.get_metric_with_label_values(&["hit"])?,
                     session_cache_lookups.get_metric_with_label_values(&["miss"])?,
@@ -301,6 +318,42 @@ impl MetricSet {
         self.resolved.session_checks[source as usize][verdict as usize].inc();
     }
 
+    /// Counts `gateway_requests_total{route, method, status, outcome}`.
+    pub fn count_request(
+        &self,
+        route: RouteLabel,
+        method: usize,
+        status: StatusCode,
+        outcome: OutcomeKind,
+    ) {
+        let labels = || {
+            let method = METHOD_LABELS.get(method).copied().unwrap_or("other");
+            [route.as_str(), method, status.as_str(), outcome.as_str()]
+        };
+        let slot = (route as usize * METHOD_LABELS.len() + method) * OutcomeKind::ALL.len()
+            + outcome as usize;
+        match self.resolved.requests_ok.get(slot) {
+            Some(handle) if status == StatusCode::OK => handle
+                .get_or_init(|| self.requests.with_label_values(&labels()))
+                .inc(),
+            _ => self.requests.with_label_values(&labels()).inc(),
+        }
+    }
+
+    /// Observes `gateway_upstream_duration_seconds{route, status}`.
+    pub fn observe_upstream_duration(&self, route: RouteLabel, status: StatusCode, secs: f64) {
+        let labels = [route.as_str(), status.as_str()];
+        match self.resolved.upstream_duration_ok.get(route as usize) {
+            Some(handle) if status == StatusCode::OK => handle
+                .get_or_init(|| self.upstream_duration.with_label_values(&labels))
+                .observe(secs),
+            _ => self
+                .upstream_duration
+                .with_label_values(&labels)
+                .observe(secs),
+        }
+    }
+
     /// Observes `gateway_request_duration_seconds{route, outcome}`.
     pub fn observe_request_duration(&self, route: RouteLabel, outcome: OutcomeKind, secs: f64) {
         let slot = route as usize * OutcomeKind::ALL.len() + outcome as usize;
@@ -322,6 +375,32 @@ impl MetricSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolved_series_count_under_their_own_labels() {
+        let m = Metrics::new(&[0.1, 1.0]).unwrap();
+        let patch = method_index(&http::Method::PATCH);
+        let forwarded = OutcomeKind::Forwarded;
+        let route = RouteLabel::UpdateContact;
+        m.count_request(route, patch, StatusCode::OK, forwarded);
+        m.count_request(route, patch, StatusCode::OK, forwarded);
+        m.count_request(route, patch, StatusCode::CREATED, forwarded);
+        let get = method_index(&http::Method::GET);
+        m.count_request(RouteLabel::Other, get, StatusCode::OK, forwarded);
+        let count = |labels: &[&str]| m.requests.with_label_values(labels).get();
+        assert_eq!(count(&["update_contact", "PATCH", "200", "forwarded"]), 2);
+        assert_eq!(count(&["update_contact", "PATCH", "201", "forwarded"]), 1);
+        assert_eq!(count(&["other", "GET", "200", "forwarded"]), 1);
+        m.observe_upstream_duration(route, StatusCode::OK, 0.05);
+        m.observe_upstream_duration(route, StatusCode::BAD_REQUEST, 0.05);
+        m.observe_upstream_duration(route, StatusCode::BAD_REQUEST, 0.05);
+        let samples = |status: &str| {
+            m.upstream_duration
+                .with_label_values(&["update_contact", status])
+                .get_sample_count()
+        };
+        assert_eq!((samples("200"), samples("400")), (1, 2));
+    }
 
     #[test]
     fn two_instances_do_not_share_state() {

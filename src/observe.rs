@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::headers::ConnInfo;
-use crate::metrics::{method_label, Metrics};
+use crate::metrics::{method_index, Metrics, METHOD_LABELS};
 use crate::outcome::{Outcome, OutcomeKind, UpstreamTiming};
 use crate::request_id::RequestId;
 use crate::route::{match_route, RouteLabel};
@@ -53,7 +53,8 @@ struct Pending {
     metrics: Metrics,
     started: Instant,
     route: RouteLabel,
-    method: &'static str,
+    /// Index into `METHOD_LABELS`.
+    method: usize,
     request_id: Option<RequestId>,
     /// Kept only when the access log is on.
     path: Option<String>,
@@ -71,9 +72,7 @@ impl Pending {
         let m = &self.metrics;
         let elapsed = self.started.elapsed();
         let route = self.route.as_str();
-        m.requests
-            .with_label_values(&[route, self.method, status.as_str(), outcome.kind.as_str()])
-            .inc();
+        m.count_request(self.route, self.method, status, outcome.kind);
         m.observe_request_duration(self.route, outcome.kind, elapsed.as_secs_f64());
         if let Some(reason) = outcome.reason {
             m.rejections
@@ -84,9 +83,7 @@ impl Pending {
             m.upstream_errors.with_label_values(&[kind.as_str()]).inc();
         }
         if let Some(t) = upstream {
-            m.upstream_duration
-                .with_label_values(&[route, t.status.as_str()])
-                .observe(t.elapsed.as_secs_f64());
+            m.observe_upstream_duration(self.route, t.status, t.elapsed.as_secs_f64());
             if validated && matches!(t.status.as_u16(), 400 | 422) {
                 m.contract_drift.with_label_values(&[route]).inc();
             }
@@ -95,7 +92,7 @@ impl Pending {
             tracing::info!(
                 target: "access",
                 request_id = self.request_id.as_ref().map(|r| r.as_str()).unwrap_or(""),
-                method = self.method,
+                method = METHOD_LABELS.get(self.method).copied().unwrap_or("other"),
                 route,
                 path = %path,
                 status = status.as_u16(),
@@ -128,7 +125,7 @@ where
             metrics: self.metrics.clone(),
             started: Instant::now(),
             route: match_route(req.method(), req.uri().path()).label(),
-            method: method_label(req.method()),
+            method: method_index(req.method()),
             request_id: req.extensions().get::<RequestId>().cloned(),
             path: tracing::enabled!(target: "access", tracing::Level::INFO)
                 .then(|| req.uri().path().to_string()),
