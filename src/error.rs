@@ -190,21 +190,25 @@ impl GatewayError {
                 kind: OutcomeKind::Shed,
                 reason: None,
                 upstream_error: None,
+                upstream: None,
             },
             SessionUnavailable => Outcome {
                 kind: OutcomeKind::Unavailable,
                 reason: None,
                 upstream_error: None,
+                upstream: None,
             },
             Upstream { kind, .. } => Outcome {
                 kind: OutcomeKind::UpstreamError,
                 reason: None,
                 upstream_error: Some(*kind),
+                upstream: None,
             },
             Internal(_) => Outcome {
                 kind: OutcomeKind::Error,
                 reason: None,
                 upstream_error: None,
+                upstream: None,
             },
         }
     }

@@ -171,8 +171,7 @@ impl Future for ResponseFuture {
                             elapsed: this.started.elapsed(),
                         };
                         let mut res = client_response(res);
-                        res.extensions_mut().insert(Outcome::FORWARDED);
-                        res.extensions_mut().insert(timing);
+                        res.extensions_mut().insert(Outcome::forwarded(timing));
                         Ok(res)
                     }
                 })

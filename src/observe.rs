@@ -12,7 +12,7 @@ use tower::{Layer, Service};
 
 use crate::headers::ConnInfo;
 use crate::metrics::{method_index, Metrics, METHOD_LABELS};
-use crate::outcome::{Outcome, OutcomeKind, UpstreamTiming};
+use crate::outcome::{Outcome, OutcomeKind};
 use crate::request_id::RequestId;
 use crate::route::{match_route, RouteLabel};
 
@@ -62,14 +62,9 @@ struct Pending {
 }
 
 impl Pending {
-    fn finish(
-        self,
-        status: StatusCode,
-        outcome: Outcome,
-        upstream: Option<UpstreamTiming>,
-        validated: bool,
-    ) {
+    fn finish(self, status: StatusCode, outcome: Outcome, validated: bool) {
         let m = &self.metrics;
+        let upstream = outcome.upstream;
         let elapsed = self.started.elapsed();
         let route = self.route.as_str();
         m.count_request(self.route, self.method, status, outcome.kind);
@@ -149,10 +144,11 @@ impl Drop for Guard {
                 kind: OutcomeKind::Aborted,
                 reason: None,
                 upstream_error: None,
+                upstream: None,
             };
             // 499: nginx's "client closed request"; no status was sent.
             let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-            p.finish(status, aborted, None, false);
+            p.finish(status, aborted, false);
         }
     }
 }
@@ -186,18 +182,19 @@ where
                             kind: OutcomeKind::Error,
                             reason: None,
                             upstream_error: None,
+                            upstream: None,
                         });
-                    let upstream = res.extensions().get::<UpstreamTiming>().copied();
                     let validated = res.extensions().get::<Validated>().is_some();
-                    p.finish(res.status(), outcome, upstream, validated);
+                    p.finish(res.status(), outcome, validated);
                 }
                 Err(_) => {
                     let error = Outcome {
                         kind: OutcomeKind::Error,
                         reason: None,
                         upstream_error: None,
+                        upstream: None,
                     };
-                    p.finish(StatusCode::INTERNAL_SERVER_ERROR, error, None, false);
+                    p.finish(StatusCode::INTERNAL_SERVER_ERROR, error, false);
                 }
             }
         }

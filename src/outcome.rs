@@ -121,26 +121,33 @@ pub struct Outcome {
     pub kind: OutcomeKind,
     pub reason: Option<Reason>,
     pub upstream_error: Option<UpstreamErrorKind>,
+    /// Set when the upstream answered.
+    pub upstream: Option<UpstreamTiming>,
 }
 
 impl Outcome {
-    pub const FORWARDED: Outcome = Outcome {
-        kind: OutcomeKind::Forwarded,
-        reason: None,
-        upstream_error: None,
-    };
+    /// The upstream answered with `timing.status`.
+    pub fn forwarded(timing: UpstreamTiming) -> Outcome {
+        Outcome {
+            kind: OutcomeKind::Forwarded,
+            reason: None,
+            upstream_error: None,
+            upstream: Some(timing),
+        }
+    }
 
     pub fn rejected(reason: Reason) -> Outcome {
         Outcome {
             kind: OutcomeKind::Rejected,
             reason: Some(reason),
             upstream_error: None,
+            upstream: None,
         }
     }
 }
 
-/// Set by the forwarder on a response that came from the upstream.
-#[derive(Debug, Clone, Copy)]
+/// The upstream's status and how long it took, on an outcome the upstream answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamTiming {
     pub status: http::StatusCode,
     pub elapsed: std::time::Duration,
