@@ -68,7 +68,9 @@ pub fn match_update_contact_path(path: &str) -> Option<Route<'_>> {
     let slash = rest.iter().position(|&b| b == b'/')?;
     let after = &rest[slash + 1..];
     let middle = after.get(..MIDDLE.len())?;
-    if (middle != MIDDLE && !middle.eq_ignore_ascii_case(MIDDLE)) || after[MIDDLE.len()..].contains(&b'/') {
+    if (middle != MIDDLE && !middle.eq_ignore_ascii_case(MIDDLE))
+        || after[MIDDLE.len()..].contains(&b'/')
+    {
         return None;
     }
     // Every cut is next to an ASCII byte, so each is a char boundary.
