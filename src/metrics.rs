@@ -24,6 +24,22 @@ pub const METHOD_LABELS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
 ];
 
+/// Statuses whose series are resolved once: the gateway's own answers and the upstream's usual
+/// ones. Any other status is looked up by its labels each time.
+pub const COMMON_STATUSES: [u16; 19] = [
+    200, 201, 204, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 431, 499, 500, 502, 503, 504,
+];
+
+/// A status's place in `COMMON_STATUSES`.
+fn status_slot(status: StatusCode) -> Option<usize> {
+    COMMON_STATUSES.binary_search(&status.as_u16()).ok()
+}
+
+/// Handles to resolve on first use.
+fn unset<T>(n: usize) -> Box<[OnceLock<T>]> {
+    (0..n).map(|_| OnceLock::new()).collect()
+}
+
 /// A method's place in `METHOD_LABELS`.
 pub fn method_index(method: &http::Method) -> usize {
     match *method {
@@ -101,10 +117,10 @@ struct Resolved {
     /// `request_duration` by route x outcome, resolved on first use so that no series appears
     /// before its first event.
     request_duration: [OnceLock<Histogram>; RouteLabel::ALL.len() * OutcomeKind::ALL.len()],
-    /// `requests` with status 200 by route x method x outcome, and `upstream_duration` with status
-    /// 200 by route: the series nearly every request lands in, resolved on first use.
-    requests_ok: [OnceLock<IntCounter>; RouteLabel::ALL.len() * 8 * OutcomeKind::ALL.len()],
-    upstream_duration_ok: [OnceLock<Histogram>; RouteLabel::ALL.len()],
+    /// `requests` by route x method x outcome x one of `COMMON_STATUSES`, and `upstream_duration`
+    /// by route x one of them: the series nearly every request lands in, resolved on first use.
+    requests: Box<[OnceLock<IntCounter>]>,
+    upstream_duration: Box<[OnceLock<Histogram>]>,
     /// `session_cache_lookups` by hit, miss, stale.
     cache_lookups: [IntCounter; 3],
     /// `session_checks` by source x verdict.
@@ -228,8 +244,13 @@ impl Metrics {
             registry: registry.clone(),
             resolved: Resolved {
                 request_duration: std::array::from_fn(|_| OnceLock::new()),
-                requests_ok: std::array::from_fn(|_| OnceLock::new()),
-                upstream_duration_ok: std::array::from_fn(|_| OnceLock::new()),
+                requests: unset(
+                    RouteLabel::ALL.len()
+                        * METHOD_LABELS.len()
+                        * OutcomeKind::ALL.len()
+                        * COMMON_STATUSES.len(),
+                ),
+                upstream_duration: unset(RouteLabel::ALL.len() * COMMON_STATUSES.len()),
                 cache_lookups: [
                     session_cache_lookups.get_metric_with_label_values(&["hit"])?,
                     session_cache_lookups.get_metric_with_label_values(&["miss"])?,
@@ -330,24 +351,29 @@ impl MetricSet {
             let method = METHOD_LABELS.get(method).copied().unwrap_or("other");
             [route.as_str(), method, status.as_str(), outcome.as_str()]
         };
-        let slot = (route as usize * METHOD_LABELS.len() + method) * OutcomeKind::ALL.len()
-            + outcome as usize;
-        match self.resolved.requests_ok.get(slot) {
-            Some(handle) if status == StatusCode::OK => handle
+        let slot = status_slot(status).map(|s| {
+            ((route as usize * METHOD_LABELS.len() + method) * OutcomeKind::ALL.len()
+                + outcome as usize)
+                * COMMON_STATUSES.len()
+                + s
+        });
+        match slot.and_then(|slot| self.resolved.requests.get(slot)) {
+            Some(handle) => handle
                 .get_or_init(|| self.requests.with_label_values(&labels()))
                 .inc(),
-            _ => self.requests.with_label_values(&labels()).inc(),
+            None => self.requests.with_label_values(&labels()).inc(),
         }
     }
 
     /// Observes `gateway_upstream_duration_seconds{route, status}`.
     pub fn observe_upstream_duration(&self, route: RouteLabel, status: StatusCode, secs: f64) {
         let labels = [route.as_str(), status.as_str()];
-        match self.resolved.upstream_duration_ok.get(route as usize) {
-            Some(handle) if status == StatusCode::OK => handle
+        let slot = status_slot(status).map(|s| route as usize * COMMON_STATUSES.len() + s);
+        match slot.and_then(|slot| self.resolved.upstream_duration.get(slot)) {
+            Some(handle) => handle
                 .get_or_init(|| self.upstream_duration.with_label_values(&labels))
                 .observe(secs),
-            _ => self
+            None => self
                 .upstream_duration
                 .with_label_values(&labels)
                 .observe(secs),
@@ -385,11 +411,16 @@ mod tests {
         m.count_request(route, patch, StatusCode::OK, forwarded);
         m.count_request(route, patch, StatusCode::OK, forwarded);
         m.count_request(route, patch, StatusCode::CREATED, forwarded);
+        m.count_request(route, patch, StatusCode::IM_A_TEAPOT, forwarded);
+        m.count_request(route, patch, StatusCode::BAD_REQUEST, OutcomeKind::Rejected);
         let get = method_index(&http::Method::GET);
         m.count_request(RouteLabel::Other, get, StatusCode::OK, forwarded);
         let count = |labels: &[&str]| m.requests.with_label_values(labels).get();
         assert_eq!(count(&["update_contact", "PATCH", "200", "forwarded"]), 2);
         assert_eq!(count(&["update_contact", "PATCH", "201", "forwarded"]), 1);
+        assert_eq!(count(&["update_contact", "PATCH", "418", "forwarded"]), 1);
+        assert_eq!(count(&["update_contact", "PATCH", "400", "rejected"]), 1);
+        assert_eq!(count(&["update_contact", "PATCH", "400", "forwarded"]), 0);
         assert_eq!(count(&["other", "GET", "200", "forwarded"]), 1);
         m.observe_upstream_duration(route, StatusCode::OK, 0.05);
         m.observe_upstream_duration(route, StatusCode::BAD_REQUEST, 0.05);
@@ -400,6 +431,8 @@ mod tests {
                 .get_sample_count()
         };
         assert_eq!((samples("200"), samples("400")), (1, 2));
+        // `status_slot` searches the list by bisection.
+        assert!(COMMON_STATUSES.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]
