@@ -109,33 +109,38 @@ pub fn check_canonical(path: &str) -> Result<(), NonCanonical> {
     }
     let mut encoded = false;
     let mut segment = 1;
-    for i in 1..=bytes.len() {
-        match bytes.get(i) {
-            Some(b'%') => {
-                if let (Some(h), Some(l)) = (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) {
-                    let c = h * 16 + l;
-                    encoded |= c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
-                }
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        // Letters and digits sort above `/`, `.` and `%`: one compare passes them.
+        if b > b'/' {
+            continue;
+        }
+        if b == b'/' {
+            check_segment(&bytes[segment..i], false)?;
+            segment = i + 1;
+        } else if b == b'%' {
+            if let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                let c = h * 16 + l;
+                encoded |= c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
             }
-            Some(b'/') | None => {
-                match &bytes[segment..i] {
-                    // An empty last segment is a trailing slash, which is allowed.
-                    b"" if i < bytes.len() => return Err(NonCanonical::EmptySegment),
-                    b"." | b".." => return Err(NonCanonical::DotSegment),
-                    _ => {}
-                }
-                segment = i + 1;
-            }
-            Some(_) => {}
         }
     }
+    check_segment(&bytes[segment..], true)?;
     if encoded {
         return Err(NonCanonical::EncodedUnreserved);
     }
     Ok(())
+}
+
+/// An empty segment is allowed only last (a trailing slash); `.` and `..` never.
+fn check_segment(segment: &[u8], last: bool) -> Result<(), NonCanonical> {
+    match segment {
+        b"" if !last => Err(NonCanonical::EmptySegment),
+        b"." | b".." => Err(NonCanonical::DotSegment),
+        _ => Ok(()),
+    }
 }
 
 fn hex(b: u8) -> Option<u8> {
