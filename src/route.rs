@@ -51,8 +51,8 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Route<'a> {
     match_update_contact_path(path).unwrap_or(Route::Other)
 }
 
-/// The update-contact path, whatever the method. Byte work only: every observer and the contract
-/// layer ask it, so it stays a few dozen instructions.
+/// The update-contact path, whatever the method. Byte work only, since four layers ask for it
+/// on every request.
 pub fn match_update_contact_path(path: &str) -> Option<Route<'_>> {
     const PREFIX: &[u8] = b"/companies/v2/rs/";
     const MIDDLE: &[u8] = b"contacts/";
