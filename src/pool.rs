@@ -104,6 +104,13 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Not idle past `timeout`, and not closed by the upstream meanwhile.
+    fn usable(&self, timeout: Duration) -> bool {
+        self.since.elapsed() < timeout && !self.tx.is_closed()
+    }
+}
+
 enum Conn {
     H1(http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
@@ -202,7 +209,7 @@ impl Inner {
     fn checkout(&self) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() < self.settings.idle_timeout && !entry.tx.is_closed() {
+            if entry.usable(self.settings.idle_timeout) {
                 return Some(entry.tx);
             }
         }
@@ -225,9 +232,8 @@ impl Inner {
 
     /// Closes idle connections past `idle_timeout`, and forgets closed ones.
     fn reap(&self) {
-        let timeout = self.settings.idle_timeout;
         if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|entry| entry.since.elapsed() < timeout && !entry.tx.is_closed());
+            idle.retain(|entry| entry.usable(self.settings.idle_timeout));
         }
     }
 
@@ -245,7 +251,7 @@ impl Inner {
             }),
         };
         if body.inner.is_end_stream() {
-            body.give_back();
+            give_back(&mut body.checkin);
         }
         Response::from_parts(parts, body)
     }
@@ -380,12 +386,6 @@ pin_project! {
                 give_back(this.checkin);
             }
         }
-    }
-}
-
-impl PooledBody {
-    fn give_back(&mut self) {
-        give_back(&mut self.checkin);
     }
 }
 
