@@ -51,12 +51,17 @@ fn fixed_hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 
 /// The header names listed in every `Connection` header (lower-cased by `HeaderName`).
 pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    connection_token_texts(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+}
+
+/// The trimmed tokens of every `Connection` header, as the client wrote them.
+fn connection_token_texts(headers: &HeaderMap) -> impl Iterator<Item = &str> + '_ {
     headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
 }
 
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop headers.
@@ -77,12 +82,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present & 1 != 0 {
         // Tokens naming fixed hop-by-hop headers (`keep-alive`, the usual one) are compared as
         // text: they go below anyway, and no header name is built for them.
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+        let named: Vec<HeaderName> = connection_token_texts(headers)
             .filter(|t| !fixed.iter().any(|f| f.as_str().eq_ignore_ascii_case(t)))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
