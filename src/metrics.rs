@@ -5,6 +5,7 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
 use http::StatusCode;
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -347,54 +348,62 @@ impl MetricSet {
         status: StatusCode,
         outcome: OutcomeKind,
     ) {
-        let labels = || {
-            let method = METHOD_LABELS.get(method).copied().unwrap_or("other");
-            [route.as_str(), method, status.as_str(), outcome.as_str()]
-        };
         let slot = status_slot(status).map(|s| {
             ((route as usize * METHOD_LABELS.len() + method) * OutcomeKind::ALL.len()
                 + outcome as usize)
                 * COMMON_STATUSES.len()
                 + s
         });
-        match slot.and_then(|slot| self.resolved.requests.get(slot)) {
-            Some(handle) => handle
-                .get_or_init(|| self.requests.with_label_values(&labels()))
-                .inc(),
-            None => self.requests.with_label_values(&labels()).inc(),
-        }
+        let method = METHOD_LABELS.get(method).copied().unwrap_or("other");
+        let labels = [route.as_str(), method, status.as_str(), outcome.as_str()];
+        with_handle(
+            &self.resolved.requests,
+            slot,
+            &self.requests,
+            &labels,
+            |c| c.inc(),
+        );
     }
 
     /// Observes `gateway_upstream_duration_seconds{route, status}`.
     pub fn observe_upstream_duration(&self, route: RouteLabel, status: StatusCode, secs: f64) {
-        let labels = [route.as_str(), status.as_str()];
         let slot = status_slot(status).map(|s| route as usize * COMMON_STATUSES.len() + s);
-        match slot.and_then(|slot| self.resolved.upstream_duration.get(slot)) {
-            Some(handle) => handle
-                .get_or_init(|| self.upstream_duration.with_label_values(&labels))
-                .observe(secs),
-            None => self
-                .upstream_duration
-                .with_label_values(&labels)
-                .observe(secs),
-        }
+        let labels = [route.as_str(), status.as_str()];
+        with_handle(
+            &self.resolved.upstream_duration,
+            slot,
+            &self.upstream_duration,
+            &labels,
+            |h| h.observe(secs),
+        );
     }
 
     /// Observes `gateway_request_duration_seconds{route, outcome}`.
     pub fn observe_request_duration(&self, route: RouteLabel, outcome: OutcomeKind, secs: f64) {
         let slot = route as usize * OutcomeKind::ALL.len() + outcome as usize;
-        match self.resolved.request_duration.get(slot) {
-            Some(handle) => handle
-                .get_or_init(|| {
-                    self.request_duration
-                        .with_label_values(&[route.as_str(), outcome.as_str()])
-                })
-                .observe(secs),
-            None => self
-                .request_duration
-                .with_label_values(&[route.as_str(), outcome.as_str()])
-                .observe(secs),
-        }
+        let labels = [route.as_str(), outcome.as_str()];
+        with_handle(
+            &self.resolved.request_duration,
+            Some(slot),
+            &self.request_duration,
+            &labels,
+            |h| h.observe(secs),
+        );
+    }
+}
+
+/// Applies `apply` to the series of `labels`: the handle in `slot`, resolved on its first use, or
+/// a lookup by the label values when the label set has no slot.
+fn with_handle<P: MetricVecBuilder>(
+    slots: &[OnceLock<P::M>],
+    slot: Option<usize>,
+    vec: &MetricVec<P>,
+    labels: &[&str],
+    apply: impl FnOnce(&P::M),
+) {
+    match slot.and_then(|slot| slots.get(slot)) {
+        Some(handle) => apply(handle.get_or_init(|| vec.with_label_values(labels))),
+        None => apply(&vec.with_label_values(labels)),
     }
 }
 
