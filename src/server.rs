@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
@@ -29,7 +30,7 @@ use crate::reload::{Reloaded, Reloader};
 use crate::stack::{self, Options};
 use crate::tls::{self, CertError, ReloadableCert};
 use crate::upstream::SetupError;
-use crate::{box_body, Body};
+use crate::{box_body, Body, BoxError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -446,7 +447,7 @@ impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
 {
-    type Response = Response<Body>;
+    type Response = Response<TrackedBody>;
     type Error = Infallible;
     type Future = Tracked<tower::util::Oneshot<S, Request<Body>>>;
 
@@ -456,7 +457,7 @@ where
         self.activity.begin();
         Tracked {
             inner: self.stack.clone().oneshot(req),
-            guard: InFlight(self.activity.clone()),
+            guard: Some(InFlight(self.activity.clone())),
         }
     }
 }
@@ -470,19 +471,56 @@ impl Drop for InFlight {
 }
 
 pin_project! {
-    /// A request in flight until its response head is ready (or it is dropped).
+    /// A request in flight; when its response is ready, the guard moves into the response body.
     pub struct Tracked<F> {
         #[pin]
         inner: F,
-        guard: InFlight,
+        guard: Option<InFlight>,
     }
 }
 
-impl<F: Future> Future for Tracked<F> {
-    type Output = F::Output;
+impl<F, E> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<TrackedBody>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx));
+        let guard = this.guard.take();
+        Poll::Ready(response.map(|r| r.map(|inner| TrackedBody { inner, guard })))
+    }
+}
+
+/// A response body whose request stays in flight, for the idle timeout, until the body has ended
+/// or is dropped: a response still streaming is not an idle connection.
+pub struct TrackedBody {
+    inner: Body,
+    guard: Option<InFlight>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            self.guard = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -82,6 +82,40 @@ async fn a_reset_after_the_head_aborts_the_clients_response() {
 }
 
 #[tokio::test]
+async fn a_response_still_streaming_is_not_cut_by_the_idle_timeout() {
+    let pki = Pki::new();
+    let server = FaultServer::start(pki.leaf(&["localhost"])).await;
+    let mut config = test_config(&server.url(), Some(pki.ca_file()));
+    config.limits.idle_timeout = Dur(Duration::from_millis(300));
+    let gw = start_gateway(config).await;
+    server.set(Fault::Trickle);
+    // The body takes ~1.2 s to arrive, four idle timeouts: the request is in flight all along.
+    let res = client().request(get(gw.public_addr, "/x")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.expect("the whole body");
+    assert_eq!(body.to_bytes(), Bytes::from_static(b"01234567"));
+    // Once the body has ended, the connection is idle and is closed.
+    let mut s = TcpStream::connect(gw.public_addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"01234567") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the body keeps coming")
+            .unwrap();
+        assert!(n > 0, "closed mid-body: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        closed_within(&mut s, Duration::from_secs(3)).await,
+        "an idle connection stayed open"
+    );
+}
+
+#[tokio::test]
 async fn a_tls_handshake_failure_is_a_502() {
     let (addr, _task) = raw_tcp_server(Some(b"this is not TLS\r\n")).await;
     let pki = Pki::new();

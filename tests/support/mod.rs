@@ -577,6 +577,8 @@ pub enum Fault {
     ResetAfterHead,
     /// Completes TLS, then never answers.
     Silent,
+    /// Sends a head promising 8 bytes, then one byte every 150 ms.
+    Trickle,
 }
 
 /// A TLS server on 127.0.0.1:0 whose behaviour can be switched between requests.
@@ -661,6 +663,20 @@ impl FaultServer {
                                 Fault::Silent => {
                                     tokio::time::sleep(Duration::from_secs(30)).await;
                                     return;
+                                }
+                                Fault::Trickle => {
+                                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n";
+                                    if tls.write_all(head).await.is_err() {
+                                        return;
+                                    }
+                                    for b in b"01234567" {
+                                        let _ = tls.flush().await;
+                                        tokio::time::sleep(Duration::from_millis(150)).await;
+                                        if tls.write_all(&[*b]).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    let _ = tls.flush().await;
                                 }
                             }
                         }
