@@ -123,9 +123,14 @@ impl ConnInfo {
 }
 
 /// Rewrites `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` to describe the real client.
-/// A trusted peer has its values extended; anyone else has them replaced. `client_host` is the
-/// host the client asked for (its `Host` header or the authority of its target).
+/// A trusted peer has its values extended; anyone else has them replaced, and loses any other
+/// `X-Forwarded-*` header (`-Port`, `-Prefix`, ...), which it could only have made up.
+/// `client_host` is the host the client asked for (its `Host` header or the authority of its
+/// target).
 pub fn set_forwarded(headers: &mut HeaderMap, conn: ConnInfo, client_host: Option<&HeaderValue>) {
+    if !conn.trusted {
+        remove_other_forwarded(headers);
+    }
     let proto = if conn.tls { "https" } else { "http" };
     let mut ip = String::with_capacity(48);
     push_ip(&mut ip, conn.peer.ip(), false);
@@ -163,6 +168,27 @@ pub fn set_forwarded(headers: &mut HeaderMap, conn: ConnInfo, client_host: Optio
     }
     set_text(headers, &X_FORWARDED_FOR, xff);
     set_text(headers, &FORWARDED, forwarded);
+}
+
+/// Whether `name` is an `X-Forwarded-*` header other than the three the gateway sets.
+fn is_other_forwarded(name: &HeaderName) -> bool {
+    name.as_str()
+        .strip_prefix("x-forwarded-")
+        .is_some_and(|rest| !matches!(rest, "for" | "proto" | "host"))
+}
+
+/// Removes every `X-Forwarded-*` header the gateway does not set itself.
+fn remove_other_forwarded(headers: &mut HeaderMap) {
+    if headers.keys().any(is_other_forwarded) {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| is_other_forwarded(n))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
 }
 
 /// The values of every `name` header joined by ", ", if all are text.
@@ -336,6 +362,37 @@ mod tests {
             h["forwarded"],
             "for=203.0.113.7;host=\"gw.example\";proto=http"
         );
+    }
+
+    #[test]
+    fn an_untrusted_peer_loses_other_forwarded_headers_and_a_trusted_one_keeps_them() {
+        let sent = [
+            ("x-forwarded-port", "8443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-server", "evil"),
+            ("x-forwarded-port", "9443"),
+            ("x-forwardedness", "not one of them"),
+            ("x-end-to-end", "kept"),
+        ];
+        let mut h = map(&sent);
+        set_forwarded(&mut h, conn("203.0.113.7", &[]), None);
+        for name in [
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-server",
+        ] {
+            assert!(!h.contains_key(name), "{name} went on");
+        }
+        assert_eq!(h["x-forwardedness"], "not one of them");
+        assert_eq!(h["x-end-to-end"], "kept");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7");
+
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = map(&sent);
+        set_forwarded(&mut h, conn("10.1.2.3", &trusted), None);
+        let ports: Vec<_> = h.get_all("x-forwarded-port").iter().collect();
+        assert_eq!(ports, vec!["8443", "9443"]);
+        assert_eq!(h["x-forwarded-prefix"], "/admin");
     }
 
     #[test]

@@ -125,6 +125,8 @@ async fn host_sni_via_are_the_upstreams_and_forwarded_headers_are_replaced() {
             .header("x-forwarded-for", "6.6.6.6")
             .header("x-forwarded-proto", "https")
             .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-port", "8443")
+            .header("x-forwarded-prefix", "/admin")
             .header("forwarded", "for=6.6.6.6")
             .body(Full::new(Bytes::new()))
             .unwrap(),
@@ -149,6 +151,8 @@ async fn host_sni_via_are_the_upstreams_and_forwarded_headers_are_replaced() {
         seen.values("forwarded"),
         vec!["for=127.0.0.1;host=\"client-facing.example\";proto=http"]
     );
+    assert!(seen.values("x-forwarded-port").is_empty());
+    assert!(seen.values("x-forwarded-prefix").is_empty());
 }
 
 #[tokio::test]
@@ -161,6 +165,7 @@ async fn a_trusted_proxy_has_the_peer_appended() {
         Request::get(format!("http://{}/x", gw.public_addr))
             .header("x-forwarded-for", "198.51.100.9")
             .header("x-forwarded-proto", "https")
+            .header("x-forwarded-port", "8443")
             .header("forwarded", "for=198.51.100.9;proto=https")
             .body(Full::new(Bytes::new()))
             .unwrap(),
@@ -172,6 +177,7 @@ async fn a_trusted_proxy_has_the_peer_appended() {
         vec!["198.51.100.9, 127.0.0.1"]
     );
     assert_eq!(seen.values("x-forwarded-proto"), vec!["https"]);
+    assert_eq!(seen.values("x-forwarded-port"), vec!["8443"]);
     let forwarded = seen.values("forwarded");
     assert!(
         forwarded[0].starts_with("for=198.51.100.9;proto=https, for=127.0.0.1;"),
