@@ -1126,7 +1126,13 @@ fn plain_domain(part: &[u8]) -> bool {
 }
 
 /// The full check by the `email_address` crate; `email_syntax` only skips it for `plain_email`.
+/// `format: email` is RFC 5321's mailbox: ASCII only (RFC 6531's UTF-8 addresses are
+/// `idn-email`), and a domain of letters, digits and hyphens, which the crate alone does not hold
+/// to.
 fn email_syntax_full(text: &str) -> Result<(), String> {
+    if !text.is_ascii() {
+        return Err("the address must be ASCII".to_owned());
+    }
     let options = EmailOptions::default()
         .without_display_text()
         .without_domain_literal();
@@ -1134,11 +1140,11 @@ fn email_syntax_full(text: &str) -> Result<(), String> {
     // The crate still takes ` <a@b.c>` (an angle address with an empty display name), so check the
     // domain as the text really ends; that also refuses anything after it.
     let domain = text.rsplit_once('@').map_or("", |(_, domain)| domain);
-    if !EmailAddress::is_valid_domain(domain) || domain.starts_with('[') {
-        return Err("the domain is not a valid host name".to_owned());
-    }
     if !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') {
         return Err("the domain must contain a dot".to_owned());
+    }
+    if domain.len() > EMAIL_DOMAIN_MAX_BYTES || !plain_domain(domain.as_bytes()) {
+        return Err("the domain is not a valid host name".to_owned());
     }
     Ok(())
 }
@@ -1681,6 +1687,26 @@ mod tests {
             fn email_fast_path_takes_the_common_shape(text in common_email()) {
                 prop_assert!(plain_email(&text), "{:?}", text);
                 prop_assert_eq!(email_syntax_full(&text), Ok(()), "{:?}", text);
+            }
+        }
+
+        #[test]
+        fn email_is_rfc_5321_ascii_with_a_host_name_domain() {
+            for bad in [
+                "用户@example.com",
+                "user@例子.广告",
+                "josé@example.com",
+                "a@b_c.de",
+                "a@exa mple.com",
+            ] {
+                assert!(email_syntax(bad).is_err(), "{bad}");
+            }
+            for good in [
+                "\"john doe\"@example.com",
+                "\"a@b\"@example.com",
+                "first.last+tag@sub.example-host.co",
+            ] {
+                assert_eq!(email_syntax(good), Ok(()), "{good}");
             }
         }
 
