@@ -317,9 +317,29 @@ impl fmt::Display for Dur {
 }
 
 impl<'de> Deserialize<'de> for Dur {
+    /// A string, or a bare `0` (an environment variable `=0` arrives as the integer).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Dur::parse(&text).map_err(serde::de::Error::custom)
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Dur;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"250ms\", \"3s\", \"5m\", \"1h\" or 0")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Dur, E> {
+                Dur::parse(text).map_err(E::custom)
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Dur, E> {
+                Dur::parse(&n.to_string()).map_err(E::custom)
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Dur, E> {
+                Dur::parse(&n.to_string()).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Text)
     }
 }
 
@@ -725,6 +745,22 @@ mod tests {
         let t = c.upstream_target().unwrap();
         assert_eq!(t.base_path, "/base");
         assert_eq!(t.authority.as_str(), "up.example");
+    }
+
+    #[test]
+    fn a_zero_duration_can_be_a_bare_0_in_the_file_or_the_environment() {
+        let c = load(
+            "[shutdown]\ndrain_timeout = 0\n",
+            &[("GATEWAY_SHUTDOWN_DRAIN_DELAY", "0")],
+        )
+        .unwrap();
+        assert_eq!(c.shutdown.drain_delay.0, Duration::ZERO);
+        assert_eq!(c.shutdown.drain_timeout.0, Duration::ZERO);
+        let err = load("", &[("GATEWAY_SHUTDOWN_DRAIN_DELAY", "5")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GATEWAY_SHUTDOWN_DRAIN_DELAY"), "{err}");
+        assert!(err.contains("no unit"), "{err}");
     }
 
     #[test]
