@@ -88,7 +88,7 @@ async fn the_example_passes_and_is_forwarded_byte_for_byte() {
 #[tokio::test]
 async fn header_stages_answer_401_and_415_and_never_reach_the_upstream() {
     let (_pki, mock, gw) = setup().await;
-    let long = format!("Bearer {}", "a".repeat(4097));
+    let long = format!("Bearer {}", "a".repeat(8000));
     let long_session = "s".repeat(4097);
     type Case<'a> = (Vec<(String, String)>, u16, &'a str);
     let cases: Vec<Case> = vec![
@@ -105,11 +105,6 @@ async fn header_stages_answer_401_and_415_and_never_reach_the_upstream() {
         ),
         (
             with(&[("authorization", Some("Bearer a b"))]),
-            401,
-            "Authorization",
-        ),
-        (
-            with(&[("authorization", Some(&long))]),
             401,
             "Authorization",
         ),
@@ -160,8 +155,9 @@ async fn header_stages_answer_401_and_415_and_never_reach_the_upstream() {
         .append("authorization", "Bearer other".parse().unwrap());
     let got = send(req).await;
     assert_eq!(got.status, 401);
-    // Accepted spellings of the headers.
+    // Accepted spellings of the headers; a bearer token has no length limit of its own.
     for headers in [
+        with(&[("authorization", Some(&long))]),
         with(&[("authorization", Some("bearer   tok"))]),
         with(&[("authorization", Some("BEARER tok=="))]),
         with(&[("content-type", Some("Application/JSON; charset=UTF-8"))]),
@@ -176,7 +172,7 @@ async fn header_stages_answer_401_and_415_and_never_reach_the_upstream() {
     }
     assert_eq!(
         mock.count(),
-        3,
+        4,
         "only the accepted spellings reached the upstream"
     );
 }
