@@ -4,8 +4,9 @@
 use std::task::{Context, Poll};
 
 use futures_util::future::Either;
-use http::header::{CONNECTION, EXPECT, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, Request, Response};
+use http::header::{CONNECTION, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderName, Method, Request, Response, Version};
 use tower::{Layer, Service};
 
 use crate::config::UnknownRoutes;
@@ -26,8 +27,10 @@ const PROTECTED: [&str; 6] = [
 
 /// Every §4 check that needs only the request head.
 pub fn check_edge<B>(req: &Request<B>, unknown_routes: UnknownRoutes) -> Result<(), GatewayError> {
+    check_target(req.method(), req.uri())?;
     let path = req.uri().path();
     check_canonical(path).map_err(|why| GatewayError::BadRequest(why.detail()))?;
+    check_host(req.version(), req.headers())?;
     check_headers(req.headers())?;
     let route = match_route(req.method(), path);
     if matches!(route, Route::UpdateContact { .. }) && req.headers().contains_key(UPGRADE) {
@@ -37,6 +40,47 @@ pub fn check_edge<B>(req: &Request<B>, unknown_routes: UnknownRoutes) -> Result<
     }
     if route == Route::Other && unknown_routes == UnknownRoutes::Reject {
         return Err(GatewayError::UnknownRoute);
+    }
+    Ok(())
+}
+
+/// Targets a reverse proxy has no upstream meaning for: `CONNECT` (a tunnel through a forward
+/// proxy) and the asterisk form (`OPTIONS *`, which no base path can prefix).
+pub fn check_target(method: &Method, uri: &http::Uri) -> Result<(), GatewayError> {
+    if method == Method::CONNECT {
+        return Err(GatewayError::BadRequest(
+            "CONNECT is not served: the gateway is not a forward proxy",
+        ));
+    }
+    if uri.path() == "*" {
+        return Err(GatewayError::BadRequest(
+            "the asterisk-form target `*` is not forwarded",
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; any `Host` sent is one valid
+/// `uri-host[:port]`. It becomes `X-Forwarded-Host` and `Forwarded`'s `host`, so it must be sound.
+pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let Some(host) = hosts.next() else {
+        return if version == Version::HTTP_11 {
+            Err(GatewayError::BadRequest("an HTTP/1.1 request needs a Host"))
+        } else {
+            Ok(())
+        };
+    };
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("Host may be sent only once"));
+    }
+    let valid = !host.is_empty()
+        && !host.as_bytes().contains(&b'@')
+        && Authority::try_from(host.as_bytes()).is_ok();
+    if !valid {
+        return Err(GatewayError::BadRequest(
+            "Host must be a host name or address, and a port",
+        ));
     }
     Ok(())
 }
@@ -119,8 +163,12 @@ where
 mod tests {
     use super::*;
 
+    /// An HTTP/1.1 request, with `Host: gw` unless `headers` name a host.
     fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", "gw");
+        }
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -179,11 +227,35 @@ mod tests {
             (req("GET", "/a//b", &[]), 400),
             (req("GET", "/a/../b", &[]), 400),
             (req("PATCH", "/companies/v2/rs/%31/contacts/2", &[]), 400),
+            (req("CONNECT", "evil.example:443", &[]), 400),
+            (req("OPTIONS", "*", &[]), 400),
+            (req("OPTIONS", "/x", &[]), 0),
+            (req("GET", "/x", &[("host", "api.example:8443")]), 0),
+            (req("GET", "/x", &[("host", "127.0.0.1")]), 0),
+            (req("GET", "/x", &[("host", "[::1]:80")]), 0),
+            (req("GET", "/x", &[("host", "")]), 400),
+            (req("GET", "/x", &[("host", "a b")]), 400),
+            (req("GET", "/x", &[("host", "a, for=6.6.6.6")]), 400),
+            (req("GET", "/x", &[("host", "user@api.example")]), 400),
+            (req("GET", "/x", &[("host", "a/b")]), 400),
+            (req("GET", "/x", &[("host", "a"), ("host", "b")]), 400),
         ];
         for (r, want) in cases {
             let line = format!("{} {} {:?}", r.method(), r.uri(), r.headers());
             assert_eq!(status(r, Forward), want, "{line}");
         }
+    }
+
+    #[test]
+    fn only_http_1_1_requires_a_host() {
+        let without = |version| {
+            let mut r = Request::get("/x").body(()).unwrap();
+            *r.version_mut() = version;
+            status(r, UnknownRoutes::Forward)
+        };
+        assert_eq!(without(Version::HTTP_11), 400);
+        assert_eq!(without(Version::HTTP_10), 0);
+        assert_eq!(without(Version::HTTP_2), 0);
     }
 
     #[test]

@@ -223,6 +223,32 @@ async fn connection_naming_a_checked_header_is_400() {
 }
 
 #[tokio::test]
+async fn connect_asterisk_form_and_a_bad_host_are_400_problems() {
+    let (_pki, mock, gw) = setup().await;
+    for req in [
+        "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n",
+        "GET /other HTTP/1.1\r\n\r\n",
+        "GET /other HTTP/1.1\r\nHost: gw\r\nHost: evil.example\r\n\r\n",
+        "GET /other HTTP/1.1\r\nHost: a, for=6.6.6.6\r\n\r\n",
+    ] {
+        let (out, _) = exchange(&gw, req.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{req:?}: {out}");
+        assert!(
+            out.contains("urn:companies-gateway:problem:bad-request"),
+            "{req:?}: {out}"
+        );
+    }
+    // HTTP/1.0 may leave Host out.
+    let (out, _) = exchange(&gw, b"GET /other HTTP/1.0\r\n\r\n").await;
+    assert!(
+        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+        "{out}"
+    );
+    assert_eq!(mock.count(), 1);
+}
+
+#[tokio::test]
 async fn non_canonical_paths_over_the_wire_are_400() {
     let (_pki, mock, gw) = setup().await;
     for path in [
