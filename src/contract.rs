@@ -126,6 +126,118 @@ pub struct Violation {
     pub detail: String,
 }
 
+/// Most violations one answer lists in full. The rest are still counted, by field and code, for
+/// the metrics and the answer's `detail`: a small body cannot make a large answer.
+pub const MAX_LISTED: usize = 100;
+
+/// Every violation of one request (stage 5), in order: the first `MAX_LISTED` in full, the rest as
+/// counts. Reads as the slice of the listed ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Violations {
+    listed: Vec<Violation>,
+    unlisted: Vec<(Field, Code, u64)>,
+}
+
+impl Violations {
+    pub fn push(&mut self, v: Violation) {
+        if self.listed.len() < MAX_LISTED {
+            self.listed.push(v);
+        } else {
+            self.count(v.field, v.code, 1);
+        }
+    }
+
+    /// Like `push`, but the location and detail are built only if the violation is listed.
+    fn push_with(&mut self, field: Field, code: Code, build: impl FnOnce() -> (Location, String)) {
+        if self.listed.len() < MAX_LISTED {
+            let (location, detail) = build();
+            self.listed.push(Violation {
+                field,
+                code,
+                location,
+                detail,
+            });
+        } else {
+            self.count(field, code, 1);
+        }
+    }
+
+    /// Puts `v` at `at` among the listed; a violation pushed past the limit becomes a count.
+    fn insert(&mut self, at: usize, v: Violation) {
+        self.listed.insert(at.min(self.listed.len()), v);
+        if self.listed.len() > MAX_LISTED {
+            if let Some(last) = self.listed.pop() {
+                self.count(last.field, last.code, 1);
+            }
+        }
+    }
+
+    fn count(&mut self, field: Field, code: Code, n: u64) {
+        match self
+            .unlisted
+            .iter_mut()
+            .find(|(f, c, _)| *f == field && *c == code)
+        {
+            Some((_, _, count)) => *count += n,
+            None => self.unlisted.push((field, code, n)),
+        }
+    }
+
+    /// `other`'s violations after these.
+    pub fn append(&mut self, other: Violations) {
+        for v in other.listed {
+            self.push(v);
+        }
+        for (field, code, n) in other.unlisted {
+            self.count(field, code, n);
+        }
+    }
+
+    /// How many there are, listed or not.
+    pub fn total(&self) -> u64 {
+        self.listed.len() as u64 + self.unlisted()
+    }
+
+    /// How many are only counted.
+    pub fn unlisted(&self) -> u64 {
+        self.unlisted.iter().map(|(_, _, n)| n).sum()
+    }
+
+    /// `(field, code, how many)` over all of them, for the metrics.
+    pub fn counts(&self) -> impl Iterator<Item = (Field, Code, u64)> + '_ {
+        self.listed
+            .iter()
+            .map(|v| (v.field, v.code, 1))
+            .chain(self.unlisted.iter().copied())
+    }
+}
+
+impl std::ops::Deref for Violations {
+    type Target = [Violation];
+    fn deref(&self) -> &[Violation] {
+        &self.listed
+    }
+}
+
+impl From<Vec<Violation>> for Violations {
+    fn from(list: Vec<Violation>) -> Violations {
+        let mut out = Violations::default();
+        for v in list {
+            out.push(v);
+        }
+        out
+    }
+}
+
+impl IntoIterator for Violations {
+    type Item = Violation;
+    type IntoIter = std::vec::IntoIter<Violation>;
+    /// The listed ones.
+    fn into_iter(self) -> Self::IntoIter {
+        self.listed.into_iter()
+    }
+}
+
 /// One header problem (stages 1-3). `code` is a short snake_case word: missing, repeated, malformed, too_long, unsupported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderProblem {
@@ -440,8 +552,8 @@ fn media_type(value: &[u8]) -> Result<(), (&'static str, String)> {
 /// Accepted: an optional `-` then one or more ASCII digits whose value fits in i64. Leading zeros
 /// (`007`) and `-0` are plain decimal integers with a value in range, so they pass (the schema
 /// constrains the value, not its spelling). Refused: `+1`, spaces, decimals, exponents, empty.
-pub fn check_path_params(company_id: &str, contact_id: &str) -> Result<(), Vec<Violation>> {
-    let mut violations = Vec::new();
+pub fn check_path_params(company_id: &str, contact_id: &str) -> Result<(), Violations> {
+    let mut violations = Violations::default();
     for (value, field, name) in [
         (company_id, Field::CompanyId, "companyId"),
         (contact_id, Field::ContactId, "contactId"),
@@ -482,7 +594,7 @@ fn is_decimal_i64(value: &str) -> bool {
 /// is reported once per document (the first one found, as `document`/`duplicate_key` at `""`),
 /// together with every other violation; a repeated member is only reported as the duplicate, its
 /// later values are not checked again.
-pub fn check_body(body: &[u8], unknown: UnknownFields) -> Result<(), Vec<Violation>> {
+pub fn check_body(body: &[u8], unknown: UnknownFields) -> Result<(), Violations> {
     // A body that is UTF-8 as a whole (the usual case) is read as a `str`: serde_json then skips
     // the UTF-8 check of each string, with the same outcome. Otherwise the byte reader finds and
     // reports the bad bytes exactly as before.
@@ -496,7 +608,7 @@ pub fn check_body(body: &[u8], unknown: UnknownFields) -> Result<(), Vec<Violati
 fn check_document<'de, R: serde_json::de::Read<'de>>(
     mut de: serde_json::Deserializer<R>,
     unknown: UnknownFields,
-) -> Result<(), Vec<Violation>> {
+) -> Result<(), Violations> {
     let mut report = Report::default();
     let parsed = BodySeed {
         report: &mut report,
@@ -505,20 +617,20 @@ fn check_document<'de, R: serde_json::de::Read<'de>>(
     .deserialize(&mut de)
     .and_then(|is_object| de.end().map(|()| is_object));
     match parsed {
-        Err(error) => Err(vec![Violation {
+        Err(error) => Err(Violations::from(vec![Violation {
             field: Field::Document,
             code: Code::Syntax,
             location: Location::Pointer(String::new()),
             detail: format!("the body is not a single valid JSON document: {error}"),
-        }]),
+        }])),
         Ok(false) => {
-            let mut violations = vec![Violation {
+            let mut violations = Violations::from(vec![Violation {
                 field: Field::Document,
                 code: Code::Type,
                 location: Location::Pointer(String::new()),
                 detail: "the body must be a JSON object".to_owned(),
-            }];
-            violations.append(&mut report.violations);
+            }]);
+            violations.append(report.violations);
             Err(violations)
         }
         Ok(true) if report.violations.is_empty() => Ok(()),
@@ -529,17 +641,15 @@ fn check_document<'de, R: serde_json::de::Read<'de>>(
 /// Violations gathered during the walk.
 #[derive(Default)]
 struct Report {
-    violations: Vec<Violation>,
+    violations: Violations,
     duplicate_found: bool,
 }
 
 impl Report {
-    fn add(&mut self, field: Field, code: Code, path: &Path<'_>, detail: String) {
-        self.violations.push(Violation {
-            field,
-            code,
-            location: Location::Pointer(path.pointer()),
-            detail,
+    /// A violation at `path`; `detail` is only called if the violation is listed.
+    fn add(&mut self, field: Field, code: Code, path: &Path<'_>, detail: impl FnOnce() -> String) {
+        self.violations.push_with(field, code, || {
+            (Location::Pointer(path.pointer()), detail())
         });
     }
 
@@ -562,8 +672,9 @@ impl Report {
     }
 
     fn wrong_type(&mut self, field: Field, path: &Path<'_>, expected: &str, got: &Shape<'_>) {
-        let detail = format!("must be {expected}, got {}", got.describe());
-        self.add(field, Code::Type, path, detail);
+        self.add(field, Code::Type, path, || {
+            format!("must be {expected}, got {}", got.describe())
+        });
     }
 
     fn max_length(&mut self, field: Field, path: &Path<'_>, text: &str, max: usize) -> bool {
@@ -573,8 +684,9 @@ impl Report {
         }
         let chars = text.chars().count();
         if chars > max {
-            let detail = format!("must be at most {max} characters, got {chars}");
-            self.add(field, Code::MaxLength, path, detail);
+            self.add(field, Code::MaxLength, path, || {
+                format!("must be at most {max} characters, got {chars}")
+            });
             return false;
         }
         true
@@ -950,7 +1062,9 @@ impl<'de> Visitor<'de> for BodySeed<'_> {
                     if self.unknown == UnknownFields::Reject {
                         let detail =
                             "unknown field: the contract names only notify, name, email, phones and comment";
-                        report.add(Field::Unknown, Code::UnknownField, &path, detail.to_owned());
+                        report.add(Field::Unknown, Code::UnknownField, &path, || {
+                            detail.to_owned()
+                        });
                     }
                     others.insert(key);
                 }
@@ -958,12 +1072,9 @@ impl<'de> Visitor<'de> for BodySeed<'_> {
         }
         if seen & Member::Notify.bit() == 0 {
             let path = ROOT.child(Step::Key("notify"));
-            report.add(
-                Field::Notify,
-                Code::Required,
-                &path,
-                "notify is required".to_owned(),
-            );
+            report.add(Field::Notify, Code::Required, &path, || {
+                "notify is required".to_owned()
+            });
         }
         Ok(true)
     }
@@ -988,8 +1099,9 @@ fn check_member(
         (Member::Email, Shape::Str(text)) => {
             if report.max_length(Field::Email, path, text, MAX_EMAIL_CHARS) {
                 if let Err(why) = email_syntax(text) {
-                    let detail = format!("must be a plain email address (local@domain.tld): {why}");
-                    report.add(Field::Email, Code::Format, path, detail);
+                    report.add(Field::Email, Code::Format, path, || {
+                        format!("must be a plain email address (local@domain.tld): {why}")
+                    });
                 }
             }
         }
@@ -997,9 +1109,8 @@ fn check_member(
         (Member::Phones, Shape::Array(len)) => {
             if *len > MAX_PHONES {
                 // Put it before the item violations, which the walk has already recorded.
-                let at = phones_at.min(report.violations.len());
                 report.violations.insert(
-                    at,
+                    phones_at,
                     Violation {
                         field: Field::Phones,
                         code: Code::MaxItems,
@@ -1152,7 +1263,7 @@ mod tests {
 
     type Found = Vec<(Field, Code, String)>;
 
-    fn found(result: Result<(), Vec<Violation>>) -> Found {
+    fn found(result: Result<(), Violations>) -> Found {
         match result {
             Ok(()) => Vec::new(),
             Err(violations) => violations
@@ -1205,6 +1316,48 @@ mod tests {
 
     use Code as C;
     use Field as F;
+
+    // ----- the listing limit -----
+
+    #[test]
+    fn past_the_limit_violations_are_counted_not_listed() {
+        let phones = vec!["0"; 1000].join(",");
+        let Err(v) = check_body(
+            with(&format!(r#","phones":[{phones}],"x":1"#)).as_bytes(),
+            UnknownFields::Reject,
+        ) else {
+            panic!("accepted");
+        };
+        assert_eq!(v.len(), MAX_LISTED);
+        assert_eq!(v.total(), 1002);
+        assert_eq!(v.unlisted(), 1002 - MAX_LISTED as u64);
+        // Max items still comes first, then the items in order.
+        assert_eq!((v[0].field, v[0].code), (F::Phones, C::MaxItems));
+        assert_eq!(v[1].location, Location::Pointer("/phones/0".into()));
+        assert_eq!(
+            v[MAX_LISTED - 1].location,
+            Location::Pointer("/phones/98".into())
+        );
+        let mut counts: Vec<_> = v.counts().collect();
+        counts.sort_by_key(|&(f, c, _)| (f.as_str(), c.as_str()));
+        let sum = |field, code| {
+            counts
+                .iter()
+                .filter(|&&(f, c, _)| f == field && c == code)
+                .map(|&(_, _, n)| n)
+                .sum::<u64>()
+        };
+        assert_eq!(sum(F::Phones, C::Type), 1000);
+        assert_eq!(sum(F::Phones, C::MaxItems), 1);
+        assert_eq!(sum(F::Unknown, C::UnknownField), 1);
+
+        // Appending keeps the order and the counts.
+        let mut path = check_path_params("x", "1").unwrap_err();
+        path.append(v);
+        assert_eq!(path.len(), MAX_LISTED);
+        assert_eq!(path.total(), 1003);
+        assert_eq!(path[0].location, Location::Parameter("companyId"));
+    }
 
     // ----- labels -----
 
@@ -1564,7 +1717,7 @@ mod tests {
         ));
         let violations = check_body(text.as_bytes(), UnknownFields::Reject).unwrap_err();
         assert_eq!(violations.len(), 4);
-        for v in &violations {
+        for v in violations.iter() {
             assert!(v.detail.len() < 150, "{v:?}");
             for long in ["NNNNNNNNNN", "CCCCCCCCCC", "PPPPPPPPPP", "EEEEEEEEEE"] {
                 assert!(!v.detail.contains(long), "{v:?}");

@@ -6,7 +6,7 @@ use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
-use crate::contract::{HeaderProblem, Location, Violation};
+use crate::contract::{HeaderProblem, Location, Violation, Violations};
 use crate::outcome::{Outcome, OutcomeKind, Reason, UpstreamErrorKind};
 use crate::{full_body, Body, BoxError};
 
@@ -32,8 +32,8 @@ pub enum GatewayError {
     #[error("no contract for this route")]
     UnknownRoute,
     /// Stage 5: path or body break the contract.
-    #[error("invalid request: {} violation(s)", .0.len())]
-    InvalidRequest(Vec<Violation>),
+    #[error("invalid request: {} violation(s)", .0.total())]
+    InvalidRequest(Violations),
     #[error("invalid session")]
     InvalidSession,
     #[error("overloaded")]
@@ -226,7 +226,12 @@ impl GatewayError {
             RequestTimeout => "the request body did not arrive in time".into(),
             ExpectationFailed => "only `Expect: 100-continue` is supported".into(),
             UnknownRoute => "the gateway has no contract for this route".into(),
-            InvalidRequest(v) => format!("{} violation(s) of the contract", v.len()),
+            InvalidRequest(v) if v.unlisted() > 0 => format!(
+                "{} violation(s) of the contract; the first {} are listed",
+                v.total(),
+                v.len()
+            ),
+            InvalidRequest(v) => format!("{} violation(s) of the contract", v.total()),
             InvalidSession => "the session is not valid".into(),
             Overloaded => "the gateway is at its concurrency limit; retry later".into(),
             SessionUnavailable => "the session could not be checked; retry later".into(),
@@ -391,7 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn violations_keep_their_locations() {
-        let err = GatewayError::InvalidRequest(vec![
+        let err = GatewayError::InvalidRequest(Violations::from(vec![
             Violation {
                 field: Field::Notify,
                 code: Code::Required,
@@ -404,7 +409,7 @@ mod tests {
                 location: Location::Parameter("companyId"),
                 detail: "integer".into(),
             },
-        ]);
+        ]));
         assert_eq!(err.outcome(), Outcome::rejected(Reason::Path));
         let (_, body) = problem(err).await;
         assert_eq!(

@@ -17,7 +17,7 @@ use tower::{Layer, Service};
 
 use crate::body::DeadlineBody;
 use crate::config::{Mode, UnknownFields};
-use crate::contract::{self, Violation};
+use crate::contract::{self, Violations};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::observe::Validated;
@@ -71,13 +71,13 @@ pub fn check_path_and_body(
     contact_id: &str,
     body: &[u8],
     unknown: UnknownFields,
-) -> Result<(), Vec<Violation>> {
+) -> Result<(), Violations> {
     let path = contract::check_path_params(company_id, contact_id);
     let body = contract::check_body(body, unknown);
     match (path, body) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(mut p), Err(b)) => {
-            p.extend(b);
+            p.append(b);
             Err(p)
         }
         (Err(v), Ok(())) | (Ok(()), Err(v)) => Err(v),
@@ -123,12 +123,12 @@ struct Judge {
 }
 
 impl Judge {
-    fn record(&self, violations: &[Violation], request_id: Option<&RequestId>) {
-        for v in violations {
+    fn record(&self, violations: &Violations, request_id: Option<&RequestId>) {
+        for (field, code, n) in violations.counts() {
             self.metrics
                 .contract_violations
-                .with_label_values(&[v.field.as_str(), v.code.as_str()])
-                .inc();
+                .with_label_values(&[field.as_str(), code.as_str()])
+                .inc_by(n);
         }
         if self.cfg.mode == Mode::Report {
             self.metrics

@@ -519,3 +519,30 @@ mod forwarded_byte_for_byte {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_body_with_thousands_of_violations_gets_a_bounded_answer_and_full_counts() {
+    let (_pki, mock, gw) = setup().await;
+    // 32,000 wrong phone items in under 64 KiB.
+    let phones = vec!["0"; 32_000].join(",");
+    let body = format!(r#"{{"notify":true,"phones":[{phones}]}}"#);
+    let got = send(patch(&gw, ROUTE, &GOOD, body.as_bytes())).await;
+    assert_eq!(got.status, 400);
+    assert!(got.body.len() < 32 * 1024, "{} bytes", got.body.len());
+    let p = got.json();
+    assert_eq!(p["errors"].as_array().map(Vec::len), Some(100));
+    assert_eq!(
+        p["detail"],
+        "32001 violation(s) of the contract; the first 100 are listed"
+    );
+    assert_eq!(p["errors"][0]["code"], "max_items");
+    assert_eq!(
+        metric(
+            &gw,
+            "gateway_contract_violations_total{code=\"type\",field=\"phones\"}"
+        )
+        .await,
+        32_000.0
+    );
+    assert_eq!(mock.count(), 0);
+}
