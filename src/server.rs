@@ -322,7 +322,21 @@ impl Serving {
             activity: activity.clone(),
         };
         match &self.acceptor {
-            None => self.drive(TokioIo::new(tcp), svc, activity, stop).await,
+            None => {
+                // hyper's header timer starts with the first byte: a peer that sends none is
+                // dropped here after `header_read_timeout`. (TLS has its handshake timeout.)
+                // `peek` reads nothing away; `readable` alone may be ready before any byte is.
+                let mut first = [0u8; 1];
+                let limit = self.limits.header_read_timeout.0;
+                if !matches!(
+                    tokio::time::timeout(limit, tcp.peek(&mut first)).await,
+                    Ok(Ok(1))
+                ) {
+                    tracing::debug!(%peer, "no byte within header_read_timeout");
+                    return;
+                }
+                self.drive(TokioIo::new(tcp), svc, activity, stop).await
+            }
             Some(acceptor) => {
                 // Boxed: TLS state would otherwise make every plain connection's task larger.
                 let accept = Box::pin(tokio::time::timeout(

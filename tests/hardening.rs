@@ -237,6 +237,23 @@ async fn slowloris_fails_on_http1_h2c_and_tls() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_header_read_timeout() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
+    config.limits.header_read_timeout = Dur(Duration::from_millis(300));
+    config.limits.idle_timeout = Dur(Duration::from_secs(60));
+    let gw = start_gateway(config).await;
+    let mut silent = TcpStream::connect(gw.public_addr).await.unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(3)).await,
+        "a silent connection was held past header_read_timeout"
+    );
+    // A prompt client is served as before.
+    assert_eq!(send(get(gw.public_addr, "/x")).await.status, 200);
+}
+
+#[tokio::test]
 async fn a_body_trickling_past_its_deadline_is_408() {
     let pki = Pki::new();
     let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
