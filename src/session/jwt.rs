@@ -19,6 +19,9 @@ pub enum JwtReject {
     BadSignature,
     /// Not a JWT, while a key is configured.
     NotAJwt,
+    /// JWT-shaped (three parts, header and claims JSON objects) but against RFC 7515/7519: no
+    /// `alg`, an `exp` or `nbf` that is not a number, or one of them repeated.
+    Malformed,
 }
 
 /// What the local checks learned of an accepted token.
@@ -125,18 +128,38 @@ struct Claims {
     nbf: Option<f64>,
 }
 
-/// The header and claims of a compact JWS, without checking the signature. `None` when the text
-/// is not a JWT.
-fn peek(token: &str) -> Option<(Header, Claims)> {
+/// What a token looks like, without checking any signature.
+enum Peeked {
+    Jwt(Header, Claims),
+    /// Three parts whose header and claims are JSON objects, but not a valid JWT's.
+    Malformed,
+    NotAJwt,
+}
+
+/// The header and claims of a compact JWS.
+fn peek(token: &str) -> Peeked {
     let mut parts = token.split('.');
-    let (h, p, s) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || h.is_empty() || p.is_empty() {
-        return None;
+    let (Some(h), Some(p), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Peeked::NotAJwt;
+    };
+    let (Ok(h), Ok(p)) = (URL_SAFE_NO_PAD.decode(h), URL_SAFE_NO_PAD.decode(p)) else {
+        return Peeked::NotAJwt;
+    };
+    match (
+        serde_json::from_slice::<Header>(&h),
+        serde_json::from_slice::<Claims>(&p),
+    ) {
+        (Ok(header), Ok(claims)) => Peeked::Jwt(header, claims),
+        // Only on the rare failure: is it a JWT gone wrong, or something else altogether?
+        _ if is_json_object(&h) && is_json_object(&p) => Peeked::Malformed,
+        _ => Peeked::NotAJwt,
     }
-    let _ = s;
-    let header: Header = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
-    let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).ok()?).ok()?;
-    Some((header, claims))
+}
+
+fn is_json_object(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes).is_ok()
 }
 
 /// Checks a session token at `now` (Unix time) with `leeway` for clock skew.
@@ -146,12 +169,11 @@ pub fn check(
     now: Duration,
     leeway: Duration,
 ) -> Result<JwtInfo, JwtReject> {
-    let Some((header, claims)) = peek(token) else {
-        return if key.is_some() {
-            Err(JwtReject::NotAJwt)
-        } else {
-            Ok(JwtInfo::Opaque)
-        };
+    let (header, claims) = match peek(token) {
+        Peeked::Jwt(header, claims) => (header, claims),
+        Peeked::Malformed => return Err(JwtReject::Malformed),
+        Peeked::NotAJwt if key.is_some() => return Err(JwtReject::NotAJwt),
+        Peeked::NotAJwt => return Ok(JwtInfo::Opaque),
     };
     let now = now.as_secs_f64();
     let leeway = leeway.as_secs_f64();
@@ -289,6 +311,43 @@ mod tests {
                 check(opaque, &hs_key(b"k"), at(NOW), LEEWAY),
                 Err(JwtReject::NotAJwt),
                 "{opaque}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_jwt_with_a_broken_header_or_time_claim_is_refused_with_or_without_a_key() {
+        let b64 = |json: &str| URL_SAFE_NO_PAD.encode(json);
+        let good_header = r#"{"alg":"HS256"}"#;
+        let cases = [
+            (r#"{"typ":"JWT"}"#, r#"{"exp":5}"#),
+            ("{}", r#"{"exp":5}"#),
+            (r#"{"alg":null}"#, r#"{"exp":5}"#),
+            (r#"{"alg":1}"#, r#"{"exp":5}"#),
+            (good_header, r#"{"exp":4105184299,"exp":5}"#),
+            (good_header, r#"{"exp":"5"}"#),
+            (good_header, r#"{"exp":true}"#),
+            (good_header, r#"{"nbf":"later"}"#),
+        ];
+        for (header, claims) in cases {
+            let token = format!("{}.{}.sig", b64(header), b64(claims));
+            for key in [JwtKey::None, hs_key(b"k")] {
+                assert_eq!(
+                    check(&token, &key, at(NOW), LEEWAY),
+                    Err(JwtReject::Malformed),
+                    "{header} {claims}"
+                );
+            }
+        }
+        // `null` is an absent claim, as before.
+        let token = format!("{}.{}.sig", b64(good_header), b64(r#"{"exp":null}"#));
+        assert!(check(&token, &JwtKey::None, at(NOW), LEEWAY).is_ok());
+        // Parts that are not JSON objects are no JWT at all.
+        for (header, claims) in [("not json", r#"{"exp":5}"#), (good_header, "[5]")] {
+            let token = format!("{}.{}.sig", b64(header), b64(claims));
+            assert_eq!(
+                check(&token, &JwtKey::None, at(NOW), LEEWAY),
+                Ok(JwtInfo::Opaque)
             );
         }
     }
