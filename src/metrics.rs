@@ -365,6 +365,16 @@ impl MetricSet {
         );
     }
 
+    /// Counts a request that hyper refused below the stack (a framing error: 400, or a head too
+    /// large: 431), which the stack never saw: its method and route are unknown.
+    pub fn count_refused_below_the_stack(&self, status: StatusCode) {
+        let other = METHOD_LABELS.len() - 1;
+        self.count_request(RouteLabel::Other, other, status, OutcomeKind::Rejected);
+        self.rejections
+            .with_label_values(&[RouteLabel::Other.as_str(), Reason::Framing.as_str()])
+            .inc();
+    }
+
     /// Observes `gateway_upstream_duration_seconds{route, status}`.
     pub fn observe_upstream_duration(&self, route: RouteLabel, status: StatusCode, secs: f64) {
         let slot = status_slot(status).map(|s| route as usize * COMMON_STATUSES.len() + s);

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -386,6 +386,9 @@ impl Serving {
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
+                        if let Some(status) = refused_below_the_stack(&*e) {
+                            self.metrics.count_refused_below_the_stack(status);
+                        }
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                     return;
@@ -406,6 +409,20 @@ impl Serving {
                 }
             }
         }
+    }
+}
+
+/// The status hyper answered with when it refused a request head itself, if it did: 431 for a
+/// head too large, 400 for any other framing error. The URI limit that hyper answers with 414 lies
+/// beyond `max_header_bytes`, so a too-large head is always 431 here.
+fn refused_below_the_stack(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_parse_too_large() {
+        Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+    } else if e.is_parse() && !e.is_parse_status() && !e.is_parse_version_h2() {
+        Some(StatusCode::BAD_REQUEST)
+    } else {
+        None
     }
 }
 

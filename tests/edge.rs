@@ -56,6 +56,8 @@ async fn two_different_content_lengths_are_400() {
     let (out, _) = exchange(&gw, req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert_eq!(mock.count(), 0);
+    let series = "gateway_requests_total{method=\"other\",outcome=\"rejected\",route=\"other\",status=\"400\"}";
+    assert_eq!(metric(&gw, series).await, 1.0);
 }
 
 #[tokio::test]
@@ -156,6 +158,11 @@ async fn oversized_header_blocks_are_431() {
     let (out, _) = exchange(&gw, patch(&many, VALID).as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
     assert_eq!(mock.count(), 0);
+    // hyper answers these below the stack; the metrics still count them.
+    let series = "gateway_requests_total{method=\"other\",outcome=\"rejected\",route=\"other\",status=\"431\"}";
+    assert_eq!(metric(&gw, series).await, 2.0);
+    let framing = "gateway_rejections_total{reason=\"framing\",route=\"other\"}";
+    assert_eq!(metric(&gw, framing).await, 2.0);
 }
 
 #[tokio::test]
