@@ -126,8 +126,16 @@ where
             }
         };
         let request_id = this.ctx.request_id();
-        if let GatewayError::Internal(message) = &err {
-            tracing::error!(request_id, %message, "internal error");
+        match &err {
+            GatewayError::Internal(message) => {
+                tracing::error!(request_id, %message, "internal error");
+            }
+            // The client gets only the kind; the operator needs the cause (refused, certificate
+            // name, timeout, ...). It comes from the connection, never from the request.
+            GatewayError::Upstream { kind, source } => {
+                tracing::warn!(request_id, kind = kind.as_str(), error = %source, "upstream request failed");
+            }
+            _ => {}
         }
         Poll::Ready(Ok(err.into_response(this.ctx.uri.path(), request_id)))
     }

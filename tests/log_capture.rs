@@ -128,10 +128,38 @@ async fn no_token_value_appears_in_any_log_line() {
     assert_eq!(res.status(), 200);
     drop(gw);
 
+    // An upstream that cannot be reached: the cause is logged for the operator.
+    let down = start_gateway(test_config(
+        &format!("https://localhost:{}", closed_port().await),
+        Some(pki.ca_file()),
+    ))
+    .await;
+    let route = format!("http://{}/companies/v2/rs/1/contacts/2", down.public_addr);
+    let failed = Request::builder()
+        .method("PATCH")
+        .uri(&route)
+        .header("authorization", format!("Bearer {BEARER}5"))
+        .header("x-session-token", SESSION)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(EXAMPLE_REQUEST)))
+        .unwrap();
+    assert_eq!(send(failed).await.status, 502);
+    drop(down);
+
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     // The capture works: access-log events and trace-level events from hyper are there.
     assert!(logs.contains("access"), "no access log captured");
     assert!(logs.contains("TRACE"), "no trace-level events captured");
+    let upstream_failed = logs
+        .lines()
+        .find(|l| l.contains("upstream request failed"))
+        .expect("an upstream failure is logged");
+    assert!(upstream_failed.contains("WARN"), "{upstream_failed}");
+    assert!(
+        upstream_failed.contains("kind=\"connect\""),
+        "{upstream_failed}"
+    );
+    assert!(upstream_failed.contains("error="), "{upstream_failed}");
     for secret in [BEARER, SESSION, COOKIE] {
         let leaked: Vec<&str> = logs
             .lines()
