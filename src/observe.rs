@@ -89,7 +89,7 @@ impl Pending {
                 request_id = self.request_id.as_ref().map(|r| r.as_str()).unwrap_or(""),
                 method = METHOD_LABELS.get(self.method).copied().unwrap_or("other"),
                 route,
-                path = %path,
+                path = path.as_str(),
                 status = status.as_u16(),
                 outcome = outcome.kind.as_str(),
                 reason = outcome.reason.map(|r| r.as_str()).unwrap_or(""),

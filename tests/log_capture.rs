@@ -126,6 +126,10 @@ async fn no_token_value_appears_in_any_log_line() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    // A path with a quote cannot forge fields of the access line.
+    let forged = format!("http://{}/o/x\"%20status=999", gw.public_addr);
+    let got = send(Request::get(forged).body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(got.status, 200);
     drop(gw);
 
     // An upstream that cannot be reached: the cause is logged for the operator.
@@ -150,6 +154,10 @@ async fn no_token_value_appears_in_any_log_line() {
     // The capture works: access-log events and trace-level events from hyper are there.
     assert!(logs.contains("access"), "no access log captured");
     assert!(logs.contains("TRACE"), "no trace-level events captured");
+    assert!(
+        logs.contains(r#"path="/o/x\"%20status=999""#),
+        "the path is not quoted in the access line"
+    );
     let upstream_failed = logs
         .lines()
         .find(|l| l.contains("upstream request failed"))
