@@ -18,6 +18,8 @@ pub mod observe;
 pub mod outcome;
 pub mod pool;
 pub mod problem;
+#[cfg(target_os = "linux")]
+pub mod process;
 pub mod reload;
 pub mod request_id;
 pub mod route;

@@ -288,9 +288,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        registry.register(Box::new(crate::process::ProcessMetrics::for_self()))?;
         metrics.touch_label_sets();
         Ok(Metrics(Arc::new(metrics)))
     }
