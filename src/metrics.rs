@@ -17,8 +17,16 @@ use crate::route::RouteLabel;
 
 /// The `method` label's closed set.
 pub fn method_label(method: &http::Method) -> &'static str {
-    METHOD_LABELS[method_index(method)]
+    method_name(method_index(method))
 }
+
+/// The `method` label at `index` in `METHOD_LABELS`; `other` past its end.
+pub fn method_name(index: usize) -> &'static str {
+    METHOD_LABELS.get(index).copied().unwrap_or("other")
+}
+
+/// `other`'s place in `METHOD_LABELS`: every method not named there.
+pub const OTHER_METHOD: usize = METHOD_LABELS.len() - 1;
 
 /// Every `method` label value.
 pub const METHOD_LABELS: [&str; 8] = [
@@ -51,7 +59,7 @@ pub fn method_index(method: &http::Method) -> usize {
         http::Method::PATCH => 4,
         http::Method::DELETE => 5,
         http::Method::OPTIONS => 6,
-        _ => 7,
+        _ => OTHER_METHOD,
     }
 }
 
@@ -352,8 +360,12 @@ impl MetricSet {
                 * COMMON_STATUSES.len()
                 + s
         });
-        let method = METHOD_LABELS.get(method).copied().unwrap_or("other");
-        let labels = [route.as_str(), method, status.as_str(), outcome.as_str()];
+        let labels = [
+            route.as_str(),
+            method_name(method),
+            status.as_str(),
+            outcome.as_str(),
+        ];
         with_handle(
             &self.resolved.requests,
             slot,
@@ -366,8 +378,12 @@ impl MetricSet {
     /// Counts a request that hyper refused below the stack (a framing error: 400, or a head too
     /// large: 431), which the stack never saw: its method and route are unknown.
     pub fn count_refused_below_the_stack(&self, status: StatusCode) {
-        let other = METHOD_LABELS.len() - 1;
-        self.count_request(RouteLabel::Other, other, status, OutcomeKind::Rejected);
+        self.count_request(
+            RouteLabel::Other,
+            OTHER_METHOD,
+            status,
+            OutcomeKind::Rejected,
+        );
         self.rejections
             .with_label_values(&[RouteLabel::Other.as_str(), Reason::Framing.as_str()])
             .inc();

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::headers::ConnInfo;
-use crate::metrics::{method_index, Metrics, METHOD_LABELS};
+use crate::metrics::{method_index, method_name, Metrics};
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::request_id::RequestId;
 use crate::route::{match_route, RouteLabel};
@@ -87,7 +87,7 @@ impl Pending {
             tracing::info!(
                 target: "access",
                 request_id = self.request_id.as_ref().map(|r| r.as_str()).unwrap_or(""),
-                method = METHOD_LABELS.get(self.method).copied().unwrap_or("other"),
+                method = method_name(self.method),
                 route,
                 path = path.as_str(),
                 status = status.as_u16(),
