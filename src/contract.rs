@@ -140,11 +140,13 @@ pub struct Violations {
 
 impl Violations {
     pub fn push(&mut self, v: Violation) {
-        if self.listed.len() < MAX_LISTED {
-            self.listed.push(v);
-        } else {
-            self.count(v.field, v.code, 1);
-        }
+        let Violation {
+            field,
+            code,
+            location,
+            detail,
+        } = v;
+        self.push_with(field, code, || (location, detail));
     }
 
     /// Like `push`, but the location and detail are built only if the violation is listed.
