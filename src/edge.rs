@@ -11,7 +11,9 @@ use tower::{Layer, Service};
 use crate::config::UnknownRoutes;
 use crate::error::GatewayError;
 use crate::headers::connection_tokens;
-use crate::route::{check_canonical, match_route, Route};
+use crate::route::{
+    check_canonical, differs_only_in_case, match_route, match_update_contact_path, Route,
+};
 
 /// Headers that `Connection` may not name: dropping them as hop-by-hop would change what the
 /// request means (or let it skip validation).
@@ -31,6 +33,7 @@ pub fn check_edge<B>(req: &Request<B>, unknown_routes: UnknownRoutes) -> Result<
     check_canonical(path).map_err(|why| GatewayError::BadRequest(why.detail()))?;
     check_host(req.version(), req.headers())?;
     check_headers(req.headers())?;
+    check_method_case(req.method(), path)?;
     let route = match_route(req.method(), path);
     if matches!(route, Route::UpdateContact { .. }) && req.headers().contains_key(UPGRADE) {
         return Err(GatewayError::BadRequest(
@@ -39,6 +42,27 @@ pub fn check_edge<B>(req: &Request<B>, unknown_routes: UnknownRoutes) -> Result<
     }
     if route == Route::Other && unknown_routes == UnknownRoutes::Reject {
         return Err(GatewayError::UnknownRoute);
+    }
+    Ok(())
+}
+
+/// `patch` or `Patch` on a path an operation matches: 400, since it would bypass the contract at
+/// an upstream that folds case.
+fn check_method_case(method: &Method, path: &str) -> Result<(), GatewayError> {
+    // The standard methods are upper case: only another spelling can differ in case alone, so
+    // the usual request skips the path match.
+    if !method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Ok(());
+    }
+    let update_contact = [Method::PATCH];
+    let at_path: &[Method] = match match_update_contact_path(path) {
+        Some(_) => &update_contact,
+        None => &[],
+    };
+    if differs_only_in_case(method, at_path) {
+        return Err(GatewayError::BadRequest(
+            "the method differs from the operation's only in letter case: methods are case-sensitive",
+        ));
     }
     Ok(())
 }
@@ -257,6 +281,16 @@ mod tests {
             (req("GET", "/a//b", &[]), 400),
             (req("GET", "/a/../b", &[]), 400),
             (req("PATCH", "/companies/v2/rs/%31/contacts/2", &[]), 400),
+            (req("PATCH", "/companies/v2/rs/1/contacts%2F2", &[]), 400),
+            (req("PATCH", "/companies%2fv2/rs/1/contacts/2", &[]), 400),
+            (req("GET", "/any/a%5Cb", &[]), 400),
+            (req("GET", "/any/a%5cb", &[]), 400),
+            (req("GET", "/any?path=a%2Fb", &[]), 0),
+            (req("patch", route, &[]), 400),
+            (req("Patch", route, &[]), 400),
+            (req("patch", "/Companies/v2/rs/1/contacts/2/", &[]), 400),
+            (req("patch", "/other", &[]), 0),
+            (req("get", route, &[]), 0),
             (req("CONNECT", "evil.example:443", &[]), 400),
             (req("OPTIONS", "*", &[]), 400),
             (req("OPTIONS", "/x", &[]), 0),

@@ -80,12 +80,24 @@ pub fn match_update_contact_path(path: &str) -> Option<Route<'_>> {
     })
 }
 
+/// A method that equals the method of an operation at this path only when case is ignored
+/// (`patch`, `Patch` for `PATCH`). Methods are case-sensitive (RFC 9110 §9.1), so the gateway
+/// would not validate it as that operation, yet upstreams that fold case (ASP.NET Core,
+/// Werkzeug) would run it as one. `operation_methods` are the methods of the operations whose
+/// path matches.
+pub fn differs_only_in_case(method: &Method, operation_methods: &[Method]) -> bool {
+    operation_methods
+        .iter()
+        .any(|m| m != method && m.as_str().eq_ignore_ascii_case(method.as_str()))
+}
+
 /// Why a path is not canonical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonCanonical {
     EmptySegment,
     DotSegment,
     EncodedUnreserved,
+    EncodedSlash,
 }
 
 impl NonCanonical {
@@ -94,13 +106,18 @@ impl NonCanonical {
             NonCanonical::EmptySegment => "the path has an empty segment (`//`)",
             NonCanonical::DotSegment => "the path has a `.` or `..` segment",
             NonCanonical::EncodedUnreserved => "the path percent-encodes an unreserved character",
+            NonCanonical::EncodedSlash => {
+                "the path percent-encodes a slash or backslash (`%2F`, `%5C`)"
+            }
         }
     }
 }
 
-/// A path is canonical when it has no `//`, no `.` or `..` segment and no percent-encoded
-/// unreserved character (RFC 3986 §2.3), so that the upstream sees the spelling the gateway matched.
-/// One pass over the bytes; a segment problem is reported before an encoding one.
+/// A path is canonical when it has no `//`, no `.` or `..` segment, no percent-encoded
+/// unreserved character (RFC 3986 §2.3) and no `%2F` or `%5C`, so that the upstream sees the
+/// spelling the gateway matched: an upstream that decodes `%2F` (or takes `\` for `/`) would
+/// route to segments the gateway never saw. One pass over the bytes; a segment problem is
+/// reported before an encoded slash, and that before an encoded unreserved character.
 pub fn check_canonical(path: &str) -> Result<(), NonCanonical> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
@@ -108,6 +125,7 @@ pub fn check_canonical(path: &str) -> Result<(), NonCanonical> {
         return Ok(());
     }
     let mut encoded = false;
+    let mut slash = false;
     let mut segment = 1;
     for (i, &b) in bytes.iter().enumerate().skip(1) {
         // Letters and digits sort above `/`, `.` and `%`: one compare passes them.
@@ -124,10 +142,14 @@ pub fn check_canonical(path: &str) -> Result<(), NonCanonical> {
             ) {
                 let c = h * 16 + l;
                 encoded |= c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+                slash |= matches!(c, b'/' | b'\\');
             }
         }
     }
     check_segment(&bytes[segment..], true)?;
+    if slash {
+        return Err(NonCanonical::EncodedSlash);
+    }
     if encoded {
         return Err(NonCanonical::EncodedUnreserved);
     }
@@ -206,6 +228,26 @@ mod tests {
     }
 
     #[test]
+    fn a_method_differing_only_in_case_is_found() {
+        let patch = [Method::PATCH];
+        let ext = |m: &str| Method::from_bytes(m.as_bytes()).unwrap();
+        for m in ["patch", "Patch", "pATCH", "PATCh"] {
+            assert!(differs_only_in_case(&ext(m), &patch), "{m}");
+        }
+        // The operation's own spelling, another method, or no operation at the path: not this rule.
+        assert!(!differs_only_in_case(&Method::PATCH, &patch));
+        assert!(!differs_only_in_case(&ext("PATCH"), &patch));
+        assert!(!differs_only_in_case(&Method::GET, &patch));
+        assert!(!differs_only_in_case(&ext("get"), &patch));
+        assert!(!differs_only_in_case(&ext("patchx"), &patch));
+        assert!(!differs_only_in_case(&ext("patch"), &[]));
+        assert!(differs_only_in_case(
+            &ext("get"),
+            &[Method::PATCH, Method::GET]
+        ));
+    }
+
+    #[test]
     fn non_canonical_paths_are_found() {
         use NonCanonical::*;
         let cases = [
@@ -219,7 +261,16 @@ mod tests {
             ("/compan%69es", Some(EncodedUnreserved)),
             ("/a%2e%2E/b", Some(EncodedUnreserved)),
             ("/a%7e", Some(EncodedUnreserved)),
-            ("/a%2Fb", None),
+            ("/a%2Fb", Some(EncodedSlash)),
+            ("/a%2fb", Some(EncodedSlash)),
+            ("/a%5Cb", Some(EncodedSlash)),
+            ("/a%5c", Some(EncodedSlash)),
+            ("/companies/v2/rs/1/contacts%2F1", Some(EncodedSlash)),
+            ("/companies%2fv2/rs/1/contacts/1", Some(EncodedSlash)),
+            ("/a%2F%41", Some(EncodedSlash)),
+            ("/a//%2F", Some(EmptySegment)),
+            ("/a%2", None),
+            ("/a%252F", None),
             ("/a%20b", None),
             ("/a%", None),
             ("/a%zz", None),
@@ -270,6 +321,10 @@ mod tests {
                 _ => {}
             }
         }
+        let lower = path.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") {
+            return Err(NonCanonical::EncodedSlash);
+        }
         let bytes = path.as_bytes();
         let mut i = 0;
         while let Some(off) = bytes[i..].iter().position(|&b| b == b'%') {
@@ -297,7 +352,7 @@ mod tests {
 
         #[test]
         fn one_pass_canonical_check_agrees_with_the_split_one(
-            path in "(/|\\*)?([a-z0-9.é]|/|%|%2[eEfF]|%3[01]|%7[eE]|%4|%zz){0,16}"
+            path in "(/|\\*)?([a-z0-9.é]|/|%|%2[eEfF]|%3[01]|%5[cC]|%7[eE]|%4|%zz){0,16}"
         ) {
             proptest::prop_assert_eq!(check_canonical(&path), canonical_by_split(&path));
         }
