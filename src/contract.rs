@@ -261,6 +261,9 @@ const MAX_COMMENT_CHARS: usize = 2500;
 const MAX_ECHO_CHARS: usize = 100;
 /// Objects up to this many keys look for duplicates by a linear scan; larger ones use a hash set.
 const LINEAR_KEYS: usize = 16;
+/// The deepest nesting of arrays and objects a body may have, the body itself at level 1
+/// ("deeper than 128" is refused). It also bounds the walk's recursion.
+pub const MAX_NESTING: usize = 128;
 
 // ---------------------------------------------------------------------------------------------
 // Stages 1-3: headers.
@@ -611,6 +614,8 @@ fn check_document<'de, R: serde_json::de::Read<'de>>(
     mut de: serde_json::Deserializer<R>,
     unknown: UnknownFields,
 ) -> Result<(), Violations> {
+    // The walk refuses nesting beyond MAX_NESTING itself, before the stack can grow further.
+    de.disable_recursion_limit();
     let mut report = Report::default();
     let parsed = BodySeed {
         report: &mut report,
@@ -846,6 +851,21 @@ struct Walk<'r, 'p> {
     report: &'r mut Report,
     path: &'p Path<'p>,
     phones: bool,
+    /// How many arrays and objects hold the value walked.
+    depth: usize,
+}
+
+impl Walk<'_, '_> {
+    /// The depth of an array or object this walk is at; past MAX_NESTING, a syntax error.
+    fn enter<E: de::Error>(&self) -> Result<usize, E> {
+        let depth = self.depth + 1;
+        if depth > MAX_NESTING {
+            return Err(E::custom(format_args!(
+                "nesting deeper than {MAX_NESTING} levels"
+            )));
+        }
+        Ok(depth)
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
@@ -900,6 +920,7 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let depth = self.enter()?;
         let mut len = 0usize;
         loop {
             let path = self.path.child(Step::Index(len));
@@ -907,6 +928,7 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
                 report: &mut *self.report,
                 path: &path,
                 phones: false,
+                depth,
             })?;
             let Some(item) = item else { break };
             if self.phones {
@@ -926,6 +948,7 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let depth = self.enter()?;
         let mut keys = Keys::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let path = self.path.child(Step::Key(&key));
@@ -937,6 +960,7 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
                 report: &mut *self.report,
                 path: &path,
                 phones: false,
+                depth,
             })?;
             if !repeated {
                 keys.insert(key);
@@ -1028,6 +1052,7 @@ impl<'de> Visitor<'de> for BodySeed<'_> {
             report: self.report,
             path: &ROOT,
             phones: false,
+            depth: 0,
         };
         walk.visit_seq(seq).map(|_| false)
     }
@@ -1051,10 +1076,12 @@ impl<'de> Visitor<'de> for BodySeed<'_> {
                 report.duplicate(&path);
             }
             let phones_at = report.violations.len();
+            // The body object is level 1.
             let shape = map.next_value_seed(Walk {
                 report: &mut *report,
                 path: &path,
                 phones: member == Some(Member::Phones) && !repeated,
+                depth: 1,
             })?;
             match member {
                 // Only the first occurrence of a member is checked.
@@ -1706,6 +1733,59 @@ mod tests {
             "]".repeat(100)
         );
         assert_eq!(check_body(ok.as_bytes(), UnknownFields::Allow), Ok(()));
+    }
+
+    #[test]
+    fn nesting_of_exactly_128_passes_and_129_is_a_syntax_error() {
+        // The body object is level 1: `levels - 1` arrays, or objects, inside it.
+        let arrays = |levels: usize| {
+            format!(
+                r#"{{"notify":true,"x":{}{}}}"#,
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        let objects = |levels: usize| {
+            format!(
+                r#"{{"notify":true,"x":{}1{}}}"#,
+                r#"{"a":"#.repeat(levels - 1),
+                "}".repeat(levels - 1)
+            )
+        };
+        for (name, text) in [
+            ("arrays", &arrays as &dyn Fn(usize) -> String),
+            ("objects", &objects),
+        ] {
+            let at = text(MAX_NESTING);
+            assert_eq!(
+                found(check_body(at.as_bytes(), UnknownFields::Allow)),
+                want(&[]),
+                "{name} at {MAX_NESTING}"
+            );
+            let beyond = text(MAX_NESTING + 1);
+            assert_eq!(
+                found(check_body(beyond.as_bytes(), UnknownFields::Allow)),
+                want(&[(F::Document, C::Syntax, "")]),
+                "{name} beyond {MAX_NESTING}"
+            );
+        }
+        // A top-level array counts from 1 as well.
+        let top = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        let type_only = want(&[(F::Document, C::Type, "")]);
+        assert_eq!(
+            found(check_body(
+                top(MAX_NESTING).as_bytes(),
+                UnknownFields::Allow
+            )),
+            type_only
+        );
+        assert_eq!(
+            found(check_body(
+                top(MAX_NESTING + 1).as_bytes(),
+                UnknownFields::Allow
+            )),
+            want(&[(F::Document, C::Syntax, "")])
+        );
     }
 
     #[test]
