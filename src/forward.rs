@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use http::header::HOST;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::body::{client_fault, ClientFault};
 use crate::config::UpstreamTarget;
 use crate::error::GatewayError;
-use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, ConnInfo};
+use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_overrides, ConnInfo};
 use crate::outcome::{Outcome, UpstreamErrorKind, UpstreamTiming};
 use crate::pool::{Pool, PooledBody, SendFuture};
 use crate::{box_body, Body};
@@ -29,8 +29,9 @@ pub struct ForwardConfig {
 }
 
 /// Rewrites a client request into the upstream request: the target comes from config alone, the
-/// query passes byte for byte, hop-by-hop headers go, `Host` becomes the upstream's, `Via` and the
-/// forwarded headers are set. Method, body and end-to-end headers are untouched.
+/// query passes byte for byte, hop-by-hop and method/URL-override headers go, `Host` becomes the
+/// upstream's, `Via` and the forwarded headers are set. Method, body and other end-to-end headers
+/// are untouched.
 pub fn upstream_request(
     mut req: Request<Body>,
     cfg: &ForwardConfig,
@@ -66,6 +67,7 @@ pub fn upstream_request(
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
+    strip_overrides(headers);
     headers.remove(HOST);
     set_forwarded(headers, conn, client_host.as_ref());
     append_via(headers);
@@ -165,6 +167,14 @@ impl Future for ResponseFuture {
                         }
                         None => GatewayError::upstream(e.kind(), e),
                     }),
+                    // The gateway strips `Upgrade`, so it never asks for one: a 101 would hand
+                    // the client a connection nobody validated.
+                    Ok(Ok(res)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        Err(GatewayError::upstream(
+                            UpstreamErrorKind::Protocol,
+                            "101 Switching Protocols to a request that asked for no upgrade",
+                        ))
+                    }
                     Ok(Ok(res)) => {
                         let timing = UpstreamTiming {
                             status: res.status(),

@@ -14,6 +14,25 @@ pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Headers that ask an upstream framework to run another method or URL than the request line
+/// names (gateway.md §4). The gateway validated the request line, so they never go on.
+const OVERRIDES: [&str; 5] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Client-address headers other than `X-Forwarded-*` and `Forwarded`: only a trusted proxy may
+/// send them on; from anyone else they are made up.
+const CLIENT_ADDRESS: [&str; 4] = [
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+];
+
 /// What the gateway adds to `Via`.
 pub const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 companies-gateway");
 
@@ -97,6 +116,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes the method- and URL-override headers (`X-HTTP-Method-Override`, `X-Original-URL`,
+/// ...), from every peer.
+pub fn strip_overrides(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over the names decides.
+    if !headers.keys().any(|n| OVERRIDES.contains(&n.as_str())) {
+        return;
+    }
+    for name in OVERRIDES {
+        headers.remove(name);
+    }
+}
+
 /// Adds the gateway to `Via`, after any value already there.
 pub fn append_via(headers: &mut HeaderMap) {
     headers.append(VIA, VIA_VALUE);
@@ -124,7 +155,8 @@ impl ConnInfo {
 
 /// Rewrites `X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` to describe the real client.
 /// A trusted peer has its values extended; anyone else has them replaced, and loses any other
-/// `X-Forwarded-*` header (`-Port`, `-Prefix`, ...), which it could only have made up.
+/// `X-Forwarded-*` header (`-Port`, `-Prefix`, ...) and the other client-address headers
+/// (`X-Real-IP`, `CF-Connecting-IP`, ...), which it could only have made up.
 /// `client_host` is the host the client asked for (its `Host` header or the authority of its
 /// target).
 pub fn set_forwarded(headers: &mut HeaderMap, conn: ConnInfo, client_host: Option<&HeaderValue>) {
@@ -170,14 +202,18 @@ pub fn set_forwarded(headers: &mut HeaderMap, conn: ConnInfo, client_host: Optio
     set_text(headers, &FORWARDED, forwarded);
 }
 
-/// Whether `name` is an `X-Forwarded-*` header other than the three the gateway sets.
+/// Whether `name` is an `X-Forwarded-*` header other than the three the gateway sets, or another
+/// client-address header.
 fn is_other_forwarded(name: &HeaderName) -> bool {
-    name.as_str()
-        .strip_prefix("x-forwarded-")
-        .is_some_and(|rest| !matches!(rest, "for" | "proto" | "host"))
+    let name = name.as_str();
+    match name.strip_prefix("x-forwarded-") {
+        Some(rest) => !matches!(rest, "for" | "proto" | "host"),
+        None => CLIENT_ADDRESS.contains(&name),
+    }
 }
 
-/// Removes every `X-Forwarded-*` header the gateway does not set itself.
+/// Removes every `X-Forwarded-*` header the gateway does not set itself, and the other
+/// client-address headers.
 fn remove_other_forwarded(headers: &mut HeaderMap) {
     if headers.keys().any(is_other_forwarded) {
         let names: Vec<HeaderName> = headers
@@ -393,6 +429,48 @@ mod tests {
         let ports: Vec<_> = h.get_all("x-forwarded-port").iter().collect();
         assert_eq!(ports, vec!["8443", "9443"]);
         assert_eq!(h["x-forwarded-prefix"], "/admin");
+    }
+
+    #[test]
+    fn override_headers_are_removed_and_others_kept() {
+        let mut h = map(&[
+            ("x-http-method-override", "PATCH"),
+            ("X-HTTP-Method", "PATCH"),
+            ("x-method-override", "PATCH"),
+            ("x-original-url", "/companies/v2/rs/1/contacts/2"),
+            ("x-rewrite-url", "/companies/v2/rs/1/contacts/2"),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-methods", "not one of them"),
+            ("x-url", "kept"),
+        ]);
+        strip_overrides(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["x-http-methods", "x-url"]);
+    }
+
+    #[test]
+    fn client_address_headers_go_from_an_untrusted_peer_and_stay_from_a_trusted_one() {
+        let sent = [
+            ("x-real-ip", "6.6.6.6"),
+            ("X-Client-IP", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("x-real-ips", "kept"),
+        ];
+        let mut h = map(&sent);
+        set_forwarded(&mut h, conn("203.0.113.7", &[]), None);
+        for (name, _) in &sent[..4] {
+            assert!(!h.contains_key(*name), "{name} went on");
+        }
+        assert_eq!(h["x-real-ips"], "kept");
+
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = map(&sent);
+        set_forwarded(&mut h, conn("10.1.2.3", &trusted), None);
+        for (name, value) in sent {
+            assert_eq!(h[name], value, "{name}");
+        }
     }
 
     #[test]
