@@ -4,22 +4,35 @@
 
 mod support;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 const AUTH: &str =
     "Authorization: Bearer t\r\nX-Session-Token: s\r\nContent-Type: application/json\r\n";
 const VALID: &str = r#"{"notify":true}"#;
 
 async fn setup() -> (Pki, MockUpstream, companies_gateway::Running) {
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(
+    tweak: impl FnOnce(&mut companies_gateway::Config),
+) -> (Pki, MockUpstream, companies_gateway::Running) {
     let pki = Pki::new();
     let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
     let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
     config.limits.max_body_bytes = 1024;
     config.limits.max_headers = 20;
+    tweak(&mut config);
     let gw = start_gateway(config).await;
     (pki, mock, gw)
 }
@@ -312,4 +325,335 @@ async fn requests_pipelined_behind_a_rejected_one_are_answered_in_order() {
         .received()
         .iter()
         .all(|r| !r.target.contains("smuggled")));
+}
+
+#[tokio::test]
+async fn encoded_slashes_and_backslashes_in_a_path_are_400_on_every_route() {
+    let (_pki, mock, gw) = setup().await;
+    for path in [
+        "/companies/v2/rs/1/contacts%2F1",
+        "/companies%2fv2/rs/1/contacts/1",
+        "/companies/v2/rs/1%5Ccontacts/2",
+        "/companies/v2/rs/1/contacts/2%5c",
+        "/other/a%2F..%2Fadmin",
+        "/other/a%5cb",
+    ] {
+        for method in ["PATCH", "GET", "POST"] {
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: gw\r\n{AUTH}Connection: close\r\nContent-Length: 15\r\n\r\n{VALID}");
+            let (out, _) = exchange(&gw, req.as_bytes()).await;
+            assert!(out.starts_with("HTTP/1.1 400"), "{method} {path}: {out}");
+            assert!(
+                out.contains("urn:companies-gateway:problem:bad-request"),
+                "{method} {path}: {out}"
+            );
+        }
+    }
+    assert_eq!(mock.count(), 0);
+    // The query is not the path: it may carry them, and passes as sent.
+    let (out, _) = exchange(
+        &gw,
+        b"GET /other?next=%2Fa%5Cb HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(mock.received()[0].target, "/other?next=%2Fa%5Cb");
+}
+
+#[tokio::test]
+async fn a_method_equal_to_the_operations_only_case_insensitively_is_400() {
+    let (_pki, mock, gw) = setup().await;
+    // An empty object breaks the contract: forwarded unvalidated, it would have reached the mock.
+    for method in ["patch", "Patch", "pATCH"] {
+        for path in [
+            "/companies/v2/rs/1/contacts/2",
+            "/COMPANIES/v2/rs/1/contacts/2/",
+        ] {
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: gw\r\n{AUTH}Connection: close\r\nContent-Length: 2\r\n\r\n{{}}");
+            let (out, _) = exchange(&gw, req.as_bytes()).await;
+            assert!(out.starts_with("HTTP/1.1 400"), "{method} {path}: {out}");
+            assert!(
+                out.contains("urn:companies-gateway:problem:bad-request"),
+                "{method} {path}: {out}"
+            );
+        }
+    }
+    // Over h2 (h2c, prior knowledge): `:method patch`.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = Request::builder()
+        .method(Method::from_bytes(b"patch").unwrap())
+        .uri(format!(
+            "http://{}/companies/v2/rs/1/contacts/2",
+            gw.public_addr
+        ))
+        .header("authorization", "Bearer t")
+        .header("x-session-token", "s")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), 400);
+    assert_eq!(mock.count(), 0);
+    // Where no operation has the path, the method is not the contract's: forwarded as spelled.
+    let (out, _) = exchange(
+        &gw,
+        b"patch /other HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(mock.received()[0].method, "patch");
+}
+
+const OVERRIDES: [&str; 5] = [
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+    "X-Original-URL",
+    "X-Rewrite-URL",
+];
+
+#[tokio::test]
+async fn method_and_url_override_headers_are_removed_before_forwarding() {
+    let (_pki, mock, gw) = setup().await;
+    let mut headers: String = OVERRIDES
+        .iter()
+        .map(|name| {
+            let value = if name.ends_with("URL") {
+                "/companies/v2/rs/1/contacts/2"
+            } else {
+                "PATCH"
+            };
+            format!("{name}: {value}\r\n")
+        })
+        .collect();
+    headers.push_str("X-Kept: 1\r\nConnection: close\r\n");
+    // The attack (a POST elsewhere that an upstream would run as the update), and the
+    // validated route itself.
+    let post =
+        format!("POST /other HTTP/1.1\r\nHost: gw\r\n{headers}Content-Length: 2\r\n\r\n{{}}");
+    let (out, _) = exchange(&gw, post.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let (out, _) = exchange(&gw, patch(&headers, VALID).as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = mock.received();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        for name in OVERRIDES {
+            assert!(r.headers.get(name).is_none(), "{name} went on: {r:?}");
+        }
+        assert_eq!(r.values("x-kept"), vec!["1"]);
+    }
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].target.as_str()),
+        ("POST", "/other")
+    );
+    assert_eq!(&seen[1].body[..], VALID.as_bytes());
+}
+
+const CLIENT_ADDRESS: [&str; 4] = [
+    "X-Real-IP",
+    "X-Client-IP",
+    "True-Client-IP",
+    "CF-Connecting-IP",
+];
+
+async fn send_client_address_headers(gw: &companies_gateway::Running) {
+    let headers: String = CLIENT_ADDRESS
+        .iter()
+        .map(|name| format!("{name}: 6.6.6.6\r\n"))
+        .collect();
+    let req = format!("GET /other HTTP/1.1\r\nHost: gw\r\n{headers}Connection: close\r\n\r\n");
+    let (out, _) = exchange(gw, req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+#[tokio::test]
+async fn client_address_headers_from_an_untrusted_peer_are_removed() {
+    let (_pki, mock, gw) = setup().await;
+    send_client_address_headers(&gw).await;
+    let seen = &mock.received()[0];
+    for name in CLIENT_ADDRESS {
+        assert!(seen.headers.get(name).is_none(), "{name} went on: {seen:?}");
+    }
+    assert_eq!(seen.values("x-forwarded-for"), vec!["127.0.0.1"]);
+
+    // From a trusted proxy they describe the real client, and are kept.
+    let (_pki, mock, gw) = setup_with(|c| {
+        c.listener.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    send_client_address_headers(&gw).await;
+    let seen = &mock.received()[0];
+    for name in CLIENT_ADDRESS {
+        assert_eq!(seen.values(name), vec!["6.6.6.6"], "{name}");
+    }
+}
+
+/// A TLS upstream that answers every request with `101 Switching Protocols`, then sends bytes
+/// of the "new protocol". Counts the requests it read.
+async fn switching_upstream(
+    leaf: Leaf,
+) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    init_crypto();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain, leaf.key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = tls
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nraw bytes of another protocol")
+                    .await;
+                let _ = tls.flush().await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    (addr, count, task)
+}
+
+#[tokio::test]
+async fn an_upstream_101_to_a_request_that_asked_for_no_upgrade_is_a_502() {
+    let pki = Pki::new();
+    let (addr, count, task) = switching_upstream(pki.leaf(&["localhost"])).await;
+    let config = test_config(
+        &format!("https://localhost:{}", addr.port()),
+        Some(pki.ca_file()),
+    );
+    let gw = start_gateway(config).await;
+    // A plain request, and one whose Upgrade the gateway strips as hop-by-hop (so the upstream
+    // was asked for none either).
+    for extra in ["", "Connection: Upgrade\r\nUpgrade: websocket\r\n"] {
+        let req = format!("GET /other HTTP/1.1\r\nHost: gw\r\n{extra}\r\n");
+        let (out, _) = exchange(&gw, req.as_bytes()).await;
+        assert!(out.starts_with("HTTP/1.1 502"), "{extra:?}: {out}");
+        assert!(
+            out.contains("urn:companies-gateway:problem:bad-gateway"),
+            "{out}"
+        );
+        assert!(!out.contains("raw bytes"), "{out}");
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    let series = "gateway_upstream_errors_total{kind=\"protocol\"}";
+    assert_eq!(metric(&gw, series).await, 2.0);
+    task.abort();
+}
+
+/// One h2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend(payload);
+    out
+}
+
+/// An HPACK block for `GET /` with `extra` fields (literals without indexing, no Huffman).
+fn h2_get(extra: &[(&str, &str)]) -> Vec<u8> {
+    // :method GET, :scheme http, :path / (static table 2, 6, 4); :authority by name index 1.
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 2];
+    block.extend(b"gw");
+    for (name, value) in extra {
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend(value.as_bytes());
+    }
+    block
+}
+
+#[tokio::test]
+async fn a_connection_specific_header_over_h2_is_a_stream_reset() {
+    let (_pki, mock, gw) = setup().await;
+    let bad = [
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("te", "gzip"),
+    ];
+    let mut s = TcpStream::connect(gw.public_addr).await.unwrap();
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(h2_frame(0x4, 0, 0, &[]));
+    // HEADERS with END_STREAM | END_HEADERS on streams 1, 3, ...; the last one is well-formed.
+    let last = 2 * bad.len() as u32 + 1;
+    for (i, field) in bad.iter().enumerate() {
+        bytes.extend(h2_frame(0x1, 0x5, 2 * i as u32 + 1, &h2_get(&[*field])));
+    }
+    bytes.extend(h2_frame(0x1, 0x5, last, &h2_get(&[("x-fine", "1")])));
+    s.write_all(&bytes).await.unwrap();
+
+    let mut reset = std::collections::BTreeMap::new();
+    let mut answered = false;
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                break;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            match kind {
+                // SETTINGS from the server: acknowledge.
+                0x4 if flags & 0x1 == 0 => {
+                    s.write_all(&h2_frame(0x4, 0x1, 0, &[])).await.unwrap();
+                }
+                0x3 => {
+                    let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    reset.insert(stream, code);
+                }
+                0x1 if stream == last => answered = true,
+                0x7 => break,
+                _ => {}
+            }
+            if answered && reset.len() == bad.len() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), read).await;
+    // PROTOCOL_ERROR (1) on each stream with a connection-specific header.
+    let want: std::collections::BTreeMap<u32, u32> =
+        (0..bad.len() as u32).map(|i| (2 * i + 1, 1)).collect();
+    assert_eq!(reset, want);
+    assert!(answered, "the well-formed stream was not answered");
+    let seen = mock.received();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].values("x-fine"), vec!["1"]);
 }
