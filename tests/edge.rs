@@ -657,3 +657,26 @@ async fn a_connection_specific_header_over_h2_is_a_stream_reset() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].values("x-fine"), vec!["1"]);
 }
+
+#[tokio::test]
+async fn json_nesting_of_128_levels_is_forwarded_and_129_refused() {
+    let (_pki, mock, gw) = setup_with(|c| {
+        c.validation.unknown_fields = companies_gateway::contract::UnknownFields::Allow;
+    })
+    .await;
+    // The body object is level 1; `x` holds the other levels.
+    let nested = |levels: usize| {
+        format!(
+            r#"{{"notify":true,"x":{}{}}}"#,
+            "[".repeat(levels - 1),
+            "]".repeat(levels - 1)
+        )
+    };
+    let (out, _) = exchange(&gw, patch("Connection: close\r\n", &nested(128)).as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(&mock.received()[0].body[..], nested(128).as_bytes());
+    let (out, _) = exchange(&gw, patch("Connection: close\r\n", &nested(129)).as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains("\"code\":\"syntax\""), "{out}");
+    assert_eq!(mock.count(), 1);
+}
