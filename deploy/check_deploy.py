@@ -13,7 +13,8 @@
                  the admin port only to the monitoring namespace; the label selector documented in
                  README.md; and broken variants of the policy (admin open, public closed, selecting
                  no pod, ...) must each fail these checks
-  systemd        the hardening directives, LimitNOFILE > max_connections, TimeoutStopSec > drain_delay +
+  systemd        the hardening directives, LimitNOFILE holds max_connections beside the admin cap, the
+                 reserve and the upstream side, TimeoutStopSec > drain_delay +
                  drain_timeout of the shipped config.toml
   dockerfile     multi-stage, non-root, the binary and the config in place, the ports exposed
   alert tests    every alert has a test where it fires and one where it stays quiet
@@ -392,7 +393,16 @@ def main():
           "ExecStart runs /usr/local/bin/companies-gateway --config /etc/companies-gateway/config.toml")
     check(any("--check-config" in v for v in unit.get("ExecStartPre", [])), "ExecStartPre --check-config")
     nofile = int(unit.get("LimitNOFILE", ["0"])[-1].split(":")[-1])
-    check(nofile > max_conn, f"LimitNOFILE {nofile} > max_connections {max_conn}")
+
+    def shipped_int(section, key):
+        return int(shipped.get(section, {}).get(key, dflt[section][key]))
+    # The gateway's own budget (src/admin.rs public_connection_budget): below it, it lowers
+    # max_connections at start-up.
+    admin_max = shipped_int("admin", "max_connections")
+    upstream = shipped_int("limits", "max_concurrent_requests") + shipped_int("upstream", "pool_max_idle_per_host")
+    need = max_conn + admin_max + 64 + upstream
+    check(nofile >= need, f"LimitNOFILE {nofile} >= max_connections {max_conn} + admin.max_connections {admin_max}"
+          f" + 64 reserved + upstream {upstream} = {need} (else the gateway lowers max_connections)")
     stop = seconds(unit.get("TimeoutStopSec", ["0s"])[-1])
     check(stop > s_delay + s_timeout, f"TimeoutStopSec {stop:g}s > drain_delay {s_delay:g}s + drain_timeout {s_timeout:g}s (../config.toml)")
 
