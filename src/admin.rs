@@ -121,8 +121,9 @@ impl Limits {
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves one admin connection until it ends, or until `header_read_timeout` passes without a
-/// first byte, or `idle_timeout` without a byte read or written. (A partial head is hyper's
-/// header-read timer's, which `builder` arms: it starts at the first byte, hence the `peek`.)
+/// first byte, or `idle_timeout` without a byte read or written. A partial head is cut by hyper's
+/// header-read timer, which `builder` arms; that timer starts only at the first byte, hence the
+/// `peek`.
 pub async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
