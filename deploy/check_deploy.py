@@ -9,7 +9,12 @@
   shutdown       preStop sleep == drain_delay, and terminationGracePeriodSeconds > preStop sleep +
                  drain_delay + drain_timeout
   deployment     replicas, probes, security context, resources, labels and names that tie the objects
-  systemd        the hardening directives, LimitNOFILE > max_connections, TimeoutStopSec > drain_delay +
+  networkpolicy  evaluated as Kubernetes does for sample peers: the public port open to every peer,
+                 the admin port only to the monitoring namespace; the label selector documented in
+                 README.md; and broken variants of the policy (admin open, public closed, selecting
+                 no pod, ...) must each fail these checks
+  systemd        the hardening directives, LimitNOFILE holds max_connections beside the admin cap, the
+                 reserve and the upstream side, TimeoutStopSec > drain_delay +
                  drain_timeout of the shipped config.toml
   dockerfile     multi-stage, non-root, the binary and the config in place, the ports exposed
   alert tests    every alert has a test where it fires and one where it stays quiet
@@ -17,6 +22,8 @@ Exit status 1 on any failure.
 """
 
 import argparse
+import copy
+import ipaddress
 import os
 import re
 import sys
@@ -62,6 +69,136 @@ def contract_keys(contract):
         for key in cells[1].split(","):
             keys.setdefault(cells[0], {})[key.strip()] = cells[3].strip("`")
     return keys
+
+
+# ---- NetworkPolicy evaluation -----------------------------------------------------------------------
+def selector_matches(sel, labels):
+    """A LabelSelector against a label set: matchLabels and matchExpressions; {} selects all."""
+    if sel is None:
+        return False
+    for k, v in (sel.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in sel.get("matchExpressions") or []:
+        key, op, vals = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": labels.get(key) in vals, "NotIn": labels.get(key) not in vals,
+              "Exists": key in labels, "DoesNotExist": key not in labels}.get(op)
+        if not ok:
+            return False
+    return True
+
+
+def peer_matches(peer, src, policy_ns):
+    """One `from` entry against a source {ns, ns_labels, labels, ip}."""
+    if "ipBlock" in peer:
+        ip = ipaddress.ip_address(src["ip"])
+        block = peer["ipBlock"]
+        return ip in ipaddress.ip_network(block["cidr"], strict=False) and not any(
+            ip in ipaddress.ip_network(x, strict=False) for x in block.get("except") or [])
+    if src.get("ns") is None:  # outside the cluster: only an ipBlock can admit it
+        return False
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], src["ns_labels"]):
+            return False
+    elif src["ns"] != policy_ns:
+        return False
+    return "podSelector" not in peer or selector_matches(peer["podSelector"], src["labels"])
+
+
+def port_matches(entry, port_name, port_number):
+    if entry.get("protocol", "TCP") != "TCP":
+        return False
+    p = entry.get("port")
+    if p is None:
+        return True
+    if isinstance(p, str):
+        return p == port_name
+    return p <= port_number <= entry.get("endPort", p)
+
+
+def admitted(policies, pod_labels, policy_ns, src, port_name, port_number):
+    """Whether ingress from `src` to the pod's port is allowed, as Kubernetes evaluates policies."""
+    isolating = [pol for pol in policies
+                 if selector_matches(pol["spec"].get("podSelector"), pod_labels)
+                 and "Ingress" in (pol["spec"].get("policyTypes") or ["Ingress"])]
+    if not isolating:
+        return True
+    for pol in isolating:
+        for rule in pol["spec"].get("ingress") or []:
+            ports = rule.get("ports") or []
+            if ports and not any(port_matches(e, port_name, port_number) for e in ports):
+                continue
+            peers = rule.get("from") or []
+            if not peers or any(peer_matches(peer, src, policy_ns) for peer in peers):
+                return True
+    return False
+
+
+# Sample peers: where Prometheus runs, every other kind of client.
+MONITORING_NS = {"kubernetes.io/metadata.name": "monitoring"}
+PEERS = {
+    "prometheus in namespace monitoring": {"ns": "monitoring", "ns_labels": MONITORING_NS,
+                                           "labels": {"app.kubernetes.io/name": "prometheus"}, "ip": "10.1.0.5"},
+    "a pod in namespace default": {"ns": "default", "ns_labels": {"kubernetes.io/metadata.name": "default"},
+                                   "labels": {"app": "client"}, "ip": "10.1.1.7"},
+    "another pod in the gateway's namespace": {"ns": "companies-gateway",
+                                               "ns_labels": {"kubernetes.io/metadata.name": "companies-gateway"},
+                                               "labels": {"app": "debug"}, "ip": "10.1.2.9"},
+    "a client outside the cluster": {"ns": None, "ns_labels": {}, "labels": {}, "ip": "203.0.113.7"},
+}
+
+
+def network_policy_problems(policies, pod_labels, policy_ns, cports):
+    """What is wrong with `policies` for the gateway's pods: a list of sentences (empty: fine)."""
+    problems = []
+    if not policies:
+        return ["no NetworkPolicy"]
+    for peer, src in PEERS.items():
+        if not admitted(policies, pod_labels, policy_ns, src, "http", cports["http"]):
+            problems.append(f"public port http refused to {peer}")
+        want_admin = src["ns_labels"] == MONITORING_NS
+        if admitted(policies, pod_labels, policy_ns, src, "admin", cports["admin"]) != want_admin:
+            problems.append(f"admin port {'refused to' if want_admin else 'open to'} {peer}")
+    return problems
+
+
+def network_policy_mutations(policy):
+    """Broken variants of the shipped policy, each of which the checks must refuse."""
+    def variant(name, change):
+        p = copy.deepcopy(policy)
+        change(p["spec"])
+        return name, p
+
+    def admin_rules(spec):
+        return [r for r in spec["ingress"] if any(e.get("port") in ("admin", 9090) for e in r.get("ports") or [])]
+
+    def del_from(spec):
+        for r in admin_rules(spec):
+            r.pop("from", None)
+
+    def any_namespace(spec):
+        for r in admin_rules(spec):
+            for peer in r.get("from", []):
+                peer["namespaceSelector"] = {}
+
+    def same_namespace(spec):
+        for r in admin_rules(spec):
+            r["from"] = [{"podSelector": {}}]
+
+    def drop_public(spec):
+        spec["ingress"] = admin_rules(spec)
+
+    return [
+        variant("admin rule without `from` (open to all)", del_from),
+        variant("admin rule from every namespace", any_namespace),
+        variant("admin rule from the gateway's own namespace", same_namespace),
+        variant("an allow-all rule added", lambda s: s["ingress"].append({})),
+        variant("policyTypes Egress only (ingress not isolated)", lambda s: s.update(policyTypes=["Egress"])),
+        variant("podSelector that selects no gateway pod", lambda s: s.update(podSelector={"matchLabels": {"app": "other"}})),
+        variant("public port rule removed", drop_public),
+        variant("admin port by a wrong number",
+                lambda s: [e.update(port=9091) for r in admin_rules(s) for e in r["ports"]]),
+    ]
 
 
 def main():
@@ -199,6 +336,29 @@ def main():
         check(all(s["metadata"].get("labels", {}).get(jl) == "companies-gateway" for s in matched),
               f"jobLabel {jl} gives job=\"companies-gateway\" (the alerts' job)")
 
+    # ---- network policy ----------------------------------------------------------------------------
+    print("networkpolicy.yaml")
+    policies = [d for (k, _), d in docs.items() if k == "NetworkPolicy"]
+    ns = kust.get("namespace", "default")
+    problems = network_policy_problems(policies, pod_labels, ns, cports)
+    check(not problems, "public port open to every peer, admin port only to the monitoring namespace"
+          + (f" ({'; '.join(problems)})" if problems else ""))
+    for peer in PEERS:
+        print(f"       {peer}: http {'open' if admitted(policies, pod_labels, ns, PEERS[peer], 'http', cports['http']) else 'closed'},"
+              f" admin {'open' if admitted(policies, pod_labels, ns, PEERS[peer], 'admin', cports['admin']) else 'closed'}")
+    readme = open(os.path.join(DEPLOY, "README.md"), encoding="utf-8").read()
+    selectors = [peer["namespaceSelector"]["matchLabels"] for pol in policies for r in pol["spec"].get("ingress") or []
+                 for peer in r.get("from") or [] if (peer.get("namespaceSelector") or {}).get("matchLabels")]
+    check(bool(selectors) and all(f"{k}: {v}" in readme for sel in selectors for k, v in sel.items()),
+          f"README.md documents the admin port's namespace selector ({selectors})")
+    if len(policies) == 1:
+        for name, broken in network_policy_mutations(policies[0]):
+            caught = network_policy_problems([broken], pod_labels, ns, cports)
+            check(bool(caught), f"a broken policy fails the check: {name}"
+                  + (f" ({caught[0]})" if caught else ""))
+    else:
+        check(False, f"exactly one NetworkPolicy ({len(policies)})")
+
     # ---- systemd -----------------------------------------------------------------------------------
     print("systemd/companies-gateway.service")
     unit = {}
@@ -233,7 +393,16 @@ def main():
           "ExecStart runs /usr/local/bin/companies-gateway --config /etc/companies-gateway/config.toml")
     check(any("--check-config" in v for v in unit.get("ExecStartPre", [])), "ExecStartPre --check-config")
     nofile = int(unit.get("LimitNOFILE", ["0"])[-1].split(":")[-1])
-    check(nofile > max_conn, f"LimitNOFILE {nofile} > max_connections {max_conn}")
+
+    def shipped_int(section, key):
+        return int(shipped.get(section, {}).get(key, dflt[section][key]))
+    # The gateway's own budget (src/admin.rs public_connection_budget): below it, it lowers
+    # max_connections at start-up.
+    admin_max = shipped_int("admin", "max_connections")
+    upstream = shipped_int("limits", "max_concurrent_requests") + shipped_int("upstream", "pool_max_idle_per_host")
+    need = max_conn + admin_max + 64 + upstream
+    check(nofile >= need, f"LimitNOFILE {nofile} >= max_connections {max_conn} + admin.max_connections {admin_max}"
+          f" + 64 reserved + upstream {upstream} = {need} (else the gateway lowers max_connections)")
     stop = seconds(unit.get("TimeoutStopSec", ["0s"])[-1])
     check(stop > s_delay + s_timeout, f"TimeoutStopSec {stop:g}s > drain_delay {s_delay:g}s + drain_timeout {s_timeout:g}s (../config.toml)")
 

@@ -62,12 +62,15 @@ impl Default for ListenerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub addr: SocketAddr,
+    /// The admin listener's own cap: beyond it a new admin connection is closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            max_connections: 64,
         }
     }
 }
@@ -490,7 +493,8 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        let positive: [(&'static str, u64); 5] = [
+        let positive: [(&'static str, u64); 6] = [
+            ("admin.max_connections", self.admin.max_connections as u64),
             ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
             ("limits.max_headers", self.limits.max_headers as u64),
             ("limits.max_connections", self.limits.max_connections as u64),
@@ -675,6 +679,7 @@ mod tests {
         assert_eq!(c.upstream.url, DEFAULT_UPSTREAM);
         assert_eq!(c.listener.addr.port(), 8080);
         assert_eq!(c.admin.addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.admin.max_connections, 64);
         assert_eq!(c.upstream.request_timeout.0, Duration::from_secs(15));
         assert_eq!(c.limits.max_body_bytes, 65_536);
         assert_eq!(c.session.cache_capacity, 100_000);
@@ -806,6 +811,7 @@ mod tests {
                 "session.introspect_url",
             ),
             ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+            ("[admin]\nmax_connections = 0\n", "admin.max_connections"),
         ];
         for (text, key) in cases {
             let err = load(text, &[]).unwrap_err().to_string();

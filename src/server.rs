@@ -134,6 +134,8 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     let admin = tokio::spawn(serve_admin(
         admin_listener,
         admin::service(metrics.clone(), readiness.clone()),
+        admin::Limits::new(&config),
+        Arc::new(http_builder(&config.limits)),
     ));
     tokio::spawn(reloader.clone().run(options.reload_poll, stop_rx));
     readiness.set(true);
@@ -152,8 +154,22 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains. Builds its own runtime from `[runtime]`.
-pub fn run(config: Config) -> Result<(), StartError> {
-    raise_nofile_limit();
+pub fn run(mut config: Config) -> Result<(), StartError> {
+    if let Some(nofile) = raise_nofile_limit() {
+        // The admin cap and the upstream side are set apart, so that the public accept loop
+        // pauses at its cap instead of running out of descriptors.
+        let budget = admin::public_connection_budget(nofile, &config);
+        if budget < config.limits.max_connections {
+            tracing::warn!(
+                nofile,
+                configured = config.limits.max_connections,
+                effective = budget,
+                admin_max_connections = config.admin.max_connections,
+                "limits.max_connections lowered to fit the open-file limit"
+            );
+            config.limits.max_connections = budget;
+        }
+    }
     // One worker: a current-thread runtime, without the work-stealing machinery.
     let mut rt = match config.runtime.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -176,19 +192,25 @@ pub fn run(config: Config) -> Result<(), StartError> {
     })
 }
 
-/// Raises the open-file soft limit to the hard limit: every connection is a descriptor.
-fn raise_nofile_limit() {
+/// Raises the open-file soft limit to the hard limit: every connection is a descriptor. Returns
+/// the soft limit in force, when there is one.
+fn raise_nofile_limit() -> Option<u64> {
     #[cfg(unix)]
     {
         use rustix::process::{getrlimit, setrlimit, Resource};
         let mut limit = getrlimit(Resource::Nofile);
         if limit.current < limit.maximum {
+            let before = limit.current;
             limit.current = limit.maximum;
             if let Err(e) = setrlimit(Resource::Nofile, limit) {
                 tracing::warn!(error = %e, "cannot raise the open-file limit");
+                return before;
             }
         }
+        limit.current
     }
+    #[cfg(not(unix))]
+    None
 }
 
 async fn shutdown_signal() {
@@ -561,25 +583,33 @@ async fn accept_backoff(e: &std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn serve_admin<F, Fut>(listener: TcpListener, svc: F)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
-{
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+/// The admin accept loop: at most `admin.max_connections` connections; one beyond it is closed
+/// at once, so that the admin port holds no more descriptors or memory than its cap.
+async fn serve_admin(
+    listener: TcpListener,
+    svc: admin::Service,
+    limits: admin::Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        let (tcp, _) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
                 accept_backoff(&e).await;
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "admin connection over admin.max_connections: closed");
+            drop(tcp);
+            continue;
+        };
         let svc = svc.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(&svc);
-            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+            admin::serve_connection(tcp, peer, &builder, svc, limits).await;
+            drop(permit);
         });
     }
 }
