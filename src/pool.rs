@@ -5,11 +5,22 @@
 //! connection is shared. It replaces hyper-util's legacy client on the request path, which per
 //! request hashed a pool key, set `Host` by formatting the URI, boxed and raced a lazy connect,
 //! and spawned a task to hand the connection back.
+//!
+//! How many idle connections are kept follows demand: a returned connection stays while fewer are
+//! idle than `pool_max_idle_per_host` or than the most connections in use at once within the
+//! last one or two reaper periods. Closing connections that the next burst needs again was the
+//! churn of issue 14 (9,499 TLS connects per 100k requests at 2,000 concurrent streams); the open
+//! connections never exceed that recent peak, and once demand falls the reaper trims the idle
+//! ones back to `pool_max_idle_per_host`.
+//!
+//! Every connection carries the trust generation it was made under (`upstream.rs`); one from an
+//! older generation is never reused: idle ones close when the trust changes, busy ones when their
+//! response ends.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,22 +31,21 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
-use tower::Service;
+use prometheus::IntCounter;
 
-use crate::config::UpstreamTarget;
+use crate::config::{UpstreamConfig, UpstreamTarget};
 use crate::outcome::UpstreamErrorKind;
-use crate::upstream::{ConnectTimeout, Connector, TcpConnectError};
-use crate::{Body, BoxError};
+use crate::upstream::{ConnectError, Connector, SetupError, UpstreamTls};
+use crate::Body;
 
 /// Sending a request upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    /// TCP or TLS could not be set up.
-    #[error("connect: {0}")]
-    Connect(#[source] BoxError),
+    /// TCP or TLS could not be set up; the error names the address and the reason.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The connection failed while the request was sent or the response head read.
     #[error("upstream: {0}")]
     Send(#[source] hyper::Error),
@@ -45,20 +55,7 @@ impl PoolError {
     /// Sorts the error into its metric `kind` by its type, never by its message.
     pub fn kind(&self) -> UpstreamErrorKind {
         match self {
-            PoolError::Connect(e) => {
-                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-                while let Some(e) = source {
-                    if e.is::<ConnectTimeout>() {
-                        return UpstreamErrorKind::Timeout;
-                    }
-                    if e.is::<TcpConnectError>() {
-                        return UpstreamErrorKind::Connect;
-                    }
-                    source = e.source();
-                }
-                // Neither the TCP connect nor the timeout: the TLS handshake.
-                UpstreamErrorKind::Tls
-            }
+            PoolError::Connect(e) => e.kind(),
             PoolError::Send(e) if e.is_timeout() => UpstreamErrorKind::Timeout,
             PoolError::Send(e) if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() => {
                 UpstreamErrorKind::Protocol
@@ -72,9 +69,33 @@ impl PoolError {
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
     pub idle_timeout: Duration,
+    /// Idle connections kept beyond recent demand.
     pub max_idle: usize,
     /// h2 is offered by ALPN: connects are serialised until the upstream has answered once.
     pub http2: bool,
+}
+
+impl PoolSettings {
+    /// How often the reaper runs; also the length of a demand window. A quarter of the idle
+    /// timeout, so that trimming to `max_idle` happens well before idle connections time out.
+    fn reaper_period(&self) -> Duration {
+        (self.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// Builds the connection pool for `[upstream]`, and the handle that reloads its trust anchors.
+pub fn build_pool(
+    cfg: &UpstreamConfig,
+    target: &UpstreamTarget,
+    opened: IntCounter,
+) -> Result<(Pool, UpstreamTls), SetupError> {
+    let (connector, reload) = Connector::new(cfg, &target.authority, opened)?;
+    let settings = PoolSettings {
+        idle_timeout: cfg.pool_idle_timeout.0,
+        max_idle: cfg.pool_max_idle_per_host,
+        http2: cfg.http2,
+    };
+    Ok((Pool::new(connector, target, settings), reload))
 }
 
 /// A cheap handle on the pool; every clone shares the same connections.
@@ -85,13 +106,13 @@ pub struct Pool {
 
 struct Inner {
     connector: Connector,
-    /// `https://authority`, for the connector and for h2's `:authority`.
+    /// `https://authority`, for h2's `:authority`.
     origin: Uri,
     /// `Host` on HTTP/1, as hyper-util wrote it: the port only when it is not 443.
     host: HeaderValue,
     settings: PoolSettings,
-    idle: Mutex<Vec<Idle>>,
-    shared_h2: Mutex<Option<http2::SendRequest<Body>>>,
+    state: Mutex<State>,
+    shared_h2: Mutex<Option<SharedH2>>,
     /// Held while a connection that may become the shared h2 one is set up.
     h2_connect: tokio::sync::Mutex<()>,
     /// ALPN picked HTTP/1 once: no h2 to wait for.
@@ -99,20 +120,54 @@ struct Inner {
     reaper_started: AtomicBool,
 }
 
-struct Idle {
-    tx: http1::SendRequest<Body>,
-    since: Instant,
+struct SharedH2 {
+    tx: http2::SendRequest<Body>,
+    generation: u64,
 }
 
-impl Idle {
-    /// Not idle past `timeout`, and not closed by the upstream meanwhile.
-    fn usable(&self, timeout: Duration) -> bool {
-        self.since.elapsed() < timeout && !self.tx.is_closed()
+/// The HTTP/1 connections: idle ones, and how many are in use now and were at most lately.
+#[derive(Default)]
+struct State {
+    idle: Vec<Idle>,
+    in_use: usize,
+    /// The most in use at once in this reaper period, and in the one before.
+    peak: usize,
+    previous_peak: usize,
+}
+
+impl State {
+    fn lease(&mut self) {
+        self.in_use += 1;
+        self.peak = self.peak.max(self.in_use);
+    }
+
+    /// How many idle connections to keep: what recent demand used, at least `max_idle`.
+    fn idle_cap(&self, max_idle: usize) -> usize {
+        max_idle.max(self.peak).max(self.previous_peak)
     }
 }
 
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+    generation: u64,
+}
+
+impl Idle {
+    /// Not idle past `timeout`, made under the current trust, and not closed meanwhile.
+    fn usable(&self, timeout: Duration, generation: u64) -> bool {
+        self.generation == generation && self.since.elapsed() < timeout && !self.tx.is_closed()
+    }
+}
+
+/// Whether a connection coming back from a finished response goes on the idle stack: the pure
+/// decision of `checkin`.
+fn keep_on_checkin(reusable: bool, generation: u64, current: u64, idle: usize, cap: usize) -> bool {
+    reusable && generation == current && idle < cap
+}
+
 enum Conn {
-    H1(http1::SendRequest<Body>),
+    H1(Lease, http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
 }
 
@@ -137,7 +192,7 @@ impl Pool {
                 origin,
                 host,
                 settings,
-                idle: Mutex::new(Vec::new()),
+                state: Mutex::new(State::default()),
                 shared_h2: Mutex::new(None),
                 h2_connect: tokio::sync::Mutex::new(()),
                 h2_refused: AtomicBool::new(false),
@@ -152,6 +207,31 @@ impl Pool {
     }
 }
 
+/// The count of an HTTP/1 connection taken from the pool for one request; its handle travels
+/// beside it. Dropped, the connection counts as gone (its handle is dropped, so closed);
+/// `release` after a complete response offers the handle back.
+struct Lease {
+    pool: Weak<Inner>,
+    generation: u64,
+}
+
+impl Lease {
+    /// The response ended cleanly: the connection may serve the next request.
+    fn release(mut self, tx: http1::SendRequest<Body>) {
+        if let Some(pool) = std::mem::take(&mut self.pool).upgrade() {
+            pool.checkin(Some(tx), self.generation);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.checkin(None, self.generation);
+        }
+    }
+}
+
 impl Inner {
     async fn send(
         self: Arc<Self>,
@@ -162,13 +242,13 @@ impl Inner {
         }
         // The most recently used idle connection first; one closed meanwhile hands the
         // request back unsent, and the next one is tried.
-        while let Some(mut tx) = self.checkout() {
+        while let Some((lease, mut tx)) = self.checkout() {
             if tx.ready().await.is_err() {
                 continue;
             }
             self.set_host(&mut req);
             match tx.try_send_request(req).await {
-                Ok(res) => return Ok(self.pooled(res, tx)),
+                Ok(res) => return Ok(self.pooled(res, lease, tx)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(PoolError::Send(e.into_error())),
@@ -177,11 +257,11 @@ impl Inner {
         }
         // Boxed, so that the reuse path's future stays small.
         match Box::pin(self.connect()).await? {
-            Conn::H1(mut tx) => {
+            Conn::H1(lease, mut tx) => {
                 tx.ready().await.map_err(PoolError::Send)?;
                 self.set_host(&mut req);
                 let res = tx.send_request(req).await.map_err(PoolError::Send)?;
-                Ok(self.pooled(res, tx))
+                Ok(self.pooled(res, lease, tx))
             }
             Conn::H2(tx) => send_h2(tx, &self.origin, req).await,
         }
@@ -191,13 +271,20 @@ impl Inner {
         req.headers_mut().insert(HOST, self.host.clone());
     }
 
+    fn state(&self) -> Option<MutexGuard<'_, State>> {
+        self.state.lock().ok()
+    }
+
     fn h2(&self) -> Option<http2::SendRequest<Body>> {
         if !self.settings.http2 {
             return None;
         }
+        let generation = self.connector.generation();
         let mut shared = self.shared_h2.lock().ok()?;
         match shared.as_ref() {
-            Some(tx) if !tx.is_closed() => Some(tx.clone()),
+            Some(h2) if h2.generation == generation && !h2.tx.is_closed() => Some(h2.tx.clone()),
+            // Closed, or made under old trust: new requests go elsewhere; streams in flight on
+            // it finish, and it closes when the last one does.
             Some(_) => {
                 *shared = None;
                 None
@@ -206,49 +293,82 @@ impl Inner {
         }
     }
 
-    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(entry) = idle.pop() {
-            if entry.usable(self.settings.idle_timeout) {
-                return Some(entry.tx);
+    fn checkout(self: &Arc<Self>) -> Option<(Lease, http1::SendRequest<Body>)> {
+        let generation = self.connector.generation();
+        let mut state = self.state()?;
+        while let Some(entry) = state.idle.pop() {
+            if entry.usable(self.settings.idle_timeout, generation) {
+                state.lease();
+                let lease = Lease {
+                    pool: Arc::downgrade(self),
+                    generation: entry.generation,
+                };
+                return Some((lease, entry.tx));
             }
         }
         None
     }
 
-    fn checkin(&self, tx: http1::SendRequest<Body>) {
-        if tx.is_closed() {
+    /// A connection comes back (`tx`), or one leased is gone (`None`). Closing happens by
+    /// dropping `tx`, outside the lock.
+    fn checkin(&self, tx: Option<http1::SendRequest<Body>>, generation: u64) {
+        let current = self.connector.generation();
+        let Some(mut state) = self.state() else {
             return;
-        }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.settings.max_idle {
-                idle.push(Idle {
-                    tx,
-                    since: Instant::now(),
-                });
-            }
+        };
+        state.in_use = state.in_use.saturating_sub(1);
+        let Some(tx) = tx else { return };
+        let cap = state.idle_cap(self.settings.max_idle);
+        if keep_on_checkin(!tx.is_closed(), generation, current, state.idle.len(), cap) {
+            state.idle.push(Idle {
+                tx,
+                since: Instant::now(),
+                generation,
+            });
+        } else {
+            drop(state);
+            drop(tx);
         }
     }
 
-    /// Closes idle connections past `idle_timeout`, and forgets closed ones.
-    fn reap(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|entry| entry.usable(self.settings.idle_timeout));
-        }
+    /// Closes idle connections past `idle_timeout` or made under old trust, forgets closed ones,
+    /// and, when `rotate`, starts a new demand window and trims the idle ones (the least recently
+    /// used first) to what the last two windows needed, at least `max_idle`.
+    fn reap(&self, rotate: bool) {
+        let generation = self.connector.generation();
+        let closed: Vec<Idle> = {
+            let Some(mut state) = self.state() else {
+                return;
+            };
+            let timeout = self.settings.idle_timeout;
+            let (keep, mut closed): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut state.idle)
+                .into_iter()
+                .partition(|entry| entry.usable(timeout, generation));
+            state.idle = keep;
+            if rotate {
+                state.previous_peak = state.peak;
+                state.peak = state.in_use;
+                let cap = state.idle_cap(self.settings.max_idle);
+                if state.idle.len() > cap {
+                    let excess = state.idle.len() - cap;
+                    closed.extend(state.idle.drain(..excess));
+                }
+            }
+            closed
+        };
+        drop(closed);
     }
 
     fn pooled(
         self: &Arc<Self>,
         res: Response<Incoming>,
+        lease: Lease,
         tx: http1::SendRequest<Body>,
     ) -> Response<PooledBody> {
         let (parts, body) = res.into_parts();
         let mut body = PooledBody {
             inner: body,
-            checkin: Some(Checkin {
-                pool: Arc::downgrade(self),
-                tx,
-            }),
+            checkin: Some(Checkin { lease, tx }),
         };
         if body.inner.is_end_stream() {
             give_back(&mut body.checkin);
@@ -269,51 +389,69 @@ impl Inner {
         } else {
             None
         };
-        let io = self
-            .connector
-            .clone()
-            .call(self.origin.clone())
-            .await
-            .map_err(PoolError::Connect)?;
-        if io.connected().is_negotiated_h2() {
+        let connected = self.connector.connect().await?;
+        let generation = connected.generation;
+        if connected.h2 {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .handshake(io)
+                .handshake(connected.io)
                 .await
                 .map_err(PoolError::Send)?;
             drive(conn, "h2");
             if let Ok(mut shared) = self.shared_h2.lock() {
-                *shared = Some(tx.clone());
+                *shared = Some(SharedH2 {
+                    tx: tx.clone(),
+                    generation,
+                });
             }
             Ok(Conn::H2(tx))
         } else {
             self.h2_refused.store(true, Ordering::Relaxed);
             let (tx, conn) = http1::Builder::new()
-                .handshake(io)
+                .handshake(connected.io)
                 .await
                 .map_err(PoolError::Send)?;
             drive(conn, "http/1.1");
-            Ok(Conn::H1(tx))
+            if let Some(mut state) = self.state() {
+                state.lease();
+            }
+            let lease = Lease {
+                pool: Arc::downgrade(self),
+                generation,
+            };
+            Ok(Conn::H1(lease, tx))
         }
     }
 
-    /// One task per pool closes connections left idle past `idle_timeout`; it ends with the pool.
+    /// One task per pool closes connections left idle past `idle_timeout` and, at once, those
+    /// made under trust anchors that were replaced; it ends with the pool.
     fn start_reaper(self: &Arc<Self>) {
         if self.reaper_started.swap(true, Ordering::Relaxed) {
             return;
         }
         let pool = Arc::downgrade(self);
-        let period = self
-            .settings
-            .idle_timeout
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let period = self.settings.reaper_period();
+        let mut trust_changed = self.connector.subscribe();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut watching = true;
             loop {
-                tick.tick().await;
+                let rotate = tokio::select! {
+                    _ = tick.tick() => true,
+                    changed = trust_changed.changed(), if watching => {
+                        // The sender lives as long as the pool's connector; gone, only ticks.
+                        watching = changed.is_ok();
+                        false
+                    }
+                };
                 match pool.upgrade() {
-                    Some(pool) => pool.reap(),
+                    Some(pool) => {
+                        if !rotate {
+                            pool.h2();
+                        }
+                        pool.reap(rotate)
+                    }
                     None => return,
                 }
             }
@@ -365,8 +503,9 @@ async fn send_h2(
     ))
 }
 
+/// A leased connection and its handle, riding on the response body.
 struct Checkin {
-    pool: Weak<Inner>,
+    lease: Lease,
     tx: http1::SendRequest<Body>,
 }
 
@@ -390,10 +529,8 @@ pin_project! {
 }
 
 fn give_back(checkin: &mut Option<Checkin>) {
-    if let Some(Checkin { pool, tx }) = checkin.take() {
-        if let Some(pool) = pool.upgrade() {
-            pool.checkin(tx);
-        }
+    if let Some(Checkin { lease, tx }) = checkin.take() {
+        lease.release(tx);
     }
 }
 
@@ -411,7 +548,7 @@ impl HttpBody for PooledBody {
             None => give_back(this.checkin),
             Some(Ok(_)) if this.inner.is_end_stream() => give_back(this.checkin),
             Some(Ok(_)) => {}
-            // A broken body leaves the connection unusable.
+            // A broken body leaves the connection unusable: closed, not returned.
             Some(Err(_)) => {
                 this.checkin.take();
             }
@@ -425,5 +562,37 @@ impl HttpBody for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_returned_connection_is_kept_while_recent_demand_needs_it() {
+        let mut state = State::default();
+        for _ in 0..12 {
+            state.lease();
+        }
+        // Twelve in use at once, max_idle 2: all twelve may wait for the next burst.
+        let cap = state.idle_cap(2);
+        assert_eq!(cap, 12);
+        assert!(keep_on_checkin(true, 0, 0, 11, cap));
+        assert!(!keep_on_checkin(true, 0, 0, 12, cap));
+        // Two quiet windows later, the cap is max_idle again.
+        state.in_use = 0;
+        for _ in 0..2 {
+            state.previous_peak = state.peak;
+            state.peak = state.in_use;
+        }
+        assert_eq!(state.idle_cap(2), 2);
+    }
+
+    #[test]
+    fn a_connection_made_under_old_trust_or_closed_is_never_kept() {
+        assert!(!keep_on_checkin(true, 0, 1, 0, 10));
+        assert!(!keep_on_checkin(false, 1, 1, 0, 10));
+        assert!(keep_on_checkin(true, 1, 1, 0, 10));
     }
 }

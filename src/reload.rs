@@ -60,8 +60,14 @@ impl Reloader {
     pub fn reload_upstream_ca(&self) -> Option<bool> {
         self.upstream.ca_file()?;
         Some(match self.upstream.reload() {
-            Ok(()) => {
-                tracing::info!("upstream ca_file reloaded");
+            Ok(true) => {
+                tracing::info!(
+                    "upstream ca_file reloaded; connections made under the old trust are retired"
+                );
+                true
+            }
+            Ok(false) => {
+                tracing::info!("upstream ca_file unchanged");
                 true
             }
             Err(e) => {

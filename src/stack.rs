@@ -11,6 +11,7 @@ use crate::edge::EdgeLayer;
 use crate::forward::{Forward, ForwardConfig};
 use crate::metrics::Metrics;
 use crate::observe::ObserveLayer;
+use crate::pool::build_pool;
 use crate::problem::ProblemLayer;
 use crate::request_id::RequestIdLayer;
 use crate::session::cache::{Clock, SessionCache, SystemClock, Ttls};
@@ -18,7 +19,7 @@ use crate::session::introspect::Introspector;
 use crate::session::jwt::JwtKey;
 use crate::session::{Session, SessionLayer};
 use crate::shed::ShedLayer;
-use crate::upstream::{build_pool, root_store, tls_config, SetupError, UpstreamTls};
+use crate::upstream::{root_store, tls_config, SetupError, UpstreamTls};
 use crate::validate::{ContractConfig, ContractLayer};
 use crate::Body;
 

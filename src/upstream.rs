@@ -1,26 +1,30 @@
-//! Connecting to the upstream: hyper-rustls (ring, https only) over hyper-util's TCP connector,
-//! bounded by `connect_timeout`, counting the connections it opens. `pool.rs` keeps them.
+//! Connecting to the upstream: TCP (resolved here, so that an error names the address it failed
+//! on), then TLS with tokio-rustls on the ring provider, all within `connect_timeout`, counted once
+//! established. `pool.rs` keeps the connections; this module knows nothing of the pool.
+//!
+//! Trust anchors can be swapped (`UpstreamTls::reload`). Each swap that changes them starts a new
+//! trust generation; every connection carries the generation it was made under, so that the pool
+//! can retire connections made under the old trust (gateway.md §6).
 
-use std::future::Future;
+use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::uri::Authority;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
-use tower::Service;
+use tokio::sync::watch;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
-use crate::config::{UpstreamConfig, UpstreamTarget};
-use crate::pool::{Pool, PoolSettings};
-use crate::BoxError;
+use crate::config::UpstreamConfig;
+use crate::outcome::UpstreamErrorKind;
 
 /// Setting up the client failed: a bad `ca_file`.
 #[derive(Debug, thiserror::Error)]
@@ -33,61 +37,249 @@ pub enum SetupError {
     Config(String),
 }
 
-/// The TCP connect failed (refused, unreachable, DNS): marks the error as `connect`, not `tls`.
+/// A connection could not be set up. Each variant names the upstream (and the address, once one
+/// was picked) and carries the OS or TLS error, so that the operator's log line says what failed.
+/// None of it comes from the request.
 #[derive(Debug, thiserror::Error)]
-#[error("tcp connect: {0}")]
-pub struct TcpConnectError(#[source] BoxError);
+pub enum ConnectError {
+    /// The host name did not resolve.
+    #[error("resolve {authority}: {source}")]
+    Resolve {
+        authority: Authority,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TCP connect refused or unreachable; `others` more addresses failed before this one.
+    #[error("connect {addr}: {source}{}", others_failed(*.others))]
+    Tcp {
+        addr: SocketAddr,
+        others: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed: the certificate's name, issuer or dates, or an alert.
+    #[error("TLS handshake with {authority} at {addr}: {source}")]
+    Tls {
+        authority: Authority,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TCP + TLS did not finish within `connect_timeout`.
+    #[error("connect {authority}: timed out after {after:?}")]
+    Timeout {
+        authority: Authority,
+        after: Duration,
+    },
+}
 
-/// TCP + TLS did not finish within `connect_timeout`.
-#[derive(Debug, thiserror::Error)]
-#[error("connect timed out")]
-pub struct ConnectTimeout;
-
-/// `HttpConnector` with its errors marked as TCP errors.
-#[derive(Clone)]
-pub struct TcpConnector(HttpConnector);
-
-impl Service<Uri> for TcpConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = TcpConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0
-            .poll_ready(cx)
-            .map_err(|e| TcpConnectError(Box::new(e)))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let fut = self.0.call(uri);
-        Box::pin(async move { fut.await.map_err(|e| TcpConnectError(Box::new(e))) })
+fn others_failed(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(" (and {n} other address(es) before it)"),
     }
 }
 
-/// The connector the pool uses: TCP + TLS within `timeout`, counted once established. Its TLS
-/// settings can be swapped (`UpstreamTls::reload`) without touching pooled connections.
+impl ConnectError {
+    /// The metric `kind`, by variant.
+    pub fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            ConnectError::Resolve { .. } | ConnectError::Tcp { .. } => UpstreamErrorKind::Connect,
+            ConnectError::Tls { .. } => UpstreamErrorKind::Tls,
+            ConnectError::Timeout { .. } => UpstreamErrorKind::Timeout,
+        }
+    }
+}
+
+/// An established upstream connection.
+pub struct Connected {
+    pub io: TokioIo<TlsStream<TcpStream>>,
+    /// ALPN picked h2.
+    pub h2: bool,
+    /// The trust generation it was made under.
+    pub generation: u64,
+}
+
+/// The TLS client configuration in force, and its generation.
+struct Trust {
+    config: Arc<rustls::ClientConfig>,
+    /// The CA file's bytes it was built from (`None`: Mozilla's roots), to tell a change.
+    ca_pem: Option<Vec<u8>>,
+}
+
+/// Shared by the connector, the pool and the reload handle.
+struct TrustState {
+    current: RwLock<Arc<Trust>>,
+    /// Bumped when the trust anchors change; read on every check-in.
+    generation: AtomicU64,
+    /// The same generation, for whoever waits for a change (the pool's reaper).
+    changed: watch::Sender<u64>,
+}
+
+/// Where to connect, and how; cheap to clone.
 #[derive(Clone)]
 pub struct Connector {
-    https: Arc<RwLock<HttpsConnector<TcpConnector>>>,
+    trust: Arc<TrustState>,
+    authority: Authority,
+    /// The host without IPv6 brackets, for DNS.
+    host: Arc<str>,
+    port: u16,
+    server_name: ServerName<'static>,
     timeout: Duration,
     opened: IntCounter,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// A connector to `authority` (an https URL's), with the trust of `cfg`.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        authority: &Authority,
+        opened: IntCounter,
+    ) -> Result<(Connector, UpstreamTls), SetupError> {
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let server_name = ServerName::try_from(host.to_owned())
+            .map_err(|e| SetupError::Config(format!("upstream.url: host `{host}`: {e}")))?;
+        let trust = load_trust(cfg)?;
+        let (changed, _) = watch::channel(0);
+        let state = Arc::new(TrustState {
+            current: RwLock::new(Arc::new(trust)),
+            generation: AtomicU64::new(0),
+            changed,
+        });
+        let connector = Connector {
+            trust: state.clone(),
+            authority: authority.clone(),
+            host: Arc::from(host),
+            port: authority.port_u16().unwrap_or(443),
+            server_name,
+            timeout: cfg.connect_timeout.0,
+            opened,
+        };
+        let reload = UpstreamTls {
+            trust: state,
+            cfg: cfg.clone(),
+        };
+        Ok((connector, reload))
+    }
+
+    /// The trust generation new connections are made under.
+    pub fn generation(&self) -> u64 {
+        self.trust.generation.load(Ordering::Acquire)
+    }
+
+    /// Changes whenever the trust generation does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.trust.changed.subscribe()
+    }
+
+    /// TCP + TLS within `connect_timeout`.
+    pub async fn connect(&self) -> Result<Connected, ConnectError> {
+        // The generation is read with the configuration it belongs to.
+        let (config, generation) = {
+            let current = match self.trust.current.read() {
+                Ok(t) => t,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            (current.config.clone(), self.generation())
+        };
+        let attempt = async {
+            let (tcp, addr) = self.tcp().await?;
+            let tls = TlsConnector::from(config)
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|source| ConnectError::Tls {
+                    authority: self.authority.clone(),
+                    addr,
+                    source,
+                })?;
+            Ok::<_, ConnectError>(tls)
+        };
+        let tls = tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                authority: self.authority.clone(),
+                after: self.timeout,
+            })??;
+        self.opened.inc();
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok(Connected {
+            io: TokioIo::new(tls),
+            h2,
+            generation,
+        })
+    }
+
+    /// The first address that accepts, in the resolver's order.
+    async fn tcp(&self) -> Result<(TcpStream, SocketAddr), ConnectError> {
+        let addrs: Vec<SocketAddr> = match self.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, self.port)],
+            Err(_) => tokio::net::lookup_host((&*self.host, self.port))
+                .await
+                .map_err(|source| ConnectError::Resolve {
+                    authority: self.authority.clone(),
+                    source,
+                })?
+                .collect(),
+        };
+        let mut failed: Option<ConnectError> = None;
+        for (others, addr) in addrs.into_iter().enumerate() {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    // Requests are written whole; Nagle would only delay them.
+                    let _ = tcp.set_nodelay(true);
+                    return Ok((tcp, addr));
+                }
+                Err(source) => {
+                    failed = Some(ConnectError::Tcp {
+                        addr,
+                        others,
+                        source,
+                    })
+                }
+            }
+        }
+        Err(failed.unwrap_or_else(|| ConnectError::Resolve {
+            authority: self.authority.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+        }))
+    }
 }
 
 /// Re-reads `[upstream] ca_file` into the connector.
 #[derive(Clone)]
 pub struct UpstreamTls {
-    https: Arc<RwLock<HttpsConnector<TcpConnector>>>,
+    trust: Arc<TrustState>,
     cfg: UpstreamConfig,
 }
 
 impl UpstreamTls {
-    /// A bad file is refused and the old trust anchors stay in force.
-    pub fn reload(&self) -> Result<(), SetupError> {
-        let fresh = https_connector(&self.cfg)?;
-        if let Ok(mut current) = self.https.write() {
-            *current = fresh;
+    /// A bad file is refused and the old trust anchors stay in force. `Ok(true)`: the anchors
+    /// changed, and connections made under the old ones are retired.
+    pub fn reload(&self) -> Result<bool, SetupError> {
+        let fresh = load_trust(&self.cfg)?;
+        let mut current = match self.trust.current.write() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if current.ca_pem == fresh.ca_pem {
+            return Ok(false);
         }
-        Ok(())
+        *current = Arc::new(fresh);
+        let generation = self.trust.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        drop(current);
+        self.trust.changed.send_replace(generation);
+        Ok(true)
     }
 
     pub fn ca_file(&self) -> Option<&Path> {
@@ -95,60 +287,46 @@ impl UpstreamTls {
     }
 }
 
-impl Service<Uri> for Connector {
-    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // HttpConnector and hyper-rustls are always ready.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let mut https = match self.https.read() {
-            Ok(h) => h.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        let fut = https.call(uri);
-        let timeout = self.timeout;
-        let opened = self.opened.clone();
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(Ok(stream)) => {
-                    opened.inc();
-                    Ok(stream)
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Box::new(ConnectTimeout) as BoxError),
-            }
-        })
+/// Trust anchors: the PEM file when given, Mozilla's roots otherwise.
+pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, SetupError> {
+    match ca_file {
+        None => Ok(mozilla_roots()),
+        Some(path) => {
+            let pem = read_ca(path)?;
+            parse_roots(path, &pem)
+        }
     }
 }
 
-/// Trust anchors: the PEM file when given, Mozilla's roots otherwise.
-pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, SetupError> {
+fn mozilla_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Some(path) => {
-            let ca_error = |message: String| SetupError::CaFile {
-                path: path.display().to_string(),
-                message,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let mut found = 0;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| ca_error(e.to_string()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| ca_error(format!("bad certificate: {e}")))?;
-                found += 1;
-            }
-            if found == 0 {
-                return Err(ca_error("holds no PEM certificate".into()));
-            }
-        }
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots
+}
+
+fn ca_error(path: &Path, message: String) -> SetupError {
+    SetupError::CaFile {
+        path: path.display().to_string(),
+        message,
+    }
+}
+
+fn read_ca(path: &Path) -> Result<Vec<u8>, SetupError> {
+    std::fs::read(path).map_err(|e| ca_error(path, e.to_string()))
+}
+
+fn parse_roots(path: &Path, pem: &[u8]) -> Result<rustls::RootCertStore, SetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut found = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| ca_error(path, e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| ca_error(path, format!("bad certificate: {e}")))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(ca_error(path, "holds no PEM certificate".into()));
     }
     Ok(roots)
 }
@@ -162,43 +340,62 @@ pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, 
         .with_no_client_auth())
 }
 
-fn https_connector(cfg: &UpstreamConfig) -> Result<HttpsConnector<TcpConnector>, SetupError> {
-    let tls = tls_config(root_store(cfg.ca_file.as_deref())?)?;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(cfg.connect_timeout.0));
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1();
-    Ok(if cfg.http2 {
-        builder.enable_http2().wrap_connector(TcpConnector(http))
+/// The upstream's TLS configuration: its anchors, and ALPN (h2 only when `http2` is on).
+fn load_trust(cfg: &UpstreamConfig) -> Result<Trust, SetupError> {
+    let (roots, ca_pem) = match cfg.ca_file.as_deref() {
+        None => (mozilla_roots(), None),
+        Some(path) => {
+            let pem = read_ca(path)?;
+            (parse_roots(path, &pem)?, Some(pem))
+        }
+    };
+    let mut config = tls_config(roots)?;
+    config.alpn_protocols = if cfg.http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
-        builder.wrap_connector(TcpConnector(http))
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Trust {
+        config: Arc::new(config),
+        ca_pem,
     })
 }
 
-/// Builds the connection pool for `[upstream]`, and the handle that reloads its trust anchors.
-pub fn build_pool(
-    cfg: &UpstreamConfig,
-    target: &UpstreamTarget,
-    opened: IntCounter,
-) -> Result<(Pool, UpstreamTls), SetupError> {
-    let https = Arc::new(RwLock::new(https_connector(cfg)?));
-    let reload = UpstreamTls {
-        https: https.clone(),
-        cfg: cfg.clone(),
-    };
-    let connector = Connector {
-        https,
-        timeout: cfg.connect_timeout.0,
-        opened,
-    };
-    let settings = PoolSettings {
-        idle_timeout: cfg.pool_idle_timeout.0,
-        max_idle: cfg.pool_max_idle_per_host,
-        http2: cfg.http2,
-    };
-    Ok((Pool::new(connector, target, settings), reload))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(others: usize) -> ConnectError {
+        ConnectError::Tcp {
+            addr: "127.0.0.1:443".parse().unwrap(),
+            others,
+            source: std::io::Error::from_raw_os_error(111),
+        }
+    }
+
+    #[test]
+    fn a_connect_error_names_the_address_and_the_os_error() {
+        let text = refused(0).to_string();
+        assert!(text.starts_with("connect 127.0.0.1:443: "), "{text}");
+        assert!(text.contains("os error 111"), "{text}");
+        assert!(refused(1).to_string().contains("1 other address"));
+        assert_eq!(refused(0).kind(), UpstreamErrorKind::Connect);
+    }
+
+    #[test]
+    fn a_tls_error_names_the_upstream_and_the_reason() {
+        let err = ConnectError::Tls {
+            authority: Authority::from_static("api.example:8443"),
+            addr: "192.0.2.7:8443".parse().unwrap(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            ),
+        };
+        let text = err.to_string();
+        assert!(text.contains("api.example:8443"), "{text}");
+        assert!(text.contains("192.0.2.7:8443"), "{text}");
+        assert!(text.contains("UnknownIssuer"), "{text}");
+        assert_eq!(err.kind(), UpstreamErrorKind::Tls);
+    }
 }

@@ -385,16 +385,24 @@ async fn a_connection_the_upstream_closes_is_replaced_without_an_error() {
 }
 
 #[tokio::test]
-async fn pool_max_idle_per_host_caps_the_idle_connections() {
+async fn waves_of_requests_above_pool_max_idle_per_host_reuse_their_connections() {
+    // Issue 14: a connection returned above pool_max_idle_per_host was closed, so every wave of
+    // concurrent requests opened its connections again.
     let (_pki, mock, gw) = setup_with("", |config| {
-        config.upstream.pool_max_idle_per_host = 1;
+        config.upstream.pool_max_idle_per_host = 2;
+        // Reaper period (and demand window) 500 ms: idle connections stay well past it.
+        config.upstream.pool_idle_timeout = companies_gateway::config::Dur(Duration::from_secs(2));
     })
     .await;
-    concurrently(&gw, &mock, 3).await;
-    assert_eq!(opened(&gw, &mock).await, 3);
-    // Only one of the three was kept: the next three at once reuse it and open two.
-    concurrently(&gw, &mock, 3).await;
-    assert_eq!(opened(&gw, &mock).await, 5);
+    for _ in 0..3 {
+        concurrently(&gw, &mock, 12).await;
+    }
+    assert_eq!(opened(&gw, &mock).await, 12);
+    // Once demand has fallen for two demand windows, the idle ones are trimmed to max_idle:
+    // the next wave reuses two and opens ten.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    concurrently(&gw, &mock, 12).await;
+    assert_eq!(opened(&gw, &mock).await, 22);
 }
 
 #[tokio::test]

@@ -1,0 +1,218 @@
+//! Issue 14, the upstream side: what an upstream connect or TLS failure logs, and connections
+//! retired on a CA change.
+
+mod support;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+
+// ---------------------------------------------------------------- upstream failures in the log
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// The `upstream request failed` lines logged so far.
+    fn failures(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains("upstream request failed"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// One request through a gateway in front of `url` trusting `ca`; the failure line it logged.
+async fn failure_logged(capture: &Capture, url: &str, ca: std::path::PathBuf) -> String {
+    let before = capture.failures().len();
+    let gw = start_gateway(test_config(url, Some(ca))).await;
+    assert_eq!(send(get(gw.public_addr, "/x")).await.status, 502);
+    let lines = capture.failures();
+    assert_eq!(lines.len(), before + 1, "{lines:#?}");
+    lines[before].clone()
+}
+
+#[tokio::test]
+async fn an_upstream_connect_or_tls_failure_is_logged_with_its_address_and_reason() {
+    // This test's thread only (the runtime is current-thread): other tests log elsewhere.
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let pki = Pki::new();
+    let ca = pki.ca_file();
+
+    // A certificate for another name.
+    let wrong_name = MockUpstream::start(pki.leaf(&["other.example"])).await;
+    let port = wrong_name.addr.port();
+    let line = failure_logged(&capture, &wrong_name.url(""), ca.clone()).await;
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("kind=\"tls\""), "{line}");
+    assert!(
+        line.contains(&format!(
+            "TLS handshake with localhost:{port} at 127.0.0.1:{port}"
+        )),
+        "{line}"
+    );
+    assert!(line.contains("invalid peer certificate"), "{line}");
+    assert!(line.contains("other.example"), "{line}");
+
+    // A certificate from an issuer the gateway does not trust.
+    let stranger = Pki::new();
+    let unknown = MockUpstream::start(stranger.leaf(&["localhost"])).await;
+    let port = unknown.addr.port();
+    let line = failure_logged(&capture, &unknown.url(""), ca.clone()).await;
+    assert!(line.contains("kind=\"tls\""), "{line}");
+    assert!(line.contains(&format!("at 127.0.0.1:{port}")), "{line}");
+    // Both test CAs have the same subject, so webpki finds the trusted one and its signature
+    // fails to verify: it says BadSignature, where a differently named CA gives UnknownIssuer.
+    assert!(
+        line.contains("invalid peer certificate: BadSignature"),
+        "{line}"
+    );
+
+    // A closed port: the address and the OS error, not `tcp connect error`.
+    let port = closed_port().await;
+    let line = failure_logged(&capture, &format!("https://127.0.0.1:{port}"), ca).await;
+    assert!(line.contains("kind=\"connect\""), "{line}");
+    assert!(
+        line.contains(&format!(
+            "connect 127.0.0.1:{port}: Connection refused (os error 111)"
+        )),
+        "{line}"
+    );
+}
+
+// ---------------------------------------------------------------- trust changes
+
+/// A TCP relay to `to` that counts the connections open through it right now.
+struct Relay {
+    addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let count = open.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let count = count.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                    count.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Relay { addr, open, task }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to 2 s for the open count to reach `want`.
+    async fn settles_at(&self, want: usize) -> usize {
+        for _ in 0..40 {
+            if self.open() == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.open()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_ca_change_retires_idle_connections_at_once_and_busy_ones_after_their_response() {
+    let first = Pki::new();
+    let second = Pki::new();
+    let mock = MockUpstream::start(first.leaf(&["localhost"])).await;
+    let relay = Relay::start(mock.addr).await;
+    let ca = first.ca_file();
+    let url = format!("https://localhost:{}", relay.addr.port());
+    let gw = start_gateway(test_config(&url, Some(ca.clone()))).await;
+
+    // Two connections, both idle in the pool.
+    for _ in 0..2 {
+        mock.push_reply(Reply::ok(b"{}").delayed(Duration::from_millis(300)));
+    }
+    let both = futures_util::future::join(
+        send(get(gw.public_addr, "/x")),
+        send(get(gw.public_addr, "/x")),
+    )
+    .await;
+    assert_eq!((both.0.status.as_u16(), both.1.status.as_u16()), (200, 200));
+    assert_eq!(relay.open(), 2);
+
+    // One of them busy with a slow response while the trust changes.
+    mock.push_reply(Reply::ok(b"{}").delayed(Duration::from_millis(800)));
+    let busy = tokio::spawn(send(get(gw.public_addr, "/busy")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bundle = format!("{}{}", first.ca_pem, second.ca_pem);
+    std::fs::write(&ca, bundle).unwrap();
+    assert_eq!(gw.reload().upstream_ca, Some(true));
+
+    // The idle one closes at once; the busy one finishes its response, then closes.
+    assert_eq!(
+        relay.settles_at(1).await,
+        1,
+        "the idle connection stayed open"
+    );
+    assert_eq!(busy.await.unwrap().status, 200);
+    assert_eq!(relay.settles_at(0).await, 0, "the busy connection was kept");
+
+    // New requests go over a new connection, made under the new trust.
+    for _ in 0..3 {
+        assert_eq!(send(get(gw.public_addr, "/after")).await.status, 200);
+    }
+    assert_eq!(mock.connections.load(Ordering::SeqCst), 3);
+    let after: Vec<usize> = mock
+        .received()
+        .iter()
+        .filter(|r| r.target == "/after")
+        .map(|r| r.connection)
+        .collect();
+    assert_eq!(after, vec![3, 3, 3]);
+
+    // A reload that changes nothing retires nothing.
+    assert_eq!(gw.reload().upstream_ca, Some(true));
+    assert_eq!(send(get(gw.public_addr, "/after")).await.status, 200);
+    assert_eq!(mock.connections.load(Ordering::SeqCst), 3);
+}
