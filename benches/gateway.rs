@@ -110,6 +110,7 @@ fn bench_forward(c: &mut Criterion) {
         )
         .expect("target"),
         request_timeout: Duration::from_secs(15),
+        body_read_timeout: Duration::from_secs(10),
     };
     let conn = ConnInfo::new(SocketAddr::from(([203, 0, 113, 7], 51000)), false, &[]);
     c.bench_function("build the forwarded request", |b| {

@@ -27,6 +27,10 @@ pub enum GatewayError {
     PayloadTooLarge { limit: usize },
     #[error("body not received in time")]
     RequestTimeout,
+    /// The client went away before its body was complete (connection closed or reset, h2
+    /// stream reset): not a rejection, and the response most likely reaches no one.
+    #[error("the client went away mid-body")]
+    ClientAborted,
     #[error("unsupported expectation")]
     ExpectationFailed,
     #[error("no contract for this route")]
@@ -111,7 +115,9 @@ impl GatewayError {
     pub fn status(&self) -> (StatusCode, &'static str, &'static str) {
         use GatewayError::*;
         match self {
-            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            BadRequest(_) | ClientAborted => {
+                (StatusCode::BAD_REQUEST, "bad-request", "Bad request")
+            }
             Unauthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -177,6 +183,12 @@ impl GatewayError {
             UnsupportedMediaType(_) => rejected(Reason::ContentType),
             PayloadTooLarge { .. } => rejected(Reason::BodyTooLarge),
             RequestTimeout => rejected(Reason::Timeout),
+            ClientAborted => Outcome {
+                kind: OutcomeKind::Aborted,
+                reason: None,
+                upstream_error: None,
+                upstream: None,
+            },
             ExpectationFailed => rejected(Reason::Expectation),
             UnknownRoute => rejected(Reason::UnknownRoute),
             InvalidRequest(v) => {
@@ -224,6 +236,7 @@ impl GatewayError {
             UnsupportedMediaType(_) => "Content-Type must be application/json (utf-8)".into(),
             PayloadTooLarge { limit } => format!("the body must be at most {limit} bytes"),
             RequestTimeout => "the request body did not arrive in time".into(),
+            ClientAborted => "the request body ended before it was complete".into(),
             ExpectationFailed => "only `Expect: 100-continue` is supported".into(),
             UnknownRoute => "the gateway has no contract for this route".into(),
             InvalidRequest(v) if v.unlisted() > 0 => format!(
@@ -295,7 +308,7 @@ impl GatewayError {
             }
             // After framing abuse nothing more is read from the connection (hyper drops this
             // header on h2).
-            GatewayError::BadRequest(_) => {
+            GatewayError::BadRequest(_) | GatewayError::ClientAborted => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
@@ -334,6 +347,7 @@ mod tests {
             GatewayError::BadRequest("x"),
             GatewayError::UnknownRoute,
             GatewayError::RequestTimeout,
+            GatewayError::ClientAborted,
             GatewayError::PayloadTooLarge { limit: 10 },
             GatewayError::ExpectationFailed,
             GatewayError::InvalidSession,
@@ -343,7 +357,7 @@ mod tests {
             GatewayError::upstream(UpstreamErrorKind::Timeout, "slow"),
             GatewayError::Internal("boom".into()),
         ];
-        let expected = [400, 404, 408, 413, 417, 401, 503, 503, 502, 504, 500];
+        let expected = [400, 404, 408, 400, 413, 417, 401, 503, 503, 502, 504, 500];
         for (err, status) in all.into_iter().zip(expected) {
             let (res, body) = problem(err).await;
             assert_eq!(res.status().as_u16(), status);

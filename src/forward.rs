@@ -1,5 +1,10 @@
 //! The innermost service: rewrites a request for the upstream and sends it through the
 //! connection pool, bounded by `request_timeout` until the response head.
+//!
+//! `request_timeout` starts once the request body has been handed to the upstream whole (at
+//! once for a buffered or empty body). While a streamed body is still arriving, the client's
+//! `body_read_timeout` governs: a slow upload is a 408, its upstream request aborted mid-body,
+//! never an upstream timeout. A body the upstream stops reading is bounded by both timeouts.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,22 +15,28 @@ use std::time::{Duration, Instant};
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
 use tower::Service;
 
-use crate::body::{client_fault, ClientFault};
+use crate::body::{client_fault, BodyEnd, ClientFault, WatchedBody};
 use crate::config::UpstreamTarget;
 use crate::error::GatewayError;
 use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_overrides, ConnInfo};
 use crate::outcome::{Outcome, UpstreamErrorKind, UpstreamTiming};
-use crate::pool::{Pool, PooledBody, SendFuture};
-use crate::{box_body, Body};
+use crate::pool::{Pool, PoolError, PooledBody, SendFuture};
+use crate::{box_body, Body, BoxError};
 
 /// What the forwarder needs to know, built once at start-up.
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
     pub target: UpstreamTarget,
     pub request_timeout: Duration,
+    /// The client's whole-body deadline (`limits.body_read_timeout`); with `request_timeout`, it
+    /// bounds a request whose streamed body the upstream stops reading.
+    pub body_read_timeout: Duration,
 }
 
 /// Rewrites a client request into the upstream request: the target comes from config alone, the
@@ -116,9 +127,24 @@ impl Service<Request<Body>> for Forward {
             )),
         };
         let state = match prepared {
-            Ok(req) => State::Sending {
-                fut: tokio::time::timeout(self.cfg.request_timeout, self.pool.send(req)),
-            },
+            Ok(req) => {
+                let cfg = &self.cfg;
+                // A body still to come is watched; the timer starts when it has been sent.
+                let (req, body, first) = if req.body().is_end_stream() {
+                    (req, None, cfg.request_timeout)
+                } else {
+                    let (parts, body) = req.into_parts();
+                    let (body, rx) = WatchedBody::new(body);
+                    let req = Request::from_parts(parts, box_body(body));
+                    (req, Some(rx), cfg.body_read_timeout + cfg.request_timeout)
+                };
+                State::Sending {
+                    fut: self.pool.send(req),
+                    timer: tokio::time::sleep(first),
+                    body,
+                    request_timeout: cfg.request_timeout,
+                }
+            }
             Err(e) => State::Failed { err: Some(e) },
         };
         ResponseFuture {
@@ -131,7 +157,13 @@ impl Service<Request<Body>> for Forward {
 pin_project! {
     #[project = StateProj]
     enum State {
-        Sending { #[pin] fut: tokio::time::Timeout<SendFuture> },
+        Sending {
+            #[pin] fut: SendFuture,
+            // `request_timeout` from the body's end, or a bound on the body plus the wait.
+            #[pin] timer: Sleep,
+            body: Option<oneshot::Receiver<BodyEnd>>,
+            request_timeout: Duration,
+        },
         Failed { err: Option<GatewayError> },
     }
 }
@@ -144,6 +176,32 @@ pin_project! {
     }
 }
 
+/// The client's part in a failed request, as its error.
+fn client_error(fault: ClientFault) -> GatewayError {
+    match fault {
+        ClientFault::Deadline => GatewayError::RequestTimeout,
+        ClientFault::Aborted => GatewayError::ClientAborted,
+        ClientFault::Body => GatewayError::BadRequest("the request body was malformed"),
+    }
+}
+
+/// An upstream request failed: the client's fault if its body failed (told by the watched
+/// body, or found in the error), else the upstream's.
+fn send_error(e: PoolError, body: Option<&mut oneshot::Receiver<BodyEnd>>) -> GatewayError {
+    if let Some(Ok(BodyEnd::Failed(fault))) = body.map(|rx| rx.try_recv()) {
+        return client_error(fault);
+    }
+    match client_fault(&e) {
+        Some(fault) => client_error(fault),
+        None => GatewayError::upstream(e.kind(), e),
+    }
+}
+
+/// The timer ran out: `request_timeout` after the body was sent, or before it ever was.
+#[derive(Debug, thiserror::Error)]
+#[error("no response head within request_timeout ({0:?}) of sending the request")]
+struct NoResponseHead(Duration);
+
 impl Future for ResponseFuture {
     type Output = Result<Response<Body>, GatewayError>;
 
@@ -153,38 +211,54 @@ impl Future for ResponseFuture {
             StateProj::Failed { err } => Poll::Ready(Err(err
                 .take()
                 .unwrap_or_else(|| GatewayError::Internal("polled after completion".into())))),
-            StateProj::Sending { fut } => {
-                let result = ready!(fut.poll(cx));
-                Poll::Ready(match result {
-                    Err(elapsed) => {
-                        Err(GatewayError::upstream(UpstreamErrorKind::Timeout, elapsed))
-                    }
-                    // The client's streamed body failed, not the upstream.
-                    Ok(Err(e)) => Err(match client_fault(&e) {
-                        Some(ClientFault::Deadline) => GatewayError::RequestTimeout,
-                        Some(ClientFault::Body) => {
-                            GatewayError::BadRequest("the request body was malformed")
+            StateProj::Sending {
+                fut,
+                mut timer,
+                body,
+                request_timeout,
+            } => {
+                if let Poll::Ready(result) = fut.poll(cx) {
+                    return Poll::Ready(match result {
+                        Err(e) => Err(send_error(e, body.as_mut())),
+                        // The gateway strips `Upgrade`, so it never asks for one: a 101 would
+                        // hand the client a connection nobody validated.
+                        Ok(res) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                            Err(GatewayError::upstream(
+                                UpstreamErrorKind::Protocol,
+                                "101 Switching Protocols to a request that asked for no upgrade",
+                            ))
                         }
-                        None => GatewayError::upstream(e.kind(), e),
-                    }),
-                    // The gateway strips `Upgrade`, so it never asks for one: a 101 would hand
-                    // the client a connection nobody validated.
-                    Ok(Ok(res)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                        Err(GatewayError::upstream(
-                            UpstreamErrorKind::Protocol,
-                            "101 Switching Protocols to a request that asked for no upgrade",
-                        ))
+                        Ok(res) => {
+                            let timing = UpstreamTiming {
+                                status: res.status(),
+                                elapsed: this.started.elapsed(),
+                            };
+                            let mut res = client_response(res);
+                            res.extensions_mut().insert(Outcome::forwarded(timing));
+                            Ok(res)
+                        }
+                    });
+                }
+                if let Some(rx) = body.as_mut() {
+                    if let Poll::Ready(end) = Pin::new(rx).poll(cx) {
+                        *body = None;
+                        match end {
+                            // Answer now; dropping the send aborts what is left upstream, which
+                            // never saw the whole body.
+                            Ok(BodyEnd::Failed(fault)) => {
+                                return Poll::Ready(Err(client_error(fault)))
+                            }
+                            // Sent whole, or no longer wanted: the wait for the head starts.
+                            Ok(BodyEnd::Sent) | Err(_) => {
+                                let deadline = tokio::time::Instant::now() + *request_timeout;
+                                timer.as_mut().reset(deadline);
+                            }
+                        }
                     }
-                    Ok(Ok(res)) => {
-                        let timing = UpstreamTiming {
-                            status: res.status(),
-                            elapsed: this.started.elapsed(),
-                        };
-                        let mut res = client_response(res);
-                        res.extensions_mut().insert(Outcome::forwarded(timing));
-                        Ok(res)
-                    }
-                })
+                }
+                ready!(timer.poll(cx));
+                let err: BoxError = Box::new(NoResponseHead(*request_timeout));
+                Poll::Ready(Err(GatewayError::upstream(UpstreamErrorKind::Timeout, err)))
             }
         }
     }
@@ -200,6 +274,7 @@ mod tests {
         ForwardConfig {
             target: UpstreamTarget::parse(url).unwrap(),
             request_timeout: Duration::from_secs(1),
+            body_read_timeout: Duration::from_secs(1),
         }
     }
 

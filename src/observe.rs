@@ -63,6 +63,12 @@ struct Pending {
 
 impl Pending {
     fn finish(self, status: StatusCode, outcome: Outcome, validated: bool) {
+        // An aborted request is 499 (nginx's "client closed request") whether it was dropped
+        // unanswered or answered to a client already gone mid-body.
+        let status = match outcome.kind {
+            OutcomeKind::Aborted => client_closed(),
+            _ => status,
+        };
         let m = &self.metrics;
         let upstream = outcome.upstream;
         let elapsed = self.started.elapsed();
@@ -133,6 +139,11 @@ where
     }
 }
 
+/// 499: nginx's "client closed request".
+fn client_closed() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 /// Records an abandoned request (the client went away) as `aborted` when dropped unfinished.
 struct Guard(Option<Pending>);
 
@@ -146,9 +157,8 @@ impl Drop for Guard {
                 upstream_error: None,
                 upstream: None,
             };
-            // 499: nginx's "client closed request"; no status was sent.
-            let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-            p.finish(status, aborted, false);
+            // No status was sent.
+            p.finish(client_closed(), aborted, false);
         }
     }
 }

@@ -62,6 +62,7 @@ pub fn build(
             .upstream_target()
             .map_err(|e| SetupError::Config(e.to_string()))?,
         request_timeout: config.upstream.request_timeout.0,
+        body_read_timeout: config.limits.body_read_timeout.0,
     };
     let (pool, upstream_tls) = build_pool(
         &config.upstream,

@@ -211,6 +211,10 @@ impl Judge {
                     limit: self.cfg.max_body_bytes,
                 })
             }
+            // The client went away mid-body: counted as aborted, not as a framing rejection.
+            Ok(Err(e)) if crate::body::is_client_abort(&*e) => {
+                return Err(GatewayError::ClientAborted)
+            }
             Ok(Err(_)) => return Err(GatewayError::BadRequest("the request body was malformed")),
             Ok(Ok(collected)) => collected.to_bytes(),
         };

@@ -1,5 +1,5 @@
-//! Issue 14, the upstream side: what an upstream connect or TLS failure logs, and connections
-//! retired on a CA change.
+//! Issue 14, the upstream side: slow uploads on streamed routes, clients that go away mid-body,
+//! what an upstream connect or TLS failure logs, and connections retired on a CA change.
 
 mod support;
 
@@ -9,8 +9,121 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use companies_gateway::config::Dur;
+use companies_gateway::Running;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Sends `head`, then `body` one byte every `gap`, and reads the answer (the head asks the
+/// gateway to close after it). Stops writing once an answer has come.
+async fn trickle(addr: SocketAddr, head: &str, body: &[u8], gap: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    for b in body {
+        tokio::time::sleep(gap).await;
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            out.extend_from_slice(&buf[..n]);
+            break;
+        }
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_slow_upload_on_a_streamed_route_gets_body_read_timeout_not_request_timeout() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
+    config.upstream.request_timeout = Dur(Duration::from_millis(300));
+    config.limits.body_read_timeout = Dur(Duration::from_secs(2));
+    let gw = start_gateway(config).await;
+
+    // 1.2 s of upload, within body_read_timeout, four times request_timeout: forwarded whole.
+    let head = "POST /other HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: 8\r\n\r\n";
+    let got = trickle(
+        gw.public_addr,
+        head,
+        b"01234567",
+        Duration::from_millis(150),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert_eq!(mock.count(), 1);
+    assert_eq!(&mock.received()[0].body[..], b"01234567");
+
+    // 3 s of upload, past body_read_timeout: 408, and the upstream never gets the whole request.
+    let head =
+        "POST /other HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: 30\r\n\r\n";
+    let got = trickle(
+        gw.public_addr,
+        head,
+        &[b'x'; 30],
+        Duration::from_millis(100),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(
+        got.contains("urn:companies-gateway:problem:request-timeout"),
+        "{got}"
+    );
+    // Still one: the truncated request was not completed upstream.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(mock.count(), 1);
+    let timeout = "gateway_rejections_total{reason=\"timeout\",route=\"other\"}";
+    assert_eq!(metric(&gw, timeout).await, 1.0);
+    let upstream_timeout = "gateway_upstream_errors_total{kind=\"timeout\"}";
+    assert_eq!(metric(&gw, upstream_timeout).await, 0.0);
+}
+
+/// Polls a metric until it reaches `want`, or 3 s pass.
+async fn metric_reaches(gw: &Running, series: &str, want: f64) -> f64 {
+    let mut last = 0.0;
+    for _ in 0..60 {
+        last = metric(gw, series).await;
+        if last >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_body_is_aborted_not_a_framing_rejection() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let gw = start_gateway(test_config(&mock.url(""), Some(pki.ca_file()))).await;
+    let validated = "PATCH /companies/v2/rs/1/contacts/2 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nX-Session-Token: s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"notify\":";
+    let streamed = "POST /other HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n0123456789";
+    for (request, route, method) in [
+        (validated, "update_contact", "PATCH"),
+        (streamed, "other", "POST"),
+    ] {
+        let mut s = TcpStream::connect(gw.public_addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        // Let the gateway start on the body (and, streamed, send it upstream), then go away.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(s);
+        let aborted = format!(
+            "gateway_requests_total{{method=\"{method}\",outcome=\"aborted\",route=\"{route}\",status=\"499\"}}"
+        );
+        assert_eq!(metric_reaches(&gw, &aborted, 1.0).await, 1.0, "{route}");
+        let framing = format!("gateway_rejections_total{{reason=\"framing\",route=\"{route}\"}}");
+        assert_eq!(metric(&gw, &framing).await, 0.0, "{route}");
+        let rejected = format!(
+            "gateway_requests_total{{method=\"{method}\",outcome=\"rejected\",route=\"{route}\",status=\"400\"}}"
+        );
+        assert_eq!(metric(&gw, &rejected).await, 0.0, "{route}");
+    }
+    assert_eq!(mock.count(), 0);
+}
 
 // ---------------------------------------------------------------- upstream failures in the log
 
