@@ -205,6 +205,15 @@ async fn an_upstream_connect_or_tls_failure_is_logged_with_its_address_and_reaso
         "{line}"
     );
 
+    // An expired certificate.
+    let expired = MockUpstream::start(pki.expired_leaf(&["localhost"])).await;
+    let port = expired.addr.port();
+    let line = failure_logged(&capture, &expired.url(""), ca.clone()).await;
+    assert!(line.contains("kind=\"tls\""), "{line}");
+    assert!(line.contains(&format!("at 127.0.0.1:{port}")), "{line}");
+    assert!(line.contains("invalid peer certificate"), "{line}");
+    assert!(line.contains("expired"), "{line}");
+
     // A closed port: the address and the OS error, not `tcp connect error`.
     let port = closed_port().await;
     let line = failure_logged(&capture, &format!("https://127.0.0.1:{port}"), ca).await;
