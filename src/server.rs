@@ -875,3 +875,47 @@ where
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_parkable_only_idle_after_a_request_since_the_mark() {
+        let a = Activity::new();
+        tokio::time::advance(PARK_AFTER * 3).await;
+        // No request since the mark (a fresh or just resumed connection): never parked.
+        assert!(!a.parkable(0));
+        assert_eq!(a.park_deadline(0), Instant::now() + PARK_AFTER);
+
+        a.begin();
+        tokio::time::advance(PARK_AFTER * 3).await;
+        assert!(!a.parkable(0), "parked with a request in flight");
+        assert_eq!(a.park_deadline(0), Instant::now() + PARK_AFTER);
+
+        a.end();
+        let ended = Instant::now();
+        assert!(!a.parkable(0));
+        assert_eq!(a.park_deadline(0), ended + PARK_AFTER);
+        tokio::time::advance(PARK_AFTER).await;
+        assert!(a.parkable(0));
+        // Resumed after that request (mark 1): not again until another one is served.
+        assert!(!a.parkable(1));
+    }
+
+    #[tokio::test]
+    async fn rewind_reads_the_put_back_bytes_first_in_order() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut io = Rewind::new(client);
+        server.write_all(b" world").await.unwrap();
+        drop(server);
+        io.unread(Bytes::from_static(b"lo,"));
+        io.unread(Bytes::from_static(b"hel"));
+        assert!(io.has_unread());
+        let mut out = String::new();
+        io.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello, world");
+        assert!(!io.has_unread());
+    }
+}
