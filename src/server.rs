@@ -611,16 +611,16 @@ impl<T> Rewind<T> {
         }
     }
 
-    /// Puts `bytes` back, in front of any still unread.
+    /// Puts `bytes` back, in front of any still unread. Copied: `bytes` is a view into hyper's
+    /// whole read buffer (even when empty), which it would otherwise keep alive.
     fn unread(&mut self, bytes: Bytes) {
-        if self.unread.is_empty() {
-            self.unread = bytes;
-        } else if !bytes.is_empty() {
-            let mut all = bytes::BytesMut::with_capacity(bytes.len() + self.unread.len());
-            all.extend_from_slice(&bytes);
-            all.extend_from_slice(&self.unread);
-            self.unread = all.freeze();
+        if bytes.is_empty() {
+            return;
         }
+        let mut all = bytes::BytesMut::with_capacity(bytes.len() + self.unread.len());
+        all.extend_from_slice(&bytes);
+        all.extend_from_slice(&self.unread);
+        self.unread = all.freeze();
     }
 
     fn has_unread(&self) -> bool {
@@ -638,7 +638,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
             return Pin::new(&mut self.inner).poll_read(cx, buf);
         }
         let n = self.unread.len().min(buf.remaining());
-        buf.put_slice(&self.unread.split_to(n));
+        if n == self.unread.len() {
+            // Taken, not split: an empty view would still hold the allocation.
+            buf.put_slice(&std::mem::take(&mut self.unread));
+        } else {
+            buf.put_slice(&self.unread.split_to(n));
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -917,5 +922,23 @@ mod tests {
         io.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "hello, world");
         assert!(!io.has_unread());
+    }
+
+    #[tokio::test]
+    async fn rewind_keeps_no_view_into_hyper_s_read_buffer() {
+        // As hyper leaves its read buffer: a request split off the front, the rest empty or a
+        // partial next head, all in one 8 KB allocation.
+        for next in [&b""[..], b"GET /b HTTP/1.1\r\nHo"] {
+            let mut buf = bytes::BytesMut::with_capacity(8192);
+            buf.extend_from_slice(b"GET /a HTTP/1.1\r\n\r\n");
+            buf.extend_from_slice(next);
+            let request = buf.split_to(19).freeze();
+            let mut io = Rewind::new(tokio::io::empty());
+            io.unread(buf.freeze());
+            assert!(request.is_unique(), "a parked connection would hold 8 KB");
+            let mut out = Vec::new();
+            io.read_to_end(&mut out).await.unwrap();
+            assert_eq!(out, next);
+        }
     }
 }
