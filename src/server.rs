@@ -472,7 +472,8 @@ impl Serving {
         let mut io = Rewind::new(tcp);
         loop {
             let conn = Box::new(self.h1.serve_connection(TokioIo::new(io), svc));
-            let Some(parts) = self.drive_h1(conn, &activity, &mut stop).await else {
+            // Boxed too: its timers and select state would otherwise size the parked task.
+            let Some(parts) = Box::pin(self.drive_h1(conn, &activity, &mut stop)).await else {
                 return;
             };
             svc = parts.service;
