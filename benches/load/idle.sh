@@ -16,7 +16,7 @@
 # Environment (defaults in brackets):
 #   IDLE_CONNS [10000]  connections per mode (at most 100,000; RLIMIT_NOFILE is raised to fit)
 #   MODES ["h1"]        any of h1 h2 tls
-#   SETTLE [3]          seconds to wait before each RSS reading
+#   SETTLE [4]          seconds to wait before each RSS reading
 #   BUILD [1]           1: cargo build --release --locked first
 #   GATEWAY_BIN [target/release/companies-gateway]
 #   PROXY_CPU [0] LOAD_CPU [1]
@@ -34,7 +34,7 @@ ROUTE=/companies/v2/rs/1/contacts/2
 
 IDLE_CONNS=${IDLE_CONNS:-10000}
 MODES=${MODES:-h1}
-SETTLE=${SETTLE:-3}
+SETTLE=${SETTLE:-4}
 BUILD=${BUILD:-1}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/companies-gateway}
 PROXY_CPU=${PROXY_CPU:-0}
