@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The gateway parks an idle connection between PARK_AFTER (1 s) and twice that.
-const PARKED: Duration = Duration::from_millis(2300);
+const PARKED: Duration = Duration::from_millis(2600);
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -164,7 +164,7 @@ async fn a_parked_connection_closes_at_header_read_timeout_and_not_before() {
     let pki = Pki::new();
     let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
     let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
-    config.limits.header_read_timeout = Dur(Duration::from_millis(3500));
+    config.limits.header_read_timeout = Dur(Duration::from_millis(4000));
     let gw = start_gateway(config).await;
     let mut s = TcpStream::connect(gw.public_addr).await.unwrap();
     s.write_all(&get("/a")).await.unwrap();
@@ -187,7 +187,7 @@ async fn a_parked_connection_closes_at_idle_timeout_when_it_is_shorter() {
     let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
     let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
     config.limits.header_read_timeout = Dur(Duration::from_secs(30));
-    config.limits.idle_timeout = Dur(Duration::from_millis(3500));
+    config.limits.idle_timeout = Dur(Duration::from_millis(4000));
     let gw = start_gateway(config).await;
     let mut s = TcpStream::connect(gw.public_addr).await.unwrap();
     s.write_all(&get("/a")).await.unwrap();
