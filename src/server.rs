@@ -13,9 +13,11 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -123,6 +125,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
 
     let serving = Serving {
         builder: Arc::new(http_builder(&config.limits)),
+        h1: http1_builder(&config.limits),
         acceptor,
         metrics: metrics.clone(),
         limits: config.limits.clone(),
@@ -234,6 +237,19 @@ async fn shutdown_signal() {
     }
 }
 
+/// Plain HTTP/1.1, served apart from h2c so that an idle connection can be parked (`serve_h1`).
+/// The same settings as `http_builder`'s `http1()`: keep the two in step.
+fn http1_builder(limits: &LimitsConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+}
+
 /// HTTP/1.1 and h2c (prior knowledge) on one port, with hyper's timer set so that the header-read
 /// timeout is really on.
 fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
@@ -260,9 +276,19 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 /// How long an idle connection may take to close gracefully before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// A plain HTTP/1.1 connection idle this long (up to twice this) after a request is parked: hyper's connection (its
+/// read and write buffers, the in-flight slot sized for the whole stack's future) is freed and
+/// only the socket is watched until the next byte, as nginx frees its buffers between requests.
+/// Not at once: a busy keep-alive client would pay a new hyper connection per request.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// The h2c connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// What the public accept loop needs.
 struct Serving {
     builder: Arc<auto::Builder<TokioExecutor>>,
+    h1: http1::Builder,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     metrics: Metrics,
     limits: LimitsConfig,
@@ -348,16 +374,22 @@ impl Serving {
                 // hyper's header timer starts with the first byte: a peer that sends none is
                 // dropped here after `header_read_timeout`. (TLS has its handshake timeout.)
                 // `peek` reads nothing away; `readable` alone may be ready before any byte is.
-                let mut first = [0u8; 1];
+                let mut first = [0u8; H2_PREFACE.len()];
                 let limit = self.limits.header_read_timeout.0;
-                if !matches!(
-                    tokio::time::timeout(limit, tcp.peek(&mut first)).await,
-                    Ok(Ok(1))
-                ) {
-                    tracing::debug!(%peer, "no byte within header_read_timeout");
-                    return;
+                let n = match tokio::time::timeout(limit, tcp.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => {
+                        tracing::debug!(%peer, "no byte within header_read_timeout");
+                        return;
+                    }
+                };
+                if H2_PREFACE.starts_with(&first[..n]) {
+                    // h2c, or too few bytes to tell: hyper-util's auto builder reads on and
+                    // decides. Boxed, so that it does not size every parked connection's task.
+                    Box::pin(self.drive(TokioIo::new(tcp), svc, activity, stop)).await
+                } else {
+                    self.serve_h1(tcp, svc, activity, stop).await
                 }
-                self.drive(TokioIo::new(tcp), svc, activity, stop).await
             }
             Some(acceptor) => {
                 // Boxed: TLS state would otherwise make every plain connection's task larger.
@@ -434,6 +466,241 @@ impl Serving {
     }
 }
 
+impl Serving {
+    /// Serves a plain HTTP/1.1 connection, parking it while it is idle: after `PARK_AFTER`
+    /// without a request, hyper's connection is taken apart (bytes it read but did not parse are
+    /// kept) and only the socket is watched. The first byte starts a new hyper connection, whose
+    /// header-read timer then runs for the new head. A parked connection closes when the gateway
+    /// stops, at EOF, or when it has been idle for `header_read_timeout` (or `idle_timeout`, if
+    /// shorter), as an idle one inside hyper would.
+    async fn serve_h1<S>(
+        &self,
+        tcp: TcpStream,
+        mut svc: ConnService<S>,
+        activity: Arc<Activity>,
+        mut stop: watch::Receiver<bool>,
+    ) where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let idle_limit = self
+            .limits
+            .header_read_timeout
+            .0
+            .min(self.limits.idle_timeout.0);
+        let mut io = Rewind::new(tcp);
+        loop {
+            let conn = Box::new(self.h1.serve_connection(TokioIo::new(io), svc));
+            // Boxed too: its timers and select state would otherwise size the parked task.
+            let Some(parts) = Box::pin(self.drive_h1(conn, &activity, &mut stop)).await else {
+                return;
+            };
+            svc = parts.service;
+            io = parts.io.into_inner();
+            tracing::trace!(peer = %svc.conn.peer, unread = parts.read_buf.len(), "idle HTTP/1.1 connection parked");
+            io.unread(parts.read_buf);
+            if io.has_unread() {
+                // Part of the next request already arrived: serve it at once.
+                continue;
+            }
+            let mut byte = [0u8; 1];
+            let idle_until = activity.idle_since() + idle_limit;
+            tokio::select! {
+                peeked = io.inner.peek(&mut byte) => match peeked {
+                    Ok(n) if n > 0 => continue,
+                    _ => return,
+                },
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep_until(idle_until) => {
+                    tracing::debug!("closing a parked connection idle for header_read_timeout");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `drive` for one plain HTTP/1.1 hyper connection that can also be parked: returns its parts
+    /// when it was taken apart idle, `None` when the connection is over.
+    async fn drive_h1<S>(
+        &self,
+        mut conn: Box<http1::Connection<TokioIo<Rewind<TcpStream>>, ConnService<S>>>,
+        activity: &Activity,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<H1Parts<S>>
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let idle_timeout = self.limits.idle_timeout.0;
+        let requests_at_start = activity.requests();
+        let mut hard_close: Option<Instant> = None;
+        if *stop.borrow() {
+            Pin::new(&mut *conn).graceful_shutdown();
+            hard_close = Some(Instant::now() + self.drain_timeout);
+        }
+        // Serving, until the connection ends, is closing, or is to be parked.
+        while hard_close.is_none() {
+            let wake = activity
+                .idle_deadline(idle_timeout)
+                .min(activity.park_deadline(requests_at_start));
+            tokio::select! {
+                result = &mut *conn => {
+                    self.ended(result.map_err(Into::into));
+                    return None;
+                }
+                _ = stop.changed() => {
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    hard_close = Some(Instant::now() + self.drain_timeout);
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if activity.idle_for(idle_timeout) {
+                        Pin::new(&mut *conn).graceful_shutdown();
+                        hard_close = Some(Instant::now() + idle_timeout.min(CLOSE_GRACE));
+                    } else if activity.parkable(requests_at_start) {
+                        // Idle: hyper closes its side at once and leaves the socket to us. Were
+                        // it still writing, it finishes the response first.
+                        Pin::new(&mut *conn).graceful_shutdown();
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(deadline) = hard_close {
+            // Closing: as `drive`.
+            tokio::select! {
+                result = &mut *conn => self.ended(result.map_err(Into::into)),
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!("closing a connection that did not finish closing");
+                }
+            }
+            return None;
+        }
+        // Parking. Boxed: the connection is moved into the future, not into this task's state.
+        let mut parting = Box::pin(conn.without_shutdown());
+        let mut deadline = activity.idle_since() + idle_timeout.max(CLOSE_GRACE);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                parts = &mut parting => return match parts {
+                    Ok(parts) if !*stop.borrow() => Some(parts),
+                    Ok(_) => None,
+                    Err(e) => {
+                        self.ended(Err(e.into()));
+                        None
+                    }
+                },
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    deadline = deadline.min(Instant::now() + self.drain_timeout);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!("closing a connection that did not finish its last response");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// How a connection ended: a head hyper refused itself is counted.
+    fn ended(&self, result: Result<(), BoxError>) {
+        if let Err(e) = result {
+            if let Some(status) = refused_below_the_stack(&*e) {
+                self.metrics.count_refused_below_the_stack(status);
+            }
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+type H1Parts<S> = http1::Parts<TokioIo<Rewind<TcpStream>>, ConnService<S>>;
+
+/// A socket with bytes already read from it put back in front.
+struct Rewind<T> {
+    unread: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    fn new(inner: T) -> Self {
+        Rewind {
+            unread: Bytes::new(),
+            inner,
+        }
+    }
+
+    /// Puts `bytes` back, in front of any still unread. Copied: `bytes` is a view into hyper's
+    /// whole read buffer (even when empty), which it would otherwise keep alive.
+    fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut all = bytes::BytesMut::with_capacity(bytes.len() + self.unread.len());
+        all.extend_from_slice(&bytes);
+        all.extend_from_slice(&self.unread);
+        self.unread = all.freeze();
+    }
+
+    fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.unread.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.unread.len().min(buf.remaining());
+        if n == self.unread.len() {
+            // Taken, not split: an empty view would still hold the allocation.
+            buf.put_slice(&std::mem::take(&mut self.unread));
+        } else {
+            buf.put_slice(&self.unread.split_to(n));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// The status hyper answered with when it refused a request head itself, if it did: 431 for a
 /// head too large, 400 for any other framing error. The URI limit that hyper answers with 414 lies
 /// beyond `max_header_bytes`, so a too-large head is always 431 here.
@@ -452,6 +719,8 @@ fn refused_below_the_stack(e: &(dyn std::error::Error + 'static)) -> Option<Stat
 struct Activity {
     inflight: AtomicUsize,
     idle_since_ms: AtomicU64,
+    /// Requests begun on the connection so far.
+    requests: AtomicU64,
     origin: Instant,
 }
 
@@ -460,12 +729,41 @@ impl Activity {
         Activity {
             inflight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             origin: Instant::now(),
         }
     }
 
     fn begin(&self) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
         self.inflight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// When the connection last became idle (when it was opened, if it never was busy).
+    fn idle_since(&self) -> Instant {
+        self.origin + Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst))
+    }
+
+    /// Parkable: a request has been served since `mark` (so a connection resumed on a partial
+    /// head is never parked again before it completes a request), none is in flight, and none
+    /// has been for `PARK_AFTER`.
+    fn parkable(&self, mark: u64) -> bool {
+        self.requests() > mark && self.idle_for(PARK_AFTER)
+    }
+
+    /// When to check `parkable` next. Nothing wakes the driver when a request starts or ends,
+    /// so while none has been served since `mark`, or one is in flight, it looks again after
+    /// `PARK_AFTER`: an idle connection is parked between `PARK_AFTER` and twice that.
+    fn park_deadline(&self, mark: u64) -> Instant {
+        let now = Instant::now();
+        if self.requests() == mark || self.inflight.load(Ordering::SeqCst) > 0 {
+            return now + PARK_AFTER;
+        }
+        (self.idle_since() + PARK_AFTER).max(now + Duration::from_millis(10))
     }
 
     fn end(&self) {
@@ -611,5 +909,67 @@ async fn serve_admin(
             admin::serve_connection(tcp, peer, &builder, svc, limits).await;
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_parkable_only_idle_after_a_request_since_the_mark() {
+        let a = Activity::new();
+        tokio::time::advance(PARK_AFTER * 3).await;
+        // No request since the mark (a fresh or just resumed connection): never parked.
+        assert!(!a.parkable(0));
+        assert_eq!(a.park_deadline(0), Instant::now() + PARK_AFTER);
+
+        a.begin();
+        tokio::time::advance(PARK_AFTER * 3).await;
+        assert!(!a.parkable(0), "parked with a request in flight");
+        assert_eq!(a.park_deadline(0), Instant::now() + PARK_AFTER);
+
+        a.end();
+        let ended = Instant::now();
+        assert!(!a.parkable(0));
+        assert_eq!(a.park_deadline(0), ended + PARK_AFTER);
+        tokio::time::advance(PARK_AFTER).await;
+        assert!(a.parkable(0));
+        // Resumed after that request (mark 1): not again until another one is served.
+        assert!(!a.parkable(1));
+    }
+
+    #[tokio::test]
+    async fn rewind_reads_the_put_back_bytes_first_in_order() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut io = Rewind::new(client);
+        server.write_all(b" world").await.unwrap();
+        drop(server);
+        io.unread(Bytes::from_static(b"lo,"));
+        io.unread(Bytes::from_static(b"hel"));
+        assert!(io.has_unread());
+        let mut out = String::new();
+        io.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello, world");
+        assert!(!io.has_unread());
+    }
+
+    #[tokio::test]
+    async fn rewind_keeps_no_view_into_hyper_s_read_buffer() {
+        // As hyper leaves its read buffer: a request split off the front, the rest empty or a
+        // partial next head, all in one 8 KB allocation.
+        for next in [&b""[..], b"GET /b HTTP/1.1\r\nHo"] {
+            let mut buf = bytes::BytesMut::with_capacity(8192);
+            buf.extend_from_slice(b"GET /a HTTP/1.1\r\n\r\n");
+            buf.extend_from_slice(next);
+            let request = buf.split_to(19).freeze();
+            let mut io = Rewind::new(tokio::io::empty());
+            io.unread(buf.freeze());
+            assert!(request.is_unique(), "a parked connection would hold 8 KB");
+            let mut out = Vec::new();
+            io.read_to_end(&mut out).await.unwrap();
+            assert_eq!(out, next);
+        }
     }
 }
