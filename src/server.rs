@@ -298,7 +298,7 @@ impl Serving {
                 match per_client.try_acquire(peer.ip()) {
                     Some(slot) => Some(slot),
                     None => {
-                        this.closed_over_client_cap(peer);
+                        this.close_over_client_cap(tcp, peer);
                         continue;
                     }
                 }
@@ -330,10 +330,11 @@ impl Serving {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
-    /// Closes (by dropping) a connection over `max_connections_per_client`, and counts it. No metric
-    /// in gateway.md §3 fits a connection; a line at most every 10 s says how many, however fast a
+    /// Closes a connection over `max_connections_per_client`, and counts it. No metric in
+    /// gateway.md §3 fits a connection; a line at most every 10 s says how many, however fast a
     /// client reconnects.
-    fn closed_over_client_cap(&self, peer: SocketAddr) {
+    fn close_over_client_cap(&self, tcp: TcpStream, peer: SocketAddr) {
+        drop(tcp);
         let ip = shed_client::key(peer.ip());
         tracing::debug!(client = %ip, "connection closed: over limits.max_connections_per_client");
         let now_ms = self.started.elapsed().as_millis() as u64 + 1;
