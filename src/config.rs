@@ -121,6 +121,10 @@ pub struct LimitsConfig {
     pub idle_timeout: Dur,
     pub max_connections: usize,
     pub max_concurrent_requests: usize,
+    /// Per client address; 0 = no cap. At accept only the peer is known (see `shed_client`).
+    pub max_connections_per_client: usize,
+    /// Per client after `trusted_proxies`; 0 = no cap.
+    pub max_concurrent_requests_per_client: usize,
     pub h2_max_concurrent_streams: u32,
 }
 
@@ -135,6 +139,8 @@ impl Default for LimitsConfig {
             idle_timeout: Dur::secs(60),
             max_connections: 10_000,
             max_concurrent_requests: 4096,
+            max_connections_per_client: 256,
+            max_concurrent_requests_per_client: 128,
             h2_max_concurrent_streams: 100,
         }
     }
@@ -822,6 +828,31 @@ mod tests {
             &[],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn per_client_caps_default_to_the_contract_and_zero_turns_them_off() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.limits.max_connections_per_client, 256);
+        assert_eq!(c.limits.max_concurrent_requests_per_client, 128);
+        let c = load(
+            "[limits]\nmax_connections_per_client = 0\nmax_concurrent_requests_per_client = 0\n",
+            &[("GATEWAY_LIMITS_MAX_CONCURRENT_REQUESTS_PER_CLIENT", "7")],
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_connections_per_client, 0);
+        assert_eq!(c.limits.max_concurrent_requests_per_client, 7);
+        for key in [
+            "max_connections_per_client",
+            "max_concurrent_requests_per_client",
+        ] {
+            for bad in ["-1", "\"8\"", "1.5"] {
+                let err = load(&format!("[limits]\n{key} = {bad}\n"), &[])
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key), "{key} = {bad}: {err}");
+            }
+        }
     }
 
     #[test]

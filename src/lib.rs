@@ -26,6 +26,7 @@ pub mod route;
 pub mod server;
 pub mod session;
 pub mod shed;
+pub mod shed_client;
 pub mod stack;
 pub mod telemetry;
 pub mod tls;

@@ -29,6 +29,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::headers::ConnInfo;
 use crate::metrics::Metrics;
 use crate::reload::{Reloaded, Reloader};
+use crate::shed_client::{self, ClientTable, CloseCounter};
 use crate::stack::{self, Options};
 use crate::tls::{self, CertError, ReloadableCert};
 use crate::upstream::SetupError;
@@ -132,6 +133,8 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         trusted_proxies: config.listener.trusted_proxies.clone(),
         tls_handshake_timeout: config.listener.tls_handshake_timeout.0,
         drain_timeout: config.shutdown.drain_timeout.0,
+        closed: CloseCounter::default(),
+        started: Instant::now(),
     };
     let public = tokio::spawn(serving.run(public_listener, stack, stop_rx.clone()));
     let admin = tokio::spawn(serve_admin(
@@ -295,7 +298,13 @@ struct Serving {
     trusted_proxies: Vec<ipnet::IpNet>,
     tls_handshake_timeout: Duration,
     drain_timeout: Duration,
+    /// Connections closed over `max_connections_per_client`.
+    closed: CloseCounter,
+    started: Instant,
 }
+
+/// At most one log line per this interval about connections closed over the per-client cap.
+const CLOSED_LOG_EVERY_MS: u64 = 10_000;
 
 impl Serving {
     async fn run<S>(self, listener: TcpListener, stack: S, mut stop: watch::Receiver<bool>)
@@ -308,6 +317,7 @@ impl Serving {
     {
         let max = self.limits.max_connections;
         let slots = Arc::new(Semaphore::new(max));
+        let per_client = ClientTable::new(self.limits.max_connections_per_client);
         let this = Arc::new(self);
         loop {
             // At the cap, accept pauses until a connection closes.
@@ -328,6 +338,19 @@ impl Serving {
                     }
                 },
             };
+            // Per client: at accept only the peer is known. A trusted proxy carries many
+            // clients, so it is held to max_connections alone.
+            let client = if this.is_trusted(peer) {
+                None
+            } else {
+                match per_client.try_acquire(peer.ip()) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        this.close_over_client_cap(tcp, peer);
+                        continue;
+                    }
+                }
+            };
             let this = this.clone();
             let stack = stack.clone();
             let stop = stop.clone();
@@ -335,6 +358,7 @@ impl Serving {
                 this.metrics.open_connections.inc();
                 this.connection(tcp, peer, stack, stop).await;
                 this.metrics.open_connections.dec();
+                drop(client);
                 drop(permit);
             });
         }
@@ -346,6 +370,30 @@ impl Serving {
             .is_err()
         {
             tracing::warn!("drain timeout: closing connections with requests in flight");
+        }
+    }
+
+    fn is_trusted(&self, peer: SocketAddr) -> bool {
+        let ip = shed_client::key(peer.ip());
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Closes a connection over `max_connections_per_client`, and counts it. No metric in
+    /// gateway.md §3 fits a connection; a line at most every 10 s says how many, however fast a
+    /// client reconnects.
+    fn close_over_client_cap(&self, tcp: TcpStream, peer: SocketAddr) {
+        drop(tcp);
+        let ip = shed_client::key(peer.ip());
+        tracing::debug!(client = %ip, "connection closed: over limits.max_connections_per_client");
+        let now_ms = self.started.elapsed().as_millis() as u64 + 1;
+        if let Some((closed, total)) = self.closed.record(now_ms, CLOSED_LOG_EVERY_MS) {
+            tracing::warn!(
+                client = %ip,
+                closed,
+                total,
+                cap = self.limits.max_connections_per_client,
+                "connections closed at accept: over limits.max_connections_per_client"
+            );
         }
     }
 

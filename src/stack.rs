@@ -19,6 +19,7 @@ use crate::session::introspect::Introspector;
 use crate::session::jwt::JwtKey;
 use crate::session::{Session, SessionLayer};
 use crate::shed::ShedLayer;
+use crate::shed_client::ShedClientLayer;
 use crate::upstream::{root_store, tls_config, SetupError, UpstreamTls};
 use crate::validate::{ContractConfig, ContractLayer};
 use crate::Body;
@@ -90,6 +91,11 @@ pub fn build(
         .layer(ProblemLayer)
         // Shed beyond max_concurrent_requests before spending anything on the request.
         .layer(ShedLayer::new(config.limits.max_concurrent_requests))
+        // Then per client, so that one client cannot hold every slot above.
+        .layer(ShedClientLayer::new(
+            config.limits.max_concurrent_requests_per_client,
+            &config.listener.trusted_proxies,
+        ))
         // Framing and header abuse and non-canonical paths, on every route, before any work.
         .layer(EdgeLayer::new(config.validation.unknown_routes))
         // The update-contact contract (stages 1-5); buffers only that route's body.
