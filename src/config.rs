@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::contract::UnknownFields;
+pub use crate::operations::UnknownQuery;
 
 /// The Companies API itself.
 pub const DEFAULT_UPSTREAM: &str = "https://z52mnqg347.execute-api.eu-west-3.amazonaws.com/main";
@@ -175,6 +176,10 @@ pub struct ValidationConfig {
     pub mode: Mode,
     pub unknown_fields: UnknownFields,
     pub unknown_routes: UnknownRoutes,
+    /// The OpenAPI document whose operations are validated; unset: the built-in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<PathBuf>,
+    pub unknown_query: UnknownQuery,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

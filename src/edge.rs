@@ -9,9 +9,10 @@ use http::{HeaderMap, HeaderName, Method, Request, Response, Version};
 use tower::{Layer, Service};
 
 use crate::config::UnknownRoutes;
+use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::headers::connection_tokens;
-use crate::route::{check_canonical, match_route, Route};
+use crate::route::{check_canonical, Match};
 
 /// Headers that `Connection` may not name: dropping them as hop-by-hop would change what the
 /// request means (or let it skip validation).
@@ -24,20 +25,24 @@ const PROTECTED: [&str; 6] = [
     "host",
 ];
 
-/// Every §4 check that needs only the request head.
-pub fn check_edge<B>(req: &Request<B>, unknown_routes: UnknownRoutes) -> Result<(), GatewayError> {
+/// Every §4 check that needs only the request head and its route, as the context recognised it.
+pub fn check_edge<B>(
+    req: &Request<B>,
+    route: Match,
+    unknown_routes: UnknownRoutes,
+) -> Result<(), GatewayError> {
     check_target(req.method(), req.uri())?;
     let path = req.uri().path();
     check_canonical(path).map_err(|why| GatewayError::BadRequest(why.detail()))?;
     check_host(req.version(), req.headers())?;
     check_headers(req.headers())?;
-    let route = match_route(req.method(), path);
-    if matches!(route, Route::UpdateContact { .. }) && req.headers().contains_key(UPGRADE) {
+    let operation = matches!(route, Match::Operation { .. });
+    if operation && req.headers().contains_key(UPGRADE) {
         return Err(GatewayError::BadRequest(
             "Upgrade is not allowed on this route",
         ));
     }
-    if route == Route::Other && unknown_routes == UnknownRoutes::Reject {
+    if !operation && unknown_routes == UnknownRoutes::Reject {
         return Err(GatewayError::UnknownRoute);
     }
     Ok(())
@@ -182,7 +187,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match check_edge(&req, self.unknown_routes) {
+        // Without a context no operation is known; Forward refuses such a request anyway.
+        let route = req
+            .extensions()
+            .get::<RequestCtx>()
+            .map_or(Match::None, RequestCtx::route);
+        match check_edge(&req, route, self.unknown_routes) {
             Ok(()) => Either::Left(self.inner.call(req)),
             Err(e) => Either::Right(std::future::ready(Err(e))),
         }
@@ -206,7 +216,13 @@ mod tests {
     }
 
     fn status(r: Request<()>, unknown: UnknownRoutes) -> u16 {
-        match check_edge(&r, unknown) {
+        let router = crate::route::Router::new([(
+            &http::Method::PATCH,
+            "/companies/v2/rs/{companyId}/contacts/{contactId}",
+        )])
+        .unwrap();
+        let route = router.recognise(r.method(), r.uri().path());
+        match check_edge(&r, route, unknown) {
             Ok(()) => 0,
             Err(e) => e.status().0.as_u16(),
         }

@@ -1,6 +1,7 @@
 //! Stage 6: is the session — the pair (bearer token, `X-Session-Token`) — valid? Verdicts come from
 //! the cache, then local JWT checks, then remote introspection, and are learned from upstream
-//! 401s. Only update-contact requests that passed the contract are checked.
+//! 401s. Every request on an operation that requires the session token is checked once it passed
+//! the contract; the verdict goes into its context, where Forward looks for it (fail closed).
 
 pub mod cache;
 pub mod introspect;
@@ -19,13 +20,43 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::config::OnVerifierError;
+use crate::context::{ContractState, RequestCtx};
 use crate::error::GatewayError;
 use crate::metrics::{CacheResult, Metrics, VerdictLabel, VerdictSource};
-use crate::validate::ContractPassed;
 use crate::Body;
 use cache::{fingerprint, Entry, Key, Packed, SessionCache, Verdict};
 use introspect::{Introspector, X_SESSION_TOKEN};
 use jwt::{JwtInfo, JwtKey};
+
+/// Stage 6 let the request through. Only this module can make one (its field is private), so a
+/// context that carries one was judged by the session layer.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionVerdict {
+    _judged: (),
+}
+
+/// What the session layer does with a request, from its context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage6 {
+    /// No operation, or one that does not require the token: nothing to decide.
+    Skip,
+    /// The operation requires the token but the contract has not decided yet (the layers are out
+    /// of order): no verdict is given, so Forward refuses the request.
+    NotYet,
+    /// Decide the session.
+    Decide,
+}
+
+/// The session layer's decision on a request's context. Pure.
+pub fn stage_6(ctx: Option<&RequestCtx>) -> Stage6 {
+    match ctx {
+        Some(ctx) if ctx.requires_session() => match ctx.contract() {
+            ContractState::Unchecked => Stage6::NotYet,
+            ContractState::Passed | ContractState::Reported => Stage6::Decide,
+        },
+        _ => Stage6::Skip,
+    }
+}
 
 /// Everything the session check needs, built once at start-up.
 pub struct Session {
@@ -232,13 +263,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let tokens = req.extensions().get::<ContractPassed>().and_then(|_| {
-            Some((
-                req.headers().get(AUTHORIZATION)?.clone(),
-                req.headers().get(&X_SESSION_TOKEN)?.clone(),
-            ))
-        });
-        let Some((authorization, token)) = tokens else {
+        if stage_6(req.extensions().get::<RequestCtx>()) != Stage6::Decide {
             return ResponseFuture {
                 state: State::Calling {
                     fut: self.inner.call(req),
@@ -247,6 +272,15 @@ where
                 session: self.session.clone(),
             };
         };
+        // The contract checked the headers the operation requires; an absent one (an operation
+        // that asks for the token but not for a bearer) takes part in the key as empty.
+        let empty = HeaderValue::from_static("");
+        let authorization = req.headers().get(AUTHORIZATION).unwrap_or(&empty).clone();
+        let token = req
+            .headers()
+            .get(&X_SESSION_TOKEN)
+            .unwrap_or(&empty)
+            .clone();
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let session = self.session.clone();
@@ -296,11 +330,14 @@ where
                     inner,
                 } => {
                     let key = ready!(deciding.as_mut().poll(cx))?;
-                    let (Some(req), Some(mut inner)) = (req.take(), inner.take()) else {
+                    let (Some(mut req), Some(mut inner)) = (req.take(), inner.take()) else {
                         return Poll::Ready(Err(GatewayError::Internal(
                             "session future reused".into(),
                         )));
                     };
+                    if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
+                        ctx.set_session(SessionVerdict { _judged: () });
+                    }
                     State::Calling {
                         fut: inner.call(req),
                         key: Some(key),
