@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use companies_gateway::config::{OnVerifierError, UpstreamTarget};
+use companies_gateway::contract::{Api, CompileOptions};
 use companies_gateway::edge::check_headers as edge_headers;
 use companies_gateway::forward::{upstream_request, ForwardConfig};
 use companies_gateway::headers::ConnInfo;
 use companies_gateway::metrics::Metrics;
-use companies_gateway::operations::{Api, CompileOptions};
 use companies_gateway::route::{Match, Router};
 use companies_gateway::session::cache::{SessionCache, SystemClock, Ttls};
 use companies_gateway::session::jwt::JwtKey;

@@ -11,9 +11,9 @@ use std::task::{Context, Poll};
 use http::{Method, Request};
 use tower::{Layer, Service};
 
+use crate::contract::{Api, Operation};
 use crate::headers::ConnInfo;
 use crate::metrics::{Metrics, RouteSeries};
-use crate::operations::{Api, Operation};
 use crate::route::{Match, RouteError, Router, MAX_PARAMS};
 use crate::session::SessionVerdict;
 

@@ -16,7 +16,6 @@ pub mod forward;
 pub mod headers;
 pub mod metrics;
 pub mod observe;
-pub mod operations;
 pub mod outcome;
 pub mod pool;
 pub mod problem;

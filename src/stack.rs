@@ -9,15 +9,15 @@ use tower::{Service, ServiceBuilder};
 use crate::config::{Config, SessionConfig};
 use crate::context::{ContextLayer, Routes};
 use crate::contract::Code;
+use crate::contract::{Api, CompileOptions};
 use crate::edge::EdgeLayer;
 use crate::forward::{Forward, ForwardConfig};
 use crate::metrics::Metrics;
 use crate::observe::ObserveLayer;
-use crate::operations::{Api, CompileOptions};
 use crate::problem::ProblemLayer;
 use crate::request_id::RequestIdLayer;
 use crate::session::cache::{Clock, SessionCache, SystemClock, Ttls};
-use crate::session::introspect::{Introspector, X_SESSION_TOKEN};
+use crate::session::introspect::Introspector;
 use crate::session::jwt::JwtKey;
 use crate::session::{Session, SessionLayer};
 use crate::shed::ShedLayer;
@@ -60,18 +60,20 @@ pub struct Parts {
     pub upstream_tls: UpstreamTls,
 }
 
-/// The compile options of the OpenAPI document, from `[validation]`.
-pub fn compile_options(config: &Config) -> CompileOptions {
-    CompileOptions {
-        token_header: X_SESSION_TOKEN.clone(),
+/// The compile options of the OpenAPI document, from `[validation]` and `[session]`.
+pub fn compile_options(config: &Config) -> Result<CompileOptions, SetupError> {
+    Ok(CompileOptions {
+        token_header: config
+            .token_header()
+            .map_err(|e| SetupError::Config(e.to_string()))?,
         unknown_fields: config.validation.unknown_fields,
         unknown_query: config.validation.unknown_query,
-    }
+    })
 }
 
 /// Loads and compiles `validation.openapi`, or the built-in document.
 pub fn load_api(config: &Config) -> Result<Api, SetupError> {
-    let opts = compile_options(config);
+    let opts = compile_options(config)?;
     match &config.validation.openapi {
         Some(path) => Api::load(path, &opts)
             .map_err(|e| SetupError::Config(format!("validation.openapi: {e}"))),
@@ -116,7 +118,7 @@ pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Pa
         observe: ObserveLayer::new(metrics.clone()),
         contract: ContractLayer::new(contract, metrics.clone()),
         edge: EdgeLayer::new(config.validation.unknown_routes),
-        session: SessionLayer::new(session),
+        session: SessionLayer::new(session, compile_options(config)?.token_header),
         shed: ShedLayer::new(config.limits.max_concurrent_requests),
         forward: Forward::new(pool, forward),
         routes,

@@ -15,7 +15,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -25,7 +25,7 @@ use crate::error::GatewayError;
 use crate::metrics::{CacheResult, Metrics, VerdictLabel, VerdictSource};
 use crate::Body;
 use cache::{fingerprint, Entry, Key, Packed, SessionCache, Verdict};
-use introspect::{Introspector, X_SESSION_TOKEN};
+use introspect::Introspector;
 use jwt::{JwtInfo, JwtKey};
 
 /// Stage 6 let the request through. Only this module can make one (its field is private), so a
@@ -224,11 +224,16 @@ impl Session {
 #[derive(Clone)]
 pub struct SessionLayer {
     session: Arc<Session>,
+    /// `session.token_header`: with `Authorization`, the session's key.
+    token_header: HeaderName,
 }
 
 impl SessionLayer {
-    pub fn new(session: Arc<Session>) -> Self {
-        SessionLayer { session }
+    pub fn new(session: Arc<Session>, token_header: HeaderName) -> Self {
+        SessionLayer {
+            session,
+            token_header,
+        }
     }
 }
 
@@ -238,6 +243,7 @@ impl<S> Layer<S> for SessionLayer {
         SessionService {
             inner,
             session: self.session.clone(),
+            token_header: self.token_header.clone(),
         }
     }
 }
@@ -246,6 +252,7 @@ impl<S> Layer<S> for SessionLayer {
 pub struct SessionService<S> {
     inner: S,
     session: Arc<Session>,
+    token_header: HeaderName,
 }
 
 type Deciding = Pin<Box<dyn Future<Output = Result<Key, GatewayError>> + Send>>;
@@ -278,7 +285,7 @@ where
         let authorization = req.headers().get(AUTHORIZATION).unwrap_or(&empty).clone();
         let token = req
             .headers()
-            .get(&X_SESSION_TOKEN)
+            .get(&self.token_header)
             .unwrap_or(&empty)
             .clone();
         let clone = self.inner.clone();
