@@ -379,3 +379,48 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::Routes;
+    use crate::contract::{Api, CompileOptions};
+
+    fn ctx(method: &str, path: &str) -> RequestCtx {
+        let api = Api::builtin(&CompileOptions::default()).unwrap();
+        let metrics = Metrics::new(&[1.0]).unwrap();
+        let routes = Arc::new(Routes::new(Arc::new(api), &metrics).unwrap());
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        RequestCtx::new(routes, &req)
+    }
+
+    #[test]
+    fn stage_6_runs_only_after_the_contract_on_an_operation_that_requires_it() {
+        let mut c = ctx("PATCH", "/companies/v2/rs/1/contacts/2");
+        assert!(c.requires_session());
+        assert_eq!(stage_6(Some(&c)), Stage6::NotYet);
+        c.set_contract(ContractState::Passed);
+        assert_eq!(stage_6(Some(&c)), Stage6::Decide);
+        c.set_contract(ContractState::Reported);
+        assert_eq!(stage_6(Some(&c)), Stage6::Decide);
+        let other = ctx("GET", "/companies/v2/rs/1/contacts/2");
+        assert_eq!(stage_6(Some(&other)), Stage6::Skip);
+        assert_eq!(stage_6(None), Stage6::Skip);
+    }
+
+    #[test]
+    fn a_request_is_forwardable_only_with_every_decision_it_needs() {
+        let mut c = ctx("PATCH", "/companies/v2/rs/1/contacts/2/");
+        assert_eq!(c.undecided(), Some("contract"));
+        c.set_contract(ContractState::Passed);
+        assert_eq!(c.undecided(), Some("session"));
+        c.set_session(SessionVerdict { _judged: () });
+        assert_eq!(c.undecided(), None);
+        // No operation: nothing to decide.
+        assert_eq!(ctx("POST", "/anything").undecided(), None);
+    }
+}
