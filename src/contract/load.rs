@@ -627,3 +627,317 @@ pub(crate) fn snake_case(text: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    fn opts() -> CompileOptions {
+        CompileOptions::default()
+    }
+
+    /// A 3.1 document with `schemas` under components and one POST /x whose body is `body`.
+    fn doc(schemas: &str, body: &str) -> String {
+        format!(
+            r##"{{"openapi":"3.1.0","info":{{"title":"t","version":"1"}},
+            "components":{{"schemas":{{{schemas}}}}},
+            "paths":{{"/x":{{"post":{{"operationId":"postX","requestBody":{{"required":true,
+              "content":{{"application/json":{{"schema":{body}}}}}}},"responses":{{}}}}}}}}}}"##
+        )
+    }
+
+    fn load_err(text: &str) -> LoadError {
+        match Api::from_text(text, &opts()) {
+            Ok(_) => panic!("loaded: {text}"),
+            Err(e) => e,
+        }
+    }
+
+    fn body_check(api: &Api, body: &str) -> Vec<(String, Code, String)> {
+        match api.operations()[0].check_json_body(body.as_bytes()) {
+            Ok(()) => Vec::new(),
+            Err(v) => v
+                .iter()
+                .map(|v| {
+                    let at = match &v.location {
+                        Location::Pointer(p) => p.clone(),
+                        Location::Parameter(p) | Location::Header(p) => (*p).to_owned(),
+                    };
+                    (v.field.as_str().to_owned(), v.code, at)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_builtin_copy_matches_the_shared_document() {
+        let shared = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/contract/openapi.yaml"
+        );
+        let Ok(text) = std::fs::read_to_string(shared) else {
+            return; // not beside a checkout of the shared folder
+        };
+        let mut shared = parse(&text).unwrap();
+        let removed = shared
+            .pointer_mut("/components/schemas/ContactUpdate")
+            .and_then(Value::as_object_mut)
+            .and_then(|s| s.remove("additionalProperties"));
+        assert_eq!(removed, Some(Value::Bool(false)));
+        assert_eq!(parse(BUILTIN_DOCUMENT).unwrap(), shared);
+    }
+
+    #[test]
+    fn the_builtin_operation() {
+        let api = Api::builtin(&opts()).unwrap();
+        let [op] = api.operations() else {
+            panic!("one operation")
+        };
+        assert_eq!(op.label(), "update_contact");
+        assert_eq!(op.method(), &Method::PATCH);
+        assert_eq!(
+            op.template(),
+            "/companies/v2/rs/{companyId}/contacts/{contactId}"
+        );
+        assert!(op.requires_session());
+        assert!(op.has_body());
+        assert_eq!(api.base_paths(), ["/main"]);
+        let mut want: Vec<&str> = Field::ALL.iter().map(|f| f.as_str()).collect();
+        want.sort_unstable();
+        assert_eq!(api.field_labels(), want);
+        // Contact's date-time is on the response side: nothing is an annotation.
+        assert!(api.annotation_formats().is_empty());
+    }
+
+    fn valid_head() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer abc"));
+        h.insert("x-session-token", HeaderValue::from_static("tok"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h
+    }
+
+    #[test]
+    fn the_builtin_head_stages_keep_their_order_and_problems() {
+        let api = Api::builtin(&opts()).unwrap();
+        let op = &api.operations()[0];
+        assert!(op.check_head(&valid_head()).is_ok());
+        let mut h = valid_head();
+        h.remove("authorization");
+        h.remove("x-session-token");
+        match op.check_head(&h) {
+            Err(GatewayError::Unauthorized { reason, problems }) => {
+                assert_eq!(reason, Reason::Authorization);
+                assert_eq!(Err(problems), check_authorization(&h));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut h = valid_head();
+        h.insert("x-session-token", HeaderValue::from_static(""));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        match op.check_head(&h) {
+            Err(GatewayError::Unauthorized { reason, problems }) => {
+                assert_eq!(reason, Reason::SessionToken);
+                assert_eq!(Err(problems), check_session_token(&h));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut h = valid_head();
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/json; charset=latin1"),
+        );
+        match op.check_head(&h) {
+            Err(GatewayError::UnsupportedMediaType(problems)) => {
+                assert_eq!(Err(problems), check_content_type(&h));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_builtin_request_check_is_path_then_body() {
+        let api = Api::builtin(&opts()).unwrap();
+        let op = &api.operations()[0];
+        let h = valid_head();
+        assert_eq!(
+            op.check_request(&["1", "-2"], None, &h, br#"{"notify":true}"#),
+            Ok(())
+        );
+        let body = br#"{"name":5,"x":1}"#;
+        let mut want = check_path_params("1x", "+2").unwrap_err();
+        want.append(check_body(body, UnknownFields::Reject).unwrap_err());
+        let got = op
+            .check_request(&["1x", "+2"], Some("q=1"), &h, body)
+            .unwrap_err();
+        assert_eq!(got, want);
+        // percent-encoded digits are still digits
+        assert_eq!(
+            op.check_request(&["%31", "2"], None, &h, br#"{"notify":true}"#),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn labels_are_snake_case() {
+        assert_eq!(snake_case("updateContact"), "update_contact");
+        assert_eq!(
+            snake_case("get /companies/{companyId}"),
+            "get_companies_company_id"
+        );
+        assert_eq!(snake_case("HTTPThing-x"), "httpthing_x");
+    }
+
+    #[test]
+    fn an_unknown_keyword_is_refused_at_its_pointer() {
+        let e = load_err(&doc(
+            r#""A":{"type":"object","properties":{"a/b":{"type":"string","writeOnly":true}}}"#,
+            r##"{"$ref":"#/components/schemas/A"}"##,
+        ));
+        assert_eq!(
+            e.pointer(),
+            Some("/components/schemas/A/properties/a~1b/writeOnly")
+        );
+        assert!(e.to_string().contains("writeOnly"), "{e}");
+        // annotations and x- extensions are fine
+        Api::from_text(
+            &doc(r#""A":{"type":"string","description":"d","x-y":1,"example":"e","deprecated":true}"#, r##"{"$ref":"#/components/schemas/A"}"##),
+            &opts(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn remote_and_file_references_are_refused() {
+        for reference in [
+            "https://example.com/s.json",
+            "other.yaml#/components/schemas/A",
+            "#/paths/x",
+        ] {
+            let e = load_err(&doc("", &format!(r#"{{"$ref":"{reference}"}}"#)));
+            assert_eq!(
+                e.pointer(),
+                Some("/paths/~1x/post/requestBody/content/application~1json/schema/$ref"),
+                "{e}"
+            );
+        }
+        let e = load_err(&doc("", r##"{"$ref":"#/components/schemas/Nope"}"##));
+        assert!(e.to_string().contains("points to nothing"), "{e}");
+    }
+
+    #[test]
+    fn a_pattern_that_needs_backtracking_is_refused() {
+        for pattern in ["(?=a)b", "(?!a)b", "(?<=a)b", r"(a)\\1"] {
+            let e = load_err(&doc(
+                &format!(r#""A":{{"type":"string","pattern":"{pattern}"}}"#),
+                r##"{"$ref":"#/components/schemas/A"}"##,
+            ));
+            assert_eq!(
+                e.pointer(),
+                Some("/components/schemas/A/pattern"),
+                "{pattern}: {e}"
+            );
+        }
+        // ECMA's \d is ASCII
+        let api = Api::from_text(
+            &doc(
+                r#""A":{"type":"object","properties":{"d":{"type":"string","pattern":"^\\d+$"}}}"#,
+                r##"{"$ref":"#/components/schemas/A"}"##,
+            ),
+            &opts(),
+        )
+        .unwrap();
+        assert!(body_check(&api, r#"{"d":"123"}"#).is_empty());
+        assert_eq!(
+            body_check(&api, r#"{"d":"١٢"}"#),
+            [("d".to_owned(), Code::Pattern, "/d".to_owned())]
+        );
+    }
+
+    #[test]
+    fn cycles_that_never_descend_are_refused_and_recursion_compiles() {
+        for schemas in [
+            r##""A":{"$ref":"#/components/schemas/A"}"##,
+            r##""A":{"$ref":"#/components/schemas/B"},"B":{"$ref":"#/components/schemas/A"}"##,
+            r##""A":{"allOf":[{"$ref":"#/components/schemas/B"}]},"B":{"anyOf":[{"$ref":"#/components/schemas/A"}]}"##,
+        ] {
+            let e = load_err(&doc(schemas, r##"{"$ref":"#/components/schemas/A"}"##));
+            assert!(e.to_string().contains("cycle"), "{schemas}: {e}");
+        }
+        // A tree: recursive through properties and items.
+        let api = Api::from_text(
+            &doc(
+                r##""Node":{"type":"object","required":["v"],"properties":{"v":{"type":"integer"},"kids":{"type":"array","items":{"$ref":"#/components/schemas/Node"}}}}"##,
+                r##"{"$ref":"#/components/schemas/Node"}"##,
+            ),
+            &opts(),
+        )
+        .unwrap();
+        assert!(body_check(&api, r#"{"v":1,"kids":[{"v":2,"kids":[{"v":3}]}]}"#).is_empty());
+        assert_eq!(
+            body_check(&api, r#"{"v":1,"kids":[{"v":2,"kids":[{"v":"x"},{}]}]}"#),
+            [
+                ("kids".to_owned(), Code::Type, "/kids/0/kids/0/v".to_owned()),
+                (
+                    "kids".to_owned(),
+                    Code::Required,
+                    "/kids/0/kids/1/v".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_line() {
+        let e = load_err("openapi: 3.1.0\npaths:\n  /x: [\n");
+        assert!(e.to_string().contains("line"), "{e}");
+        let e = load_err("{\"openapi\": \"3.1.0\",\n \"paths\": {,}}");
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = load_err("openapi: 2.0\n");
+        assert_eq!(e.pointer(), Some("/openapi"));
+        let e = load_err("openapi: 3.0.3\npaths:\n  /x/{id}:\n    get:\n      responses: {}\n");
+        assert!(e.to_string().contains("\"id\""), "{e}");
+    }
+
+    #[test]
+    fn openapi_3_0_forms() {
+        let text = r##"
+openapi: 3.0.3
+info: {title: t, version: "1"}
+paths:
+  /x:
+    post:
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                n: {type: number, minimum: 1, exclusiveMinimum: true, maximum: 5, exclusiveMaximum: false}
+                s: {type: string, nullable: true, format: uuid}
+                d: {type: string, format: color}
+      responses: {}
+"##;
+        let api = Api::from_text(text, &opts()).unwrap();
+        assert_eq!(api.operations()[0].label(), "post_x");
+        assert_eq!(api.annotation_formats(), ["color"]);
+        assert!(body_check(&api, r#"{"n":5,"s":null}"#).is_empty());
+        assert_eq!(
+            body_check(&api, r#"{"n":1,"s":"nope"}"#),
+            [
+                ("n".to_owned(), Code::Minimum, "/n".to_owned()),
+                ("s".to_owned(), Code::Format, "/s".to_owned())
+            ]
+        );
+        // 3.0: $ref siblings would be ignored by the standard, so they are refused
+        let e = load_err(&format!(
+            "{}components:\n  schemas:\n    D: {{type: string}}\n",
+            text.replace(
+                "d: {type: string, format: color}",
+                "d: {$ref: '#/components/schemas/D', maxLength: 3}"
+            )
+        ));
+        assert!(e.to_string().contains("maxLength"), "{e}");
+    }
+}
