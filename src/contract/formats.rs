@@ -120,3 +120,197 @@ pub(crate) fn email_syntax_full(text: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// The other formats of gateway.md §5.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::engine::{Num, Scalar};
+use super::schema::Format;
+
+/// `Err(detail)` when `s` breaks `format`. A string format says nothing about a number and the
+/// other way round (JSON Schema applies a format to its own type only).
+pub(crate) fn check_format(format: Format, s: &Scalar<'_>) -> Result<(), String> {
+    match (format, s) {
+        (Format::Email, Scalar::Str(text)) => email_syntax(text)
+            .map_err(|why| format!("must be a plain email address (local@domain.tld): {why}")),
+        (Format::Uuid, Scalar::Str(text)) => ok(
+            is_uuid(text),
+            "must be a UUID (8-4-4-4-12 hexadecimal digits)",
+        ),
+        (Format::Date, Scalar::Str(text)) => ok(
+            is_date(text.as_bytes()),
+            "must be an RFC 3339 full-date (YYYY-MM-DD)",
+        ),
+        (Format::Time, Scalar::Str(text)) => ok(
+            is_time(text.as_bytes()),
+            "must be an RFC 3339 full-time (hh:mm:ss with an offset)",
+        ),
+        (Format::DateTime, Scalar::Str(text)) => ok(
+            is_date_time(text.as_bytes()),
+            "must be an RFC 3339 date-time (YYYY-MM-DDThh:mm:ss with an offset)",
+        ),
+        (Format::Uri, Scalar::Str(text)) => ok(is_uri(text), "must be an absolute URI (RFC 3986)"),
+        (Format::Hostname, Scalar::Str(text)) => {
+            ok(is_hostname(text), "must be a host name (RFC 1123)")
+        }
+        (Format::Ipv4, Scalar::Str(text)) => ok(
+            is_ipv4(text),
+            "must be an IPv4 address in dotted-decimal form",
+        ),
+        (Format::Ipv6, Scalar::Str(text)) => {
+            ok(text.parse::<Ipv6Addr>().is_ok(), "must be an IPv6 address")
+        }
+        (Format::Int32, Scalar::Num(n)) => ok(
+            in_range(*n, i32::MIN.into(), i32::MAX.into()),
+            "must be an integer from -2147483648 to 2147483647 (int32)",
+        ),
+        (Format::Int64, Scalar::Num(n)) => ok(
+            in_range(*n, i64::MIN.into(), i64::MAX.into()),
+            "must be an integer from -9223372036854775808 to 9223372036854775807 (int64)",
+        ),
+        (Format::Float, Scalar::Num(n)) => ok(
+            n.as_f64().abs() <= f64::from(f32::MAX),
+            "must fit a 32-bit float",
+        ),
+        // Every number serde_json reads is a finite f64.
+        (Format::Double, Scalar::Num(_)) => Ok(()),
+        _ => Ok(()),
+    }
+}
+
+fn ok(pass: bool, detail: &str) -> Result<(), String> {
+    if pass {
+        Ok(())
+    } else {
+        Err(detail.to_owned())
+    }
+}
+
+fn in_range(n: Num, min: i128, max: i128) -> bool {
+    n.as_i128_lossless()
+        .is_some_and(|v| (min..=max).contains(&v))
+}
+
+fn is_uuid(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn digits(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    b.iter().try_fold(0u32, |n, &d| {
+        n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+    })
+}
+
+/// `YYYY-MM-DD` with a day that exists.
+fn is_date(b: &[u8]) -> bool {
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let (Some(year), Some(month), Some(day)) = (digits(&b[..4]), digits(&b[5..7]), digits(&b[8..]))
+    else {
+        return false;
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&day)
+}
+
+/// `hh:mm:ss[.frac](Z|±hh:mm)`; second 60 is a leap second.
+fn is_time(b: &[u8]) -> bool {
+    if b.len() < 9 || b[2] != b':' || b[5] != b':' {
+        return false;
+    }
+    let (Some(h), Some(m), Some(s)) = (digits(&b[..2]), digits(&b[3..5]), digits(&b[6..8])) else {
+        return false;
+    };
+    if h > 23 || m > 59 || s > 60 {
+        return false;
+    }
+    let mut rest = &b[8..];
+    if let Some(frac) = rest.strip_prefix(b".") {
+        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    match rest {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            matches!((digits(&[*h1, *h2]), digits(&[*m1, *m2])), (Some(h), Some(m)) if h <= 23 && m <= 59)
+        }
+        _ => false,
+    }
+}
+
+fn is_date_time(b: &[u8]) -> bool {
+    b.len() > 11 && matches!(b[10], b'T' | b't') && is_date(&b[..10]) && is_time(&b[11..])
+}
+
+/// `scheme ":" rest`, where rest is URI characters and well-formed percent-escapes.
+fn is_uri(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once(':') else {
+        return false;
+    };
+    let mut s = scheme.bytes();
+    if !s.next().is_some_and(|c| c.is_ascii_alphabetic())
+        || !s.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+    {
+        return false;
+    }
+    let b = rest.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+                {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            c if c.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' | b':' | b'/' | b'?' | b'#' | b'[' | b']' | b'@' | b'!'
+            | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+fn is_hostname(text: &str) -> bool {
+    let text = text.strip_suffix('.').unwrap_or(text);
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            let b = label.as_bytes();
+            (1..=63).contains(&b.len())
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
+}
+
+/// Four decimal octets, no leading zeros (Rust's parser already refuses them).
+fn is_ipv4(text: &str) -> bool {
+    text.parse::<Ipv4Addr>().is_ok()
+}

@@ -7,19 +7,8 @@ use http::header::{HeaderMap, HeaderName, AUTHORIZATION, CONTENT_TYPE};
 
 use super::*;
 
-// ---------------------------------------------------------------------------------------------
-// Limits of the contract (openapi.yaml).
-
+/// The most bytes of a session token (a JWT in practice); `max_header_bytes` bounds it anyway.
 pub(crate) const MAX_TOKEN_BYTES: usize = 4096;
-pub(crate) const MAX_NAME_CHARS: usize = 250;
-pub(crate) const MAX_EMAIL_CHARS: usize = 250;
-pub(crate) const MAX_PHONES: usize = 5;
-pub(crate) const MAX_PHONE_CHARS: usize = 50;
-pub(crate) const MAX_COMMENT_CHARS: usize = 2500;
-/// At most this many characters of a client's text are echoed in a detail.
-pub(crate) const MAX_ECHO_CHARS: usize = 100;
-/// Objects up to this many keys look for duplicates by a linear scan; larger ones use a hash set.
-pub(crate) const LINEAR_KEYS: usize = 16;
 
 // ---------------------------------------------------------------------------------------------
 // Stages 1-3: headers.
@@ -103,18 +92,25 @@ pub(crate) fn bearer_token(value: &[u8]) -> Result<(), (&'static str, String)> {
 /// Stage 2: exactly one non-empty `X-Session-Token` of visible ASCII, at most 4096 bytes. The value
 /// is a secret and never appears in a detail.
 pub fn check_session_token(headers: &HeaderMap) -> Result<(), Vec<HeaderProblem>> {
-    let value = exactly_one(headers, &SESSION_TOKEN, SESSION_TOKEN_LABEL)?;
+    check_token_header(headers, &SESSION_TOKEN, SESSION_TOKEN_LABEL)
+}
+
+/// Stage 2 for `session.token_header` (`label` as the document spells it), or an API key: exactly
+/// one non-empty value of visible ASCII, at most 4096 bytes. The value is a secret and never
+/// appears in a detail.
+pub(crate) fn check_token_header(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    label: &'static str,
+) -> Result<(), Vec<HeaderProblem>> {
+    let value = exactly_one(headers, name, label)?;
     if value.is_empty() {
         // Present but empty: the header is there, its value breaks the rule.
-        return Err(problem(
-            SESSION_TOKEN_LABEL,
-            "malformed",
-            "must not be empty",
-        ));
+        return Err(problem(label, "malformed", "must not be empty"));
     }
     if value.len() > MAX_TOKEN_BYTES {
         return Err(problem(
-            SESSION_TOKEN_LABEL,
+            label,
             "too_long",
             format!(
                 "must be at most {MAX_TOKEN_BYTES} bytes, got {}",
@@ -124,7 +120,7 @@ pub fn check_session_token(headers: &HeaderMap) -> Result<(), Vec<HeaderProblem>
     }
     if !all_visible_ascii(value) {
         return Err(problem(
-            SESSION_TOKEN_LABEL,
+            label,
             "malformed",
             "must be visible ASCII (0x21-0x7E) only",
         ));
@@ -143,12 +139,72 @@ pub fn all_visible_ascii(value: &[u8]) -> bool {
 /// Stage 3: `Content-Type: application/json` in any case, with RFC 9110 parameters; a `charset`
 /// other than utf-8 is refused. Repeating the header with the very same value is tolerated.
 pub fn check_content_type(headers: &HeaderMap) -> Result<(), Vec<HeaderProblem>> {
+    static JSON: [MediaRange; 1] = [MediaRange {
+        kind: Cow::Borrowed("application"),
+        subtype: Cow::Borrowed("json"),
+    }];
+    check_media_type(headers, &JSON).map(drop)
+}
+
+/// One media range of a `requestBody`'s `content`, lower case: `application/json`,
+/// `application/*`, `*/*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MediaRange {
+    pub kind: Cow<'static, str>,
+    pub subtype: Cow<'static, str>,
+}
+
+impl MediaRange {
+    /// The key of a `content` map (its parameters, if any, are dropped).
+    pub(crate) fn parse(key: &str) -> Option<MediaRange> {
+        let essence = key
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let (kind, subtype) = essence.split_once('/')?;
+        let token = |t: &str| !t.is_empty() && t.bytes().all(is_tchar);
+        (token(kind) && token(subtype) && (kind != "*" || subtype == "*")).then(|| MediaRange {
+            kind: Cow::Owned(kind.to_owned()),
+            subtype: Cow::Owned(subtype.to_owned()),
+        })
+    }
+
+    fn matches(&self, kind: &[u8], subtype: &[u8]) -> bool {
+        (self.kind == "*" || kind.eq_ignore_ascii_case(self.kind.as_bytes()))
+            && (self.subtype == "*" || subtype.eq_ignore_ascii_case(self.subtype.as_bytes()))
+    }
+
+    fn text(&self) -> String {
+        format!("{}/{}", self.kind, self.subtype)
+    }
+}
+
+/// Whether a media type is JSON: `application/json` or any `+json` type (validated, utf-8 only).
+pub(crate) fn is_json(kind: &[u8], subtype: &[u8]) -> bool {
+    (kind.eq_ignore_ascii_case(b"application") && subtype.eq_ignore_ascii_case(b"json"))
+        || (subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case(b"+json"))
+}
+
+/// Stage 3 against the ranges of an operation: which one matched, and whether the body is JSON.
+pub(crate) fn check_media_type(
+    headers: &HeaderMap,
+    ranges: &[MediaRange],
+) -> Result<(usize, bool), Vec<HeaderProblem>> {
+    let list = || {
+        ranges
+            .iter()
+            .map(MediaRange::text)
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
     let mut values = headers.get_all(CONTENT_TYPE).iter();
     let Some(first) = values.next() else {
         return Err(problem(
             CONTENT_TYPE_LABEL,
             "missing",
-            "the Content-Type header is required (application/json)",
+            format!("the Content-Type header is required ({})", list()),
         ));
     };
     if values.any(|other| other != first) {
@@ -158,7 +214,29 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), Vec<HeaderProblem>>
             "the Content-Type header appears more than once with different values",
         ));
     }
-    media_type(first.as_bytes()).map_err(|(code, detail)| problem(CONTENT_TYPE_LABEL, code, detail))
+    let value = first.as_bytes();
+    let (kind, subtype, charset_ok) = if value.eq_ignore_ascii_case(b"application/json") {
+        // The usual spelling, without the grammar walk.
+        (&b"application"[..], &b"json"[..], true)
+    } else {
+        media_type(value).map_err(|(code, detail)| problem(CONTENT_TYPE_LABEL, code, detail))?
+    };
+    let Some(at) = ranges.iter().position(|r| r.matches(kind, subtype)) else {
+        return Err(problem(
+            CONTENT_TYPE_LABEL,
+            "unsupported",
+            format!("the media type must be {}, got {}", list(), echo(value)),
+        ));
+    };
+    let json = is_json(kind, subtype);
+    if json && !charset_ok {
+        return Err(problem(
+            CONTENT_TYPE_LABEL,
+            "unsupported",
+            format!("the charset must be utf-8, got {}", echo(value)),
+        ));
+    }
+    Ok((at, json))
 }
 
 /// Text of a header for a detail: lossy UTF-8, at most 100 characters, quoted and escaped.
@@ -232,18 +310,15 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// `type "/" subtype *( OWS ";" OWS [ token "=" ( token / quoted-string ) ] )` (RFC 9110 §8.3.1).
-pub(crate) fn media_type(value: &[u8]) -> Result<(), (&'static str, String)> {
+/// `type "/" subtype *( OWS ";" OWS [ token "=" ( token / quoted-string ) ] )` (RFC 9110 §8.3.1):
+/// the type, the subtype, and whether every `charset` parameter is utf-8.
+pub(crate) fn media_type(value: &[u8]) -> Result<(&[u8], &[u8], bool), (&'static str, String)> {
     let malformed = |why: &str| {
         (
             "malformed",
             format!("{} is not a valid media type: {why}", echo(value)),
         )
     };
-    if value.eq_ignore_ascii_case(b"application/json") {
-        // The usual spelling, without the grammar walk.
-        return Ok(());
-    }
     let trimmed = value.trim_ascii();
     let mut cur = Cursor { rest: trimmed };
     let kind = cur.token();
@@ -287,20 +362,5 @@ pub(crate) fn media_type(value: &[u8]) -> Result<(), (&'static str, String)> {
             charset_ok = false;
         }
     }
-    if !(kind.eq_ignore_ascii_case(b"application") && subtype.eq_ignore_ascii_case(b"json")) {
-        return Err((
-            "unsupported",
-            format!(
-                "the media type must be application/json, got {}",
-                echo(value)
-            ),
-        ));
-    }
-    if !charset_ok {
-        return Err((
-            "unsupported",
-            format!("the charset must be utf-8, got {}", echo(value)),
-        ));
-    }
-    Ok(())
+    Ok((kind, subtype, charset_ok))
 }

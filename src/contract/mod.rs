@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::path::Path as FsPath;
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, HeaderName, Method};
 
@@ -22,11 +23,12 @@ use crate::outcome::Reason;
 mod engine;
 mod formats;
 mod headers;
+mod load;
 mod params;
 mod problems;
+mod schema;
 
-pub use engine::*;
-pub(crate) use formats::*;
+pub(crate) use engine::*;
 pub use headers::*;
 pub use params::*;
 pub use problems::*;
@@ -115,6 +117,7 @@ impl std::error::Error for LoadError {}
 pub struct Api {
     operations: Vec<Operation>,
     annotation_formats: Vec<String>,
+    base_paths: Vec<String>,
 }
 
 impl Api {
@@ -131,19 +134,9 @@ impl Api {
         Api::from_text(&text, opts).map_err(|e| e.in_file(path))
     }
 
-    /// A document as text: JSON or YAML (JSON is YAML, but its own parser gives better errors).
+    /// A document as text, YAML or JSON.
     pub fn from_text(text: &str, opts: &CompileOptions) -> Result<Api, LoadError> {
-        // Until the compiler lands, the built-in document is the hand-written update-contact
-        // contract; any other document is refused rather than half-checked.
-        if text != BUILTIN_DOCUMENT {
-            return Err(LoadError::parse(
-                "only the built-in document can be loaded yet",
-            ));
-        }
-        Ok(Api {
-            operations: vec![Operation::update_contact(opts)],
-            annotation_formats: Vec::new(),
-        })
+        load::compile(text, opts)
     }
 
     pub fn operations(&self) -> &[Operation] {
@@ -167,6 +160,37 @@ impl Api {
     pub fn annotation_formats(&self) -> Vec<&str> {
         self.annotation_formats.iter().map(String::as_str).collect()
     }
+
+    /// The paths of the document's `servers` URLs (`https://host/main` gives `/main`), without a
+    /// trailing slash, as listed; a request path may carry one before an operation's template.
+    pub fn base_paths(&self) -> Vec<&str> {
+        self.base_paths.iter().map(String::as_str).collect()
+    }
+}
+
+/// One requirement of a security alternative.
+#[derive(Debug, Clone)]
+pub(crate) enum Requirement {
+    /// `Authorization: Bearer <token>` (http bearer, oauth2, openIdConnect).
+    Bearer,
+    /// An API key header, as the document spells its name.
+    ApiKey(HeaderName, &'static str),
+    /// An API key in `session.token_header`: stage 2 checks it.
+    Token,
+}
+
+/// The request body of an operation: its media ranges, in the document's order, and for each the
+/// schema (JSON types only).
+#[derive(Debug)]
+pub(crate) struct Body {
+    required: bool,
+    ranges: Vec<MediaRange>,
+    media: Vec<Media>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Media {
+    schema: Option<engine::BodySchema>,
 }
 
 /// One operation of the document, compiled.
@@ -175,27 +199,18 @@ pub struct Operation {
     label: String,
     method: Method,
     template: String,
-    token_header: Option<HeaderName>,
-    has_body: bool,
-    unknown_fields: UnknownFields,
+    security: Vec<Vec<Requirement>>,
+    /// `session.token_header` as the document spells it, when the operation requires it.
+    token: Option<(HeaderName, &'static str)>,
+    body: Option<Body>,
+    params: Vec<params::Param>,
+    unknown_query: UnknownQuery,
+    schemas: Arc<schema::Schemas>,
     /// Labels its violations can carry (besides `document` and `unknown`).
     fields: Vec<Field>,
 }
 
 impl Operation {
-    /// Today's hand-written update-contact contract, until the compiler lands.
-    fn update_contact(opts: &CompileOptions) -> Operation {
-        Operation {
-            label: "update_contact".to_owned(),
-            method: Method::PATCH,
-            template: "/companies/v2/rs/{companyId}/contacts/{contactId}".to_owned(),
-            token_header: Some(opts.token_header.clone()),
-            has_body: true,
-            unknown_fields: opts.unknown_fields,
-            fields: Field::ALL.to_vec(),
-        }
-    }
-
     /// `route` label: snake-case operationId, else method + template in snake case (gateway.md §3).
     pub fn label(&self) -> &str {
         &self.label
@@ -214,29 +229,68 @@ impl Operation {
     /// True when the operation requires `session.token_header` (header parameter or apiKey
     /// scheme): stage 6 must run.
     pub fn requires_session(&self) -> bool {
-        self.token_header.is_some()
+        self.token.is_some()
     }
 
     /// True when the operation declares a requestBody: the body is buffered (`max_body_bytes`)
     /// and validated.
     pub fn has_body(&self) -> bool {
-        self.has_body
+        self.body.is_some()
     }
 
     /// Stages 1–3 on the head alone (security alternatives, token header, Content-Type), in
     /// order; the first failing stage answers with all its problems.
     pub fn check_head(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
-        check_authorization(headers).map_err(|problems| GatewayError::Unauthorized {
-            reason: Reason::Authorization,
-            problems,
-        })?;
-        if self.token_header.is_some() {
-            check_session_token(headers).map_err(|problems| GatewayError::Unauthorized {
-                reason: Reason::SessionToken,
+        self.check_security(headers)
+            .map_err(|problems| GatewayError::Unauthorized {
+                reason: Reason::Authorization,
                 problems,
             })?;
+        if let Some((name, label)) = &self.token {
+            check_token_header(headers, name, label).map_err(|problems| {
+                GatewayError::Unauthorized {
+                    reason: Reason::SessionToken,
+                    problems,
+                }
+            })?;
         }
-        check_content_type(headers).map_err(GatewayError::UnsupportedMediaType)
+        if let Some(body) = &self.body {
+            // An optional body may be left out, Content-Type and all.
+            let absent = !body.required && !headers.contains_key(http::header::CONTENT_TYPE);
+            if !absent {
+                check_media_type(headers, &body.ranges)
+                    .map_err(GatewayError::UnsupportedMediaType)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stage 1: any one alternative passes; else the problems of all of them.
+    fn check_security(&self, headers: &HeaderMap) -> Result<(), Vec<HeaderProblem>> {
+        if self.security.is_empty() {
+            return Ok(());
+        }
+        let mut all: Vec<HeaderProblem> = Vec::new();
+        for alternative in &self.security {
+            let mut problems = Vec::new();
+            for req in alternative {
+                let found = match req {
+                    Requirement::Bearer => check_authorization(headers),
+                    Requirement::ApiKey(name, label) => check_token_header(headers, name, label),
+                    Requirement::Token => Ok(()),
+                };
+                problems.extend(found.err().unwrap_or_default());
+            }
+            if problems.is_empty() {
+                return Ok(());
+            }
+            for p in problems {
+                if !all.iter().any(|q| q.header == p.header && q.code == p.code) {
+                    all.push(p);
+                }
+            }
+        }
+        Err(all)
     }
 
     /// Stage 5: path parameters (raw, still percent-encoded, in template order as matched), the
@@ -244,26 +298,115 @@ impl Operation {
     pub fn check_request(
         &self,
         path_params: &[&str],
-        _query: Option<&str>,
-        _headers: &HeaderMap,
+        query: Option<&str>,
+        headers: &HeaderMap,
         body: &[u8],
     ) -> Result<(), Violations> {
-        let (company_id, contact_id) = match path_params {
-            [company_id, contact_id] => (*company_id, *contact_id),
-            // The router matched this template, so two values; refuse rather than guess.
-            _ => ("", ""),
-        };
-        let path = check_path_params(company_id, contact_id);
-        let body = check_body(body, self.unknown_fields);
-        match (path, body) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(mut p), Err(b)) => {
-                p.append(b);
-                Err(p)
+        let mut out = Violations::default();
+        params::check_params(
+            &self.schemas,
+            &self.params,
+            self.unknown_query,
+            path_params,
+            query,
+            headers,
+            &mut out,
+        );
+        if let Some(plan) = &self.body {
+            if let Err(found) = self.check_body(plan, headers, body) {
+                out.append(found);
             }
-            (Err(v), Ok(())) | (Ok(()), Err(v)) => Err(v),
+        }
+        if out.is_empty() {
+            Ok(())
+        } else {
+            Err(out)
         }
     }
+
+    fn check_body(&self, plan: &Body, headers: &HeaderMap, body: &[u8]) -> Result<(), Violations> {
+        let absent =
+            !plan.required && body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE);
+        if absent {
+            return Ok(());
+        }
+        // Stage 3 passed, so the type matches one of the ranges; if it does not, stage 3 answers.
+        let Ok((at, json)) = check_media_type(headers, &plan.ranges) else {
+            return Ok(());
+        };
+        if !json {
+            return Ok(());
+        }
+        let any = engine::BodySchema {
+            root: None,
+            top: Vec::new(),
+        };
+        let schema = plan
+            .media
+            .get(at)
+            .and_then(|m| m.schema.as_ref())
+            .unwrap_or(&any);
+        engine::check_json(&self.schemas, schema, body)
+    }
+
+    /// The body check alone, for a JSON body (benches and fuzzing).
+    pub fn check_json_body(&self, body: &[u8]) -> Result<(), Violations> {
+        let schema = self
+            .body
+            .as_ref()
+            .and_then(|b| b.media.iter().find_map(|m| m.schema.as_ref()));
+        match schema {
+            Some(schema) => engine::check_json(&self.schemas, schema, body),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Stage 5 (body) of the built-in update-contact operation. Kept for the tests, benches and fuzz
+/// targets written against the hand-made contract it replaces.
+pub fn check_body(body: &[u8], unknown: UnknownFields) -> Result<(), Violations> {
+    static APIS: [OnceLock<Option<Api>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let slot = match unknown {
+        UnknownFields::Reject => &APIS[0],
+        UnknownFields::Allow => &APIS[1],
+    };
+    let api = slot.get_or_init(|| {
+        Api::builtin(&CompileOptions {
+            unknown_fields: unknown,
+            ..CompileOptions::default()
+        })
+        .ok()
+    });
+    match api.as_ref().and_then(|api| api.operations.first()) {
+        Some(op) => op.check_json_body(body),
+        // The built-in document always compiles (a test says so); fail closed all the same.
+        None => Err(Violations::from(vec![Violation {
+            field: Field::Document,
+            code: Code::Syntax,
+            location: Location::Pointer(String::new()),
+            detail: "the built-in contract did not compile".to_owned(),
+        }])),
+    }
+}
+
+/// The built-in body check by both JSON readers.
+#[cfg(test)]
+fn builtin_by_both_readers(
+    text: &str,
+    unknown: UnknownFields,
+) -> (Result<(), Violations>, Result<(), Violations>) {
+    let opts = CompileOptions {
+        unknown_fields: unknown,
+        ..CompileOptions::default()
+    };
+    let api = Api::builtin(&opts).expect("the built-in document compiles");
+    let op = &api.operations[0];
+    let schema = op
+        .body
+        .as_ref()
+        .and_then(|b| b.media[0].schema.as_ref())
+        .expect("a body schema");
+    engine::check_json_both(&op.schemas, schema, text)
 }
 
 #[cfg(test)]
