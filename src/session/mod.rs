@@ -279,15 +279,28 @@ where
                 session: self.session.clone(),
             };
         };
-        // The contract checked the headers the operation requires; an absent one (an operation
-        // that asks for the token but not for a bearer) takes part in the key as empty.
-        let empty = HeaderValue::from_static("");
-        let authorization = req.headers().get(AUTHORIZATION).unwrap_or(&empty).clone();
-        let token = req
+        let Some(token) = req.headers().get(&self.token_header).cloned() else {
+            // The contract passed the request on a security alternative without the token:
+            // there is no session to judge, and the contract, not this layer, decides which
+            // alternatives an operation accepts.
+            let mut req = req;
+            if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
+                ctx.set_session(SessionVerdict { _judged: () });
+            }
+            return ResponseFuture {
+                state: State::Calling {
+                    fut: self.inner.call(req),
+                    key: None,
+                },
+                session: self.session.clone(),
+            };
+        };
+        // An operation may ask for the token without a bearer: the key then has an empty one.
+        let authorization = req
             .headers()
-            .get(&self.token_header)
-            .unwrap_or(&empty)
-            .clone();
+            .get(AUTHORIZATION)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(""));
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let session = self.session.clone();
