@@ -33,6 +33,13 @@ pub struct DocumentReport {
 /// error names the key and the place in the document.
 pub fn check_document(config: &crate::Config) -> Result<DocumentReport, String> {
     let api = crate::stack::load_api(config).map_err(|e| e.to_string())?;
+    // The router is compiled too: start-up would refuse a template it cannot route.
+    crate::route::Router::new(
+        api.operations()
+            .iter()
+            .map(|op| (op.method(), op.template())),
+    )
+    .map_err(|e| format!("validation.openapi: {e}"))?;
     let source = match &config.validation.openapi {
         Some(path) => path.display().to_string(),
         None => "the built-in document".to_string(),
