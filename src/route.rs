@@ -25,7 +25,8 @@ pub enum Match {
 /// The byte spans of a match's path parameters, in template order; still percent-encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
-    spans: [(u32, u32); MAX_PARAMS],
+    /// `u16` is enough: `http::Uri` holds at most 65,534 bytes.
+    spans: [(u16, u16); MAX_PARAMS],
     len: u8,
 }
 
@@ -55,9 +56,12 @@ impl Params {
 
     fn push(&mut self, start: usize, end: usize) {
         let at = self.len();
-        if let Some(slot) = self.spans.get_mut(at) {
-            // Paths are far below 4 GiB (hyper bounds the request head).
-            *slot = (start as u32, end as u32);
+        if let (Some(slot), Ok(start), Ok(end)) = (
+            self.spans.get_mut(at),
+            u16::try_from(start),
+            u16::try_from(end),
+        ) {
+            *slot = (start, end);
             self.len += 1;
         }
     }
@@ -90,7 +94,7 @@ pub struct Router {
 
 #[derive(Debug, Clone, Default)]
 struct Node {
-    /// Literal segments, lower-cased, and their nodes.
+    /// Literal segments, lower-cased and sorted (see `cmp_folded`), and their nodes.
     literals: Vec<(Box<[u8]>, usize)>,
     /// The node after a `{param}` segment.
     param: Option<usize>,
@@ -167,14 +171,12 @@ impl Router {
                         let lower = text.to_ascii_lowercase().into_bytes().into_boxed_slice();
                         let found = router.nodes[node]
                             .literals
-                            .iter()
-                            .find(|(l, _)| *l == lower)
-                            .map(|&(_, next)| next);
+                            .binary_search_by(|(l, _)| cmp_folded(l, &lower));
                         match found {
-                            Some(next) => next,
-                            None => {
+                            Ok(at) => router.nodes[node].literals[at].1,
+                            Err(at) => {
                                 let next = router.push_node();
-                                router.nodes[node].literals.push((lower, next));
+                                router.nodes[node].literals.insert(at, (lower, next));
                                 next
                             }
                         }
@@ -227,6 +229,19 @@ impl Router {
     }
 }
 
+/// Orders a lower-cased literal against a segment as if the segment were lower-cased too: by
+/// length first (a cheap way to tell most literals apart), then byte by byte.
+fn cmp_folded(literal: &[u8], segment: &[u8]) -> std::cmp::Ordering {
+    literal.len().cmp(&segment.len()).then_with(|| {
+        literal
+            .iter()
+            .zip(segment)
+            .map(|(l, s)| l.cmp(&s.to_ascii_lowercase()))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    })
+}
+
 /// One recognition: a depth-first walk, literal before parameter at every node.
 struct Walk<'r, 'p> {
     nodes: &'r [Node],
@@ -253,20 +268,54 @@ impl Walk<'_, '_> {
                 .any(|(m, _)| m.as_str().as_bytes().eq_ignore_ascii_case(wanted));
             return None;
         };
-        let stop = self.path[start..self.end]
-            .iter()
-            .position(|&b| b == b'/')
-            .map_or(self.end, |i| start + i);
-        let segment = &self.path[start..stop];
-        let next = (stop < self.end).then_some(stop + 1);
-        // At most one literal matches: they are unique once lower-cased.
-        if let Some(&(_, child)) = n.literals.iter().find(|(lit, _)| {
-            lit.len() == segment.len() && (**lit == *segment || lit.eq_ignore_ascii_case(segment))
-        }) {
-            if let Some(index) = self.from(child, next) {
-                return Some(index);
+        let rest = self.path.get(start..self.end)?;
+        // The next segment starts after `len` bytes of `rest`, if a `/` follows them.
+        let after = |len: usize| (len < rest.len()).then_some(start + len + 1);
+        if n.literals.len() <= 4 {
+            // A literal is compared in place: no scan for the segment's end first.
+            // At most one matches: they are unique once lower-cased.
+            let literal = n.literals.iter().find(|(lit, _)| {
+                rest.get(..lit.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(lit))
+                    && rest.get(lit.len()).is_none_or(|&b| b == b'/')
+            });
+            if let Some((lit, child)) = literal {
+                if let Some(index) = self.from(*child, after(lit.len())) {
+                    return Some(index);
+                }
             }
         }
+        let len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+        let segment = &rest[..len];
+        if n.literals.len() > 4 {
+            // Lower-cased once into a stack buffer, so that each probe is a plain compare.
+            let mut buf = [0u8; 64];
+            let found = match buf.get_mut(..segment.len()) {
+                Some(out) => {
+                    out.copy_from_slice(segment);
+                    out.make_ascii_lowercase();
+                    let folded = &*out;
+                    n.literals
+                        .binary_search_by(|(lit, _)| {
+                            lit.len()
+                                .cmp(&folded.len())
+                                .then_with(|| (**lit).cmp(folded))
+                        })
+                        .ok()
+                }
+                None => n
+                    .literals
+                    .binary_search_by(|(lit, _)| cmp_folded(lit, segment))
+                    .ok(),
+            };
+            if let Some(&(_, child)) = found.and_then(|at| n.literals.get(at)) {
+                if let Some(index) = self.from(child, after(len)) {
+                    return Some(index);
+                }
+            }
+        }
+        let stop = start + len;
+        let next = after(len);
         let child = n.param?;
         let saved = self.params.len;
         self.params.push(start, stop);
@@ -467,6 +516,35 @@ mod tests {
     }
 
     #[test]
+    fn many_literals_and_long_ones_match_in_any_case() {
+        let long = "l".repeat(70);
+        let names = [
+            "alpha",
+            "beta",
+            "gamma",
+            "delta",
+            "epsilon",
+            "zeta",
+            long.as_str(),
+        ];
+        let templates: Vec<String> = names.iter().map(|n| format!("/x/{n}/{{id}}")).collect();
+        let router = Router::new(templates.iter().map(|t| (&Method::GET, t.as_str()))).unwrap();
+        for (i, name) in names.iter().enumerate() {
+            for spelling in [name.to_string(), name.to_ascii_uppercase()] {
+                let path = format!("/X/{spelling}/7/");
+                assert_eq!(
+                    params_of(&router, &Method::GET, &path),
+                    Some((i, vec!["7".to_string()])),
+                    "{path}"
+                );
+            }
+        }
+        assert_eq!(router.recognise(&Method::GET, "/x/eta/7"), Match::None);
+        let longer = format!("/x/{}/7", "L".repeat(71));
+        assert_eq!(router.recognise(&Method::GET, &longer), Match::None);
+    }
+
+    #[test]
     fn templates_that_cannot_be_routed_are_refused() {
         let bad = [
             "companies",
@@ -641,10 +719,10 @@ mod tests {
         fn the_router_agrees_with_the_naive_matcher(
             templates in proptest::collection::vec(
                 (0usize..3, proptest::collection::vec(
-                    proptest::prop_oneof!["a", "B", "me", "\\{p\\}"], 0..4)),
-                1..8),
+                    proptest::prop_oneof!["a", "B", "me", "c", "Dd", "e", "ff", "\\{p\\}"], 0..4)),
+                1..16),
             method in 0usize..4,
-            path in "(/(a|A|b|me|ME|x|)){0,4}/?",
+            path in "(/(a|A|b|me|ME|x|c|dd|DD|e|fF|)){0,4}/?",
         ) {
             const METHODS: [&str; 4] = ["GET", "PATCH", "POST", "patch"];
             let mut ops: Vec<(Method, String)> = Vec::new();
