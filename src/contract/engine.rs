@@ -815,8 +815,9 @@ fn multiple_of(n: Num, m: &Number) -> bool {
     match (n.as_i128(), m_int) {
         (Some(a), Some(b)) if b != 0 => a % b == 0,
         _ => {
+            // Decimal steps (0.01) have no exact binary form: 19.99 / 0.01 is 1998.9999999999998.
             let q = n.as_f64() / as_f64(m);
-            q.is_finite() && q.fract() == 0.0
+            q.is_finite() && (q - q.round()).abs() <= 1e-9 * q.abs().max(1.0)
         }
     }
 }

@@ -486,11 +486,14 @@ impl<'d> Compiler<'d> {
                     .push((name.as_str().into(), Field::named(name)));
             }
         }
+        // `unknown_fields = "reject"` speaks for schemas that name members; one that names none
+        // (a free-form object, an allOf wrapper) leaves them to its branches.
+        let names_members = map.contains_key("properties") || map.contains_key("patternProperties");
         node.additional = match map.get("additionalProperties") {
-            None => match self.unknown_fields {
-                UnknownFields::Reject => Additional::Refuse,
-                UnknownFields::Allow => Additional::Any,
-            },
+            None if names_members && self.unknown_fields == UnknownFields::Reject => {
+                Additional::Refuse
+            }
+            None => Additional::Any,
             Some(Value::Bool(true)) => Additional::Any,
             Some(Value::Bool(false)) => Additional::Refuse,
             Some(schema @ Value::Object(_)) => {
