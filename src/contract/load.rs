@@ -889,6 +889,19 @@ mod tests {
     }
 
     #[test]
+    fn a_long_chain_of_refs_is_refused_not_a_stack_overflow() {
+        let chain: Vec<String> = (0..1000)
+            .map(|i| format!(r##""S{i}":{{"type":"object","properties":{{"a":{{"$ref":"#/components/schemas/S{}"}}}}}}"##, i + 1))
+            .chain([r#""S1000":{"type":"string"}"#.to_owned()])
+            .collect();
+        let e = load_err(&doc(
+            &chain.join(","),
+            r##"{"$ref":"#/components/schemas/S0"}"##,
+        ));
+        assert!(e.to_string().contains("deeper than"), "{e}");
+    }
+
+    #[test]
     fn parse_errors_name_the_line() {
         let e = load_err("openapi: 3.1.0\npaths:\n  /x: [\n");
         assert!(e.to_string().contains("line"), "{e}");

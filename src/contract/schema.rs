@@ -180,6 +180,10 @@ impl Schemas {
     }
 }
 
+/// How deep schemas may nest, `$ref`s followed (a recursive schema does not count: it is a cycle).
+/// Within a 2 MiB thread stack even in a debug build.
+const MAX_DEPTH: usize = 64;
+
 /// Keywords gateway.md §5 checks.
 const KEYWORDS: &[&str] = &[
     "type",
@@ -302,6 +306,8 @@ pub(crate) struct Compiler<'d> {
     by_pointer: HashMap<String, NodeId>,
     /// Lone `$ref`s being followed, to refuse `A: {$ref: A}`.
     aliasing: Vec<String>,
+    /// How deep `compile` is nested.
+    depth: usize,
     /// Formats met that are only annotations.
     pub annotation_formats: Vec<String>,
 }
@@ -315,6 +321,7 @@ impl<'d> Compiler<'d> {
             schemas: Schemas::default(),
             by_pointer: HashMap::new(),
             aliasing: Vec::new(),
+            depth: 0,
             annotation_formats: Vec::new(),
         }
     }
@@ -324,6 +331,21 @@ impl<'d> Compiler<'d> {
         if let Some(&id) = self.by_pointer.get(at) {
             return Ok(id);
         }
+        // Compiling (and later checking) follows the nesting: bound it, so no document can
+        // exhaust the stack.
+        if self.depth >= MAX_DEPTH {
+            return Err(LoadError::at(
+                at,
+                format!("schemas nest (through $ref too) deeper than {MAX_DEPTH}"),
+            ));
+        }
+        self.depth += 1;
+        let id = self.compile_new(value, at);
+        self.depth -= 1;
+        id
+    }
+
+    fn compile_new(&mut self, value: &'d Value, at: &str) -> Result<NodeId, LoadError> {
         if let Some(reference) = self.alias(value, at)? {
             // A lone $ref is its target: no node of its own, so the common path stays direct.
             if self.aliasing.iter().any(|p| p == at) {
