@@ -177,7 +177,10 @@ fn media_types_json_plus_json_and_others() {
     );
     assert_eq!(
         found(create.check_request(&[], None, &with("application/merge-patch+json"), body)),
-        want(&[("kind", Code::Required, "/kind"), ("document", Code::MinProperties, "")])
+        want(&[
+            ("kind", Code::Required, "/kind"),
+            ("document", Code::MinProperties, "")
+        ])
     );
     // put_part's body is optional: no body, no Content-Type is fine
     let put = op(&api, "put_part");

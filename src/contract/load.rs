@@ -261,7 +261,7 @@ impl<'d> Plan<'_, 'd> {
                 .any(|p| matches!(p.place, Place::Path(j) if j == i))
             {
                 return Err(LoadError::at(
-                    format!("{item_at}"),
+                    item_at.to_owned(),
                     format!("the path parameter {name:?} of the template is not declared"),
                 ));
             }
