@@ -72,12 +72,13 @@ pub(crate) fn compile(text: &str, opts: &CompileOptions) -> Result<Api, LoadErro
     let mut compiler = Compiler::new(&doc, version, opts.unknown_fields);
     let mut ops = Vec::new();
     let mut labels = HashSet::new();
+    let no_paths = Map::new();
     let paths = match root.get("paths") {
-        None => Map::new(),
-        Some(Value::Object(paths)) => paths.clone(),
+        None => &no_paths,
+        Some(Value::Object(paths)) => paths,
         Some(_) => return Err(LoadError::at("/paths", "paths must be an object")),
     };
-    for (template, item) in &paths {
+    for (template, item) in paths {
         let item_at = format!("/paths/{}", escape_token(template));
         if !template.starts_with('/') {
             return Err(LoadError::at(item_at, "a path must start with /"));

@@ -94,7 +94,11 @@ pub(crate) struct Node {
     pub enum_values: Option<Vec<Value>>,
     pub const_value: Option<Value>,
     pub properties: Vec<(Box<str>, NodeId)>,
+    /// The label of each property, by index (for a body's top level).
+    pub property_fields: Vec<Field>,
     pub required: Vec<(Box<str>, Field)>,
+    /// Where each required name is among `properties`.
+    pub required_at: Vec<Option<usize>>,
     pub additional: Additional,
     pub pattern_properties: Vec<(Regex, NodeId)>,
     pub min_properties: Option<u64>,
@@ -116,6 +120,8 @@ pub(crate) struct Node {
     pub one_of: Vec<NodeId>,
     pub not: Option<NodeId>,
     pub read_only: bool,
+    /// Has `enum`, `const` or a combinator: more than the per-type keywords to check.
+    pub checks_more: bool,
     /// Needs the whole value at once (combinators, `enum`/`const`, `uniqueItems`,
     /// `patternProperties`): such a container is buffered and checked as a tree.
     pub tree: bool,
@@ -131,7 +137,9 @@ impl Node {
             enum_values: None,
             const_value: None,
             properties: Vec::new(),
+            property_fields: Vec::new(),
             required: Vec::new(),
+            required_at: Vec::new(),
             additional: Additional::Any,
             pattern_properties: Vec::new(),
             min_properties: None,
@@ -153,6 +161,7 @@ impl Node {
             one_of: Vec::new(),
             not: None,
             read_only: false,
+            checks_more: false,
             tree: false,
             names_text: Box::from(""),
         }
@@ -308,6 +317,9 @@ pub(crate) struct Compiler<'d> {
     aliasing: Vec<String>,
     /// How deep `compile` is nested.
     depth: usize,
+    /// Patterns compiled so far: a document repeats the same few many times, and compiling one
+    /// costs far more than cloning it (a shared handle).
+    patterns: HashMap<String, Regex>,
     /// Formats met that are only annotations.
     pub annotation_formats: Vec<String>,
 }
@@ -322,6 +334,7 @@ impl<'d> Compiler<'d> {
             by_pointer: HashMap::new(),
             aliasing: Vec::new(),
             depth: 0,
+            patterns: HashMap::new(),
             annotation_formats: Vec::new(),
         }
     }
@@ -537,7 +550,7 @@ impl<'d> Compiler<'d> {
             };
             for (pattern, schema) in props {
                 let here = format!("{}/{}", child("patternProperties"), escape_token(pattern));
-                let regex = compile_pattern(pattern, &here)?;
+                let regex = self.pattern(pattern, &here)?;
                 let id = self.compile(schema, &here)?;
                 node.pattern_properties.push((regex, id));
             }
@@ -586,7 +599,7 @@ impl<'d> Compiler<'d> {
             let Value::String(pattern) = pattern else {
                 return Err(LoadError::at(child("pattern"), "pattern must be a string"));
             };
-            node.pattern = Some(compile_pattern(pattern, &child("pattern"))?);
+            node.pattern = Some(self.pattern(pattern, &child("pattern"))?);
         }
         if let Some(format) = map.get("format") {
             let Value::String(format) = format else {
@@ -711,8 +724,31 @@ impl<'d> Compiler<'d> {
             || node.const_value.is_some()
             || node.unique_items
             || !node.pattern_properties.is_empty();
+        node.checks_more = node.all_of.len() + node.any_of.len() + node.one_of.len() > 0
+            || node.not.is_some()
+            || node.enum_values.is_some()
+            || node.const_value.is_some();
+        node.property_fields = node
+            .properties
+            .iter()
+            .map(|(name, _)| Field::named(name))
+            .collect();
+        node.required_at = node
+            .required
+            .iter()
+            .map(|(name, _)| node.properties.iter().position(|(p, _)| p == name))
+            .collect();
         node.names_text = names_text(&node.properties).into();
         Ok(node)
+    }
+
+    fn pattern(&mut self, pattern: &str, at: &str) -> Result<Regex, LoadError> {
+        if let Some(regex) = self.patterns.get(pattern) {
+            return Ok(regex.clone());
+        }
+        let regex = compile_pattern(pattern, at)?;
+        self.patterns.insert(pattern.to_owned(), regex.clone());
+        Ok(regex)
     }
 
     /// Refuses a cycle that never descends into a value (`A: {allOf: [$ref: A]}`): checking it
