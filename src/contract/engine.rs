@@ -559,6 +559,9 @@ impl Cx<'_> {
             }
             Scalar::Null | Scalar::Bool(_) => {}
         }
+        if !node.checks_more {
+            return;
+        }
         if let Some(values) = &node.enum_values {
             if !values.iter().any(|v| scalar_eq(&s, v)) {
                 report.add(field, Code::Enum, path, || {
@@ -815,8 +818,9 @@ fn multiple_of(n: Num, m: &Number) -> bool {
     match (n.as_i128(), m_int) {
         (Some(a), Some(b)) if b != 0 => a % b == 0,
         _ => {
+            // Decimal steps (0.01) have no exact binary form: 19.99 / 0.01 is 1998.9999999999998.
             let q = n.as_f64() / as_f64(m);
-            q.is_finite() && q.fract() == 0.0
+            q.is_finite() && (q - q.round()).abs() <= 1e-9 * q.abs().max(1.0)
         }
     }
 }
@@ -1125,7 +1129,10 @@ impl<'de> Visitor<'de> for Check<'_, '_, '_> {
                 continue;
             }
             count += 1;
-            let field = cx.member_field(&ctx, &key);
+            let field = match named {
+                Some(i) if ctx.root => node.property_fields[i],
+                _ => cx.member_field(&ctx, &key),
+            };
             let child = match (named, node.additional) {
                 (Some(i), _) => Some(node.properties[i].1),
                 (None, Additional::Schema(child)) => Some(child),
@@ -1145,12 +1152,11 @@ impl<'de> Visitor<'de> for Check<'_, '_, '_> {
                 others.insert(key);
             }
         }
-        for (i, (name, named)) in node.required.iter().enumerate() {
-            let present = match node.properties.iter().position(|(p, _)| p == name) {
-                Some(j) if j < 64 => seen & (1 << j) != 0,
+        for ((name, named), at) in node.required.iter().zip(&node.required_at) {
+            let present = match at {
+                Some(j) if *j < 64 => seen & (1 << j) != 0,
                 _ => others.contains(name),
             };
-            let _ = i;
             if !present {
                 cx.missing(name, *named, &ctx, self.report);
             }

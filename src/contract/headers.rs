@@ -310,9 +310,11 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// `type "/" subtype *( OWS ";" OWS [ token "=" ( token / quoted-string ) ] )` (RFC 9110 §8.3.1):
-/// the type, the subtype, and whether every `charset` parameter is utf-8.
-pub(crate) fn media_type(value: &[u8]) -> Result<(&[u8], &[u8], bool), (&'static str, String)> {
+/// A parsed media type: type, subtype, and whether every `charset` parameter is utf-8.
+pub(crate) type MediaType<'a> = (&'a [u8], &'a [u8], bool);
+
+/// `type "/" subtype *( OWS ";" OWS [ token "=" ( token / quoted-string ) ] )` (RFC 9110 §8.3.1).
+pub(crate) fn media_type(value: &[u8]) -> Result<MediaType<'_>, (&'static str, String)> {
     let malformed = |why: &str| {
         (
             "malformed",

@@ -72,12 +72,13 @@ pub(crate) fn compile(text: &str, opts: &CompileOptions) -> Result<Api, LoadErro
     let mut compiler = Compiler::new(&doc, version, opts.unknown_fields);
     let mut ops = Vec::new();
     let mut labels = HashSet::new();
+    let no_paths = Map::new();
     let paths = match root.get("paths") {
-        None => Map::new(),
-        Some(Value::Object(paths)) => paths.clone(),
+        None => &no_paths,
+        Some(Value::Object(paths)) => paths,
         Some(_) => return Err(LoadError::at("/paths", "paths must be an object")),
     };
-    for (template, item) in &paths {
+    for (template, item) in paths {
         let item_at = format!("/paths/{}", escape_token(template));
         if !template.starts_with('/') {
             return Err(LoadError::at(item_at, "a path must start with /"));
@@ -261,7 +262,7 @@ impl<'d> Plan<'_, 'd> {
                 .any(|p| matches!(p.place, Place::Path(j) if j == i))
             {
                 return Err(LoadError::at(
-                    format!("{item_at}"),
+                    item_at.to_owned(),
                     format!("the path parameter {name:?} of the template is not declared"),
                 ));
             }
@@ -886,6 +887,19 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn a_long_chain_of_refs_is_refused_not_a_stack_overflow() {
+        let chain: Vec<String> = (0..1000)
+            .map(|i| format!(r##""S{i}":{{"type":"object","properties":{{"a":{{"$ref":"#/components/schemas/S{}"}}}}}}"##, i + 1))
+            .chain([r#""S1000":{"type":"string"}"#.to_owned()])
+            .collect();
+        let e = load_err(&doc(
+            &chain.join(","),
+            r##"{"$ref":"#/components/schemas/S0"}"##,
+        ));
+        assert!(e.to_string().contains("deeper than"), "{e}");
     }
 
     #[test]

@@ -94,7 +94,11 @@ pub(crate) struct Node {
     pub enum_values: Option<Vec<Value>>,
     pub const_value: Option<Value>,
     pub properties: Vec<(Box<str>, NodeId)>,
+    /// The label of each property, by index (for a body's top level).
+    pub property_fields: Vec<Field>,
     pub required: Vec<(Box<str>, Field)>,
+    /// Where each required name is among `properties`.
+    pub required_at: Vec<Option<usize>>,
     pub additional: Additional,
     pub pattern_properties: Vec<(Regex, NodeId)>,
     pub min_properties: Option<u64>,
@@ -116,6 +120,8 @@ pub(crate) struct Node {
     pub one_of: Vec<NodeId>,
     pub not: Option<NodeId>,
     pub read_only: bool,
+    /// Has `enum`, `const` or a combinator: more than the per-type keywords to check.
+    pub checks_more: bool,
     /// Needs the whole value at once (combinators, `enum`/`const`, `uniqueItems`,
     /// `patternProperties`): such a container is buffered and checked as a tree.
     pub tree: bool,
@@ -131,7 +137,9 @@ impl Node {
             enum_values: None,
             const_value: None,
             properties: Vec::new(),
+            property_fields: Vec::new(),
             required: Vec::new(),
+            required_at: Vec::new(),
             additional: Additional::Any,
             pattern_properties: Vec::new(),
             min_properties: None,
@@ -153,6 +161,7 @@ impl Node {
             one_of: Vec::new(),
             not: None,
             read_only: false,
+            checks_more: false,
             tree: false,
             names_text: Box::from(""),
         }
@@ -179,6 +188,10 @@ impl Schemas {
         &self.nodes[id as usize]
     }
 }
+
+/// How deep schemas may nest, `$ref`s followed (a recursive schema does not count: it is a cycle).
+/// Within a 2 MiB thread stack even in a debug build.
+const MAX_DEPTH: usize = 64;
 
 /// Keywords gateway.md §5 checks.
 const KEYWORDS: &[&str] = &[
@@ -302,6 +315,11 @@ pub(crate) struct Compiler<'d> {
     by_pointer: HashMap<String, NodeId>,
     /// Lone `$ref`s being followed, to refuse `A: {$ref: A}`.
     aliasing: Vec<String>,
+    /// How deep `compile` is nested.
+    depth: usize,
+    /// Patterns compiled so far: a document repeats the same few many times, and compiling one
+    /// costs far more than cloning it (a shared handle).
+    patterns: HashMap<String, Regex>,
     /// Formats met that are only annotations.
     pub annotation_formats: Vec<String>,
 }
@@ -315,6 +333,8 @@ impl<'d> Compiler<'d> {
             schemas: Schemas::default(),
             by_pointer: HashMap::new(),
             aliasing: Vec::new(),
+            depth: 0,
+            patterns: HashMap::new(),
             annotation_formats: Vec::new(),
         }
     }
@@ -324,6 +344,21 @@ impl<'d> Compiler<'d> {
         if let Some(&id) = self.by_pointer.get(at) {
             return Ok(id);
         }
+        // Compiling (and later checking) follows the nesting: bound it, so no document can
+        // exhaust the stack.
+        if self.depth >= MAX_DEPTH {
+            return Err(LoadError::at(
+                at,
+                format!("schemas nest (through $ref too) deeper than {MAX_DEPTH}"),
+            ));
+        }
+        self.depth += 1;
+        let id = self.compile_new(value, at);
+        self.depth -= 1;
+        id
+    }
+
+    fn compile_new(&mut self, value: &'d Value, at: &str) -> Result<NodeId, LoadError> {
         if let Some(reference) = self.alias(value, at)? {
             // A lone $ref is its target: no node of its own, so the common path stays direct.
             if self.aliasing.iter().any(|p| p == at) {
@@ -486,11 +521,14 @@ impl<'d> Compiler<'d> {
                     .push((name.as_str().into(), Field::named(name)));
             }
         }
+        // `unknown_fields = "reject"` speaks for schemas that name members; one that names none
+        // (a free-form object, an allOf wrapper) leaves them to its branches.
+        let names_members = map.contains_key("properties") || map.contains_key("patternProperties");
         node.additional = match map.get("additionalProperties") {
-            None => match self.unknown_fields {
-                UnknownFields::Reject => Additional::Refuse,
-                UnknownFields::Allow => Additional::Any,
-            },
+            None if names_members && self.unknown_fields == UnknownFields::Reject => {
+                Additional::Refuse
+            }
+            None => Additional::Any,
             Some(Value::Bool(true)) => Additional::Any,
             Some(Value::Bool(false)) => Additional::Refuse,
             Some(schema @ Value::Object(_)) => {
@@ -512,7 +550,7 @@ impl<'d> Compiler<'d> {
             };
             for (pattern, schema) in props {
                 let here = format!("{}/{}", child("patternProperties"), escape_token(pattern));
-                let regex = compile_pattern(pattern, &here)?;
+                let regex = self.pattern(pattern, &here)?;
                 let id = self.compile(schema, &here)?;
                 node.pattern_properties.push((regex, id));
             }
@@ -561,7 +599,7 @@ impl<'d> Compiler<'d> {
             let Value::String(pattern) = pattern else {
                 return Err(LoadError::at(child("pattern"), "pattern must be a string"));
             };
-            node.pattern = Some(compile_pattern(pattern, &child("pattern"))?);
+            node.pattern = Some(self.pattern(pattern, &child("pattern"))?);
         }
         if let Some(format) = map.get("format") {
             let Value::String(format) = format else {
@@ -686,8 +724,31 @@ impl<'d> Compiler<'d> {
             || node.const_value.is_some()
             || node.unique_items
             || !node.pattern_properties.is_empty();
+        node.checks_more = node.all_of.len() + node.any_of.len() + node.one_of.len() > 0
+            || node.not.is_some()
+            || node.enum_values.is_some()
+            || node.const_value.is_some();
+        node.property_fields = node
+            .properties
+            .iter()
+            .map(|(name, _)| Field::named(name))
+            .collect();
+        node.required_at = node
+            .required
+            .iter()
+            .map(|(name, _)| node.properties.iter().position(|(p, _)| p == name))
+            .collect();
         node.names_text = names_text(&node.properties).into();
         Ok(node)
+    }
+
+    fn pattern(&mut self, pattern: &str, at: &str) -> Result<Regex, LoadError> {
+        if let Some(regex) = self.patterns.get(pattern) {
+            return Ok(regex.clone());
+        }
+        let regex = compile_pattern(pattern, at)?;
+        self.patterns.insert(pattern.to_owned(), regex.clone());
+        Ok(regex)
     }
 
     /// Refuses a cycle that never descends into a value (`A: {allOf: [$ref: A]}`): checking it

@@ -1,11 +1,9 @@
 //! Unit tests of the update-contact contract as it was written by hand: the built-in document
 //! must keep every verdict, pointer and detail.
 
-use super::formats::*;
 use super::*;
 use std::fmt::Write as _;
 
-use email_address::EmailAddress;
 use http::HeaderValue;
 
 // ----- helpers -----
