@@ -12,14 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use companies_gateway::config::{OnVerifierError, UpstreamTarget};
+use companies_gateway::contract::{Api, CompileOptions};
 use companies_gateway::edge::check_headers as edge_headers;
 use companies_gateway::forward::{upstream_request, ForwardConfig};
 use companies_gateway::headers::ConnInfo;
 use companies_gateway::metrics::Metrics;
+use companies_gateway::route::{Match, Router};
 use companies_gateway::session::cache::{SessionCache, SystemClock, Ttls};
 use companies_gateway::session::jwt::JwtKey;
 use companies_gateway::session::Session;
-use companies_gateway::validate::check_headers as contract_headers;
 use companies_gateway::{full_body, Body};
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
@@ -98,8 +99,58 @@ fn bench_headers(c: &mut Criterion) {
     c.bench_function("edge header checks", |b| {
         b.iter(|| edge_headers(black_box(req.headers())).expect("ok"))
     });
+    let opts = CompileOptions {
+        token_header: http::HeaderName::from_static("x-session-token"),
+        unknown_fields: Default::default(),
+        unknown_query: Default::default(),
+    };
+    let api = Api::builtin(&opts).expect("built-in document");
+    let op = &api.operations()[0];
     c.bench_function("contract header checks (stages 1-3)", |b| {
-        b.iter(|| contract_headers(black_box(req.headers())).expect("ok"))
+        b.iter(|| op.check_head(black_box(req.headers())).expect("ok"))
+    });
+}
+
+/// Route recognition (target: at most 50 ns): the built-in document, and a generated one of 500
+/// operations whose paths share prefixes and overlap (concrete and templated).
+fn bench_route(c: &mut Criterion) {
+    let patch = http::Method::PATCH;
+    let one = Router::new([(&patch, "/companies/v2/rs/{companyId}/contacts/{contactId}")])
+        .expect("router");
+    let path = "/companies/v2/rs/6218/contacts/3120";
+    assert!(matches!(
+        one.recognise(&patch, path),
+        Match::Operation { .. }
+    ));
+    c.bench_function("route recognition (built-in document)", |b| {
+        b.iter(|| one.recognise(black_box(&patch), black_box(path)))
+    });
+    let methods = [
+        http::Method::GET,
+        http::Method::POST,
+        http::Method::PUT,
+        http::Method::PATCH,
+        http::Method::DELETE,
+    ];
+    let mut templates = Vec::new();
+    for i in 0..100 {
+        templates.push(format!("/companies/v2/rs/{{companyId}}/resource{i}/{{id}}"));
+    }
+    let ops: Vec<(&http::Method, &str)> = templates
+        .iter()
+        .flat_map(|t| methods.iter().map(move |m| (m, t.as_str())))
+        .collect();
+    let many = Router::new(ops).expect("router");
+    let path = "/companies/v2/rs/6218/resource99/3120";
+    assert!(matches!(
+        many.recognise(&patch, path),
+        Match::Operation { .. }
+    ));
+    c.bench_function("route recognition (500 operations)", |b| {
+        b.iter(|| many.recognise(black_box(&patch), black_box(path)))
+    });
+    c.bench_function("route recognition (500 operations, no match)", |b| {
+        b.iter(|| many.recognise(black_box(&patch), black_box("/other/path/x")))
     });
 }
 
@@ -122,5 +173,11 @@ fn bench_forward(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_session, bench_headers, bench_forward);
+criterion_group!(
+    benches,
+    bench_session,
+    bench_headers,
+    bench_forward,
+    bench_route
+);
 criterion_main!(benches);

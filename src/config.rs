@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::contract::UnknownFields;
+pub use crate::contract::UnknownQuery;
 
 /// The Companies API itself.
 pub const DEFAULT_UPSTREAM: &str = "https://z52mnqg347.execute-api.eu-west-3.amazonaws.com/main";
@@ -184,6 +185,10 @@ pub struct ValidationConfig {
     pub mode: Mode,
     pub unknown_fields: UnknownFields,
     pub unknown_routes: UnknownRoutes,
+    /// The OpenAPI document whose operations are validated; unset: the built-in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<PathBuf>,
+    pub unknown_query: UnknownQuery,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -216,6 +221,8 @@ pub struct SessionConfig {
     pub invalid_ttl: Dur,
     pub stale_if_error: Dur,
     pub on_verifier_error: OnVerifierError,
+    /// The header an operation requires (parameter or apiKey scheme) to get the session check.
+    pub token_header: String,
 }
 
 impl Default for SessionConfig {
@@ -233,6 +240,7 @@ impl Default for SessionConfig {
             invalid_ttl: Dur::secs(10),
             stale_if_error: Dur::secs(0),
             on_verifier_error: OnVerifierError::Reject,
+            token_header: "X-Session-Token".into(),
         }
     }
 }
@@ -541,6 +549,7 @@ impl Config {
         if let Some(url) = &self.session.introspect_url {
             check_introspect_url(url).map_err(|m| invalid("session.introspect_url", m))?;
         }
+        self.token_header()?;
         let b = &self.metrics.buckets;
         if b.is_empty()
             || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
@@ -554,6 +563,12 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
         Ok(())
+    }
+
+    /// `session.token_header` as a header name (validated at load).
+    pub fn token_header(&self) -> Result<http::HeaderName, ConfigError> {
+        http::HeaderName::from_bytes(self.session.token_header.as_bytes())
+            .map_err(|_| invalid("session.token_header", "must be a header name"))
     }
 
     /// The upstream URL, parsed (validated at load).

@@ -9,11 +9,10 @@ use http::{HeaderMap, HeaderName, Method, Request, Response, Version};
 use tower::{Layer, Service};
 
 use crate::config::UnknownRoutes;
+use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::headers::connection_tokens;
-use crate::route::{
-    check_canonical, differs_only_in_case, match_route, match_update_contact_path, Route,
-};
+use crate::route::{check_canonical, Match};
 
 /// Headers that `Connection` may not name: dropping them as hop-by-hop would change what the
 /// request means (or let it skip validation).
@@ -26,43 +25,32 @@ const PROTECTED: [&str; 6] = [
     "host",
 ];
 
-/// Every §4 check that needs only the request head.
-pub fn check_edge<B>(req: &Request<B>, unknown_routes: UnknownRoutes) -> Result<(), GatewayError> {
+/// Every §4 check that needs only the request head and its route, as the context recognised it.
+pub fn check_edge<B>(
+    req: &Request<B>,
+    route: Match,
+    unknown_routes: UnknownRoutes,
+) -> Result<(), GatewayError> {
     check_target(req.method(), req.uri())?;
     let path = req.uri().path();
     check_canonical(path).map_err(|why| GatewayError::BadRequest(why.detail()))?;
     check_host(req.version(), req.headers())?;
     check_headers(req.headers())?;
-    check_method_case(req.method(), path)?;
-    let route = match_route(req.method(), path);
-    if matches!(route, Route::UpdateContact { .. }) && req.headers().contains_key(UPGRADE) {
+    if route == Match::MethodCase {
+        // `patch` or `Patch` on a path an operation matches would bypass the contract at an
+        // upstream that folds case (ASP.NET Core, Werkzeug).
+        return Err(GatewayError::BadRequest(
+            "the method differs from the operation's only in letter case: methods are case-sensitive",
+        ));
+    }
+    let operation = matches!(route, Match::Operation { .. });
+    if operation && req.headers().contains_key(UPGRADE) {
         return Err(GatewayError::BadRequest(
             "Upgrade is not allowed on this route",
         ));
     }
-    if route == Route::Other && unknown_routes == UnknownRoutes::Reject {
+    if !operation && unknown_routes == UnknownRoutes::Reject {
         return Err(GatewayError::UnknownRoute);
-    }
-    Ok(())
-}
-
-/// `patch` or `Patch` on a path an operation matches: 400, since it would bypass the contract at
-/// an upstream that folds case.
-fn check_method_case(method: &Method, path: &str) -> Result<(), GatewayError> {
-    // The standard methods are upper case: only another spelling can differ in case alone, so
-    // the usual request skips the path match.
-    if !method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-        return Ok(());
-    }
-    let update_contact = [Method::PATCH];
-    let at_path: &[Method] = match match_update_contact_path(path) {
-        Some(_) => &update_contact,
-        None => &[],
-    };
-    if differs_only_in_case(method, at_path) {
-        return Err(GatewayError::BadRequest(
-            "the method differs from the operation's only in letter case: methods are case-sensitive",
-        ));
     }
     Ok(())
 }
@@ -206,7 +194,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match check_edge(&req, self.unknown_routes) {
+        // Without a context no operation is known; Forward refuses such a request anyway.
+        let route = req
+            .extensions()
+            .get::<RequestCtx>()
+            .map_or(Match::None, RequestCtx::route);
+        match check_edge(&req, route, self.unknown_routes) {
             Ok(()) => Either::Left(self.inner.call(req)),
             Err(e) => Either::Right(std::future::ready(Err(e))),
         }
@@ -230,7 +223,13 @@ mod tests {
     }
 
     fn status(r: Request<()>, unknown: UnknownRoutes) -> u16 {
-        match check_edge(&r, unknown) {
+        let router = crate::route::Router::new([(
+            &http::Method::PATCH,
+            "/companies/v2/rs/{companyId}/contacts/{contactId}",
+        )])
+        .unwrap();
+        let route = router.recognise(r.method(), r.uri().path());
+        match check_edge(&r, route, unknown) {
             Ok(()) => 0,
             Err(e) => e.status().0.as_u16(),
         }

@@ -53,6 +53,10 @@ pub enum GatewayError {
     /// A bug, or a caught panic.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A request on an operation reached the upstream side without the contract's or the
+    /// session's decision (a layer missing or out of order): refused, never forwarded.
+    #[error("internal error: the request reached the upstream without its {0} decision")]
+    Undecided(&'static str),
 }
 
 /// How long a client is asked to wait after a 503.
@@ -165,7 +169,7 @@ impl GatewayError {
                 "Gateway timeout",
             ),
             Upstream { .. } => (StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway"),
-            Internal(_) => (
+            Internal(_) | Undecided(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
@@ -216,7 +220,7 @@ impl GatewayError {
                 upstream_error: Some(*kind),
                 upstream: None,
             },
-            Internal(_) => Outcome {
+            Internal(_) | Undecided(_) => Outcome {
                 kind: OutcomeKind::Error,
                 reason: None,
                 upstream_error: None,
@@ -255,7 +259,7 @@ impl GatewayError {
                 UpstreamErrorKind::Reset => "the upstream closed the connection".into(),
                 UpstreamErrorKind::Protocol => "the upstream sent a malformed response".into(),
             },
-            Internal(_) => "the gateway failed to handle the request".into(),
+            Internal(_) | Undecided(_) => "the gateway failed to handle the request".into(),
         }
     }
 

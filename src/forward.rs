@@ -23,6 +23,7 @@ use tower::Service;
 
 use crate::body::{client_fault, BodyEnd, ClientFault, WatchedBody};
 use crate::config::UpstreamTarget;
+use crate::context::{ContractState, RequestCtx};
 use crate::error::GatewayError;
 use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_overrides, ConnInfo};
 use crate::outcome::{Outcome, UpstreamErrorKind, UpstreamTiming};
@@ -119,12 +120,27 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let conn = req.extensions().get::<ConnInfo>().copied();
-        let prepared = match conn {
-            Some(conn) => upstream_request(req, &self.cfg, conn),
-            None => Err(GatewayError::Internal(
-                "request without connection info".into(),
-            )),
+        let decided = req
+            .extensions()
+            .get::<RequestCtx>()
+            .map(|ctx| (ctx.undecided(), ctx.conn, ctx.contract()));
+        let (prepared, validated) = match decided {
+            // Fail closed: whatever the order of the layers above, a request on an operation
+            // goes out only with the contract's decision and, where required, a session verdict.
+            Some((undecided, conn, contract)) => match (undecided, conn) {
+                (Some(what), _) => (Err(GatewayError::Undecided(what)), false),
+                (None, Some(conn)) => (
+                    upstream_request(req, &self.cfg, conn),
+                    contract == ContractState::Passed,
+                ),
+                (None, None) => (
+                    Err(GatewayError::Internal(
+                        "request without connection info".into(),
+                    )),
+                    false,
+                ),
+            },
+            None => (Err(GatewayError::Undecided("route")), false),
         };
         let state = match prepared {
             Ok(req) => {
@@ -150,6 +166,7 @@ impl Service<Request<Body>> for Forward {
         ResponseFuture {
             state,
             started: Instant::now(),
+            validated,
         }
     }
 }
@@ -173,6 +190,7 @@ pin_project! {
         #[pin]
         state: State,
         started: Instant,
+        validated: bool,
     }
 }
 
@@ -232,6 +250,7 @@ impl Future for ResponseFuture {
                             let timing = UpstreamTiming {
                                 status: res.status(),
                                 elapsed: this.started.elapsed(),
+                                validated: *this.validated,
                             };
                             let mut res = client_response(res);
                             res.extensions_mut().insert(Outcome::forwarded(timing));

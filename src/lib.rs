@@ -8,6 +8,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod contract;
 pub mod edge;
 pub mod error;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use companies_gateway::cli::Cli;
+use companies_gateway::cli::{check_document, Cli};
 use companies_gateway::{telemetry, Config};
 use mimalloc::MiMalloc;
 
@@ -20,7 +20,17 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        print!("{}", config.to_masked_toml());
+        let report = match check_document(&config) {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("companies-gateway: config error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        print!("{}{}", config.to_masked_toml(), report.summary);
+        for warning in report.warnings {
+            eprintln!("companies-gateway: warning: {warning}");
+        }
         return ExitCode::SUCCESS;
     }
     if let Err(e) = telemetry::init(&config.log) {

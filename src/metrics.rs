@@ -11,9 +11,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::contract::{Code, Field};
 use crate::outcome::{OutcomeKind, Reason, UpstreamErrorKind};
-use crate::route::RouteLabel;
 
 /// The `method` label's closed set.
 pub fn method_label(method: &http::Method) -> &'static str {
@@ -123,13 +121,8 @@ pub struct MetricSet {
 }
 
 struct Resolved {
-    /// `request_duration` by route x outcome, resolved on first use so that no series appears
-    /// before its first event.
-    request_duration: [OnceLock<Histogram>; RouteLabel::ALL.len() * OutcomeKind::ALL.len()],
-    /// `requests` by route x method x outcome x one of `COMMON_STATUSES`, and `upstream_duration`
-    /// by route x one of them: the series nearly every request lands in, resolved on first use.
-    requests: Box<[OnceLock<IntCounter>]>,
-    upstream_duration: Box<[OnceLock<Histogram>]>,
+    /// The `other` route alone, for requests counted without a loaded document's routes.
+    other: RouteSeries,
     /// `session_cache_lookups` by hit, miss, stale.
     cache_lookups: [IntCounter; 3],
     /// `session_checks` by source x verdict.
@@ -252,14 +245,7 @@ impl Metrics {
             },
             registry: registry.clone(),
             resolved: Resolved {
-                request_duration: std::array::from_fn(|_| OnceLock::new()),
-                requests: unset(
-                    RouteLabel::ALL.len()
-                        * METHOD_LABELS.len()
-                        * OutcomeKind::ALL.len()
-                        * COMMON_STATUSES.len(),
-                ),
-                upstream_duration: unset(RouteLabel::ALL.len() * COMMON_STATUSES.len()),
+                other: RouteSeries::new(std::iter::empty()),
                 cache_lookups: [
                     session_cache_lookups.get_metric_with_label_values(&["hit"])?,
                     session_cache_lookups.get_metric_with_label_values(&["miss"])?,
@@ -309,22 +295,41 @@ impl MetricSet {
         for kind in UpstreamErrorKind::ALL {
             self.upstream_errors.with_label_values(&[kind.as_str()]);
         }
-        for route in RouteLabel::ALL {
-            for reason in Reason::ALL {
-                self.rejections
-                    .with_label_values(&[route.as_str(), reason.as_str()]);
-            }
-            self.contract_drift.with_label_values(&[route.as_str()]);
-            self.report_only.with_label_values(&[route.as_str()]);
-        }
-        for field in Field::ALL {
-            for code in Code::ALL {
-                self.contract_violations
-                    .with_label_values(&[field.as_str(), code.as_str()]);
-            }
-        }
+        self.touch_route(OTHER_ROUTE);
         // Session cache lookups and session checks exist at zero already: their handles are
         // resolved when the set is built.
+    }
+
+    /// Creates a route's series of `rejections`, `contract_drift` and `report_only` at zero.
+    fn touch_route(&self, route: &str) {
+        for reason in Reason::ALL {
+            self.rejections.with_label_values(&[route, reason.as_str()]);
+        }
+        self.contract_drift.with_label_values(&[route]);
+        self.report_only.with_label_values(&[route]);
+    }
+
+    /// The per-route series of a loaded document whose operations have these `route` labels and
+    /// methods, in order: slot 0 is `other`, operation `i` is slot `i + 1`. Their small closed
+    /// label sets are created at zero.
+    pub fn route_series<'a>(
+        &self,
+        routes: impl Iterator<Item = (&'a str, &'a http::Method)>,
+    ) -> RouteSeries {
+        let series = RouteSeries::new(routes);
+        for label in series.labels.iter().skip(1) {
+            self.touch_route(label);
+        }
+        series
+    }
+
+    /// Creates `gateway_contract_violations_total{field, code}` at zero for a document's fields.
+    pub fn touch_violations<'a>(&self, fields: impl Iterator<Item = &'a str>, codes: &[&str]) {
+        for field in fields {
+            for code in codes {
+                self.contract_violations.with_label_values(&[field, code]);
+            }
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -346,55 +351,66 @@ impl MetricSet {
         self.resolved.session_checks[source as usize][verdict as usize].inc();
     }
 
-    /// Counts `gateway_requests_total{route, method, status, outcome}`.
+    /// Counts `gateway_requests_total{route, method, status, outcome}`, for the route at `slot`
+    /// of `routes`.
     pub fn count_request(
         &self,
-        route: RouteLabel,
+        routes: &RouteSeries,
+        route: usize,
         method: usize,
         status: StatusCode,
         outcome: OutcomeKind,
     ) {
-        let slot = status_slot(status).map(|s| {
-            ((route as usize * METHOD_LABELS.len() + method) * OutcomeKind::ALL.len()
-                + outcome as usize)
-                * COMMON_STATUSES.len()
-                + s
+        let route = routes.clamp(route);
+        let slot = status_slot(status).and_then(|s| {
+            let per_method = OutcomeKind::ALL.len() * COMMON_STATUSES.len();
+            let within = outcome as usize * COMMON_STATUSES.len() + s;
+            if route == 0 {
+                Some(method * per_method + within)
+            } else if routes.methods[route] == method {
+                // An operation's requests all have its one method.
+                Some((METHOD_LABELS.len() + route - 1) * per_method + within)
+            } else {
+                None
+            }
         });
         let labels = [
-            route.as_str(),
+            routes.label(route),
             method_name(method),
             status.as_str(),
             outcome.as_str(),
         ];
-        with_handle(
-            &self.resolved.requests,
-            slot,
-            &self.requests,
-            &labels,
-            |c| c.inc(),
-        );
+        with_handle(&routes.requests, slot, &self.requests, &labels, |c| c.inc());
     }
 
     /// Counts a request that hyper refused below the stack (a framing error: 400, or a head too
     /// large: 431), which the stack never saw: its method and route are unknown.
     pub fn count_refused_below_the_stack(&self, status: StatusCode) {
         self.count_request(
-            RouteLabel::Other,
+            &self.resolved.other,
+            0,
             OTHER_METHOD,
             status,
             OutcomeKind::Rejected,
         );
         self.rejections
-            .with_label_values(&[RouteLabel::Other.as_str(), Reason::Framing.as_str()])
+            .with_label_values(&[OTHER_ROUTE, Reason::Framing.as_str()])
             .inc();
     }
 
     /// Observes `gateway_upstream_duration_seconds{route, status}`.
-    pub fn observe_upstream_duration(&self, route: RouteLabel, status: StatusCode, secs: f64) {
-        let slot = status_slot(status).map(|s| route as usize * COMMON_STATUSES.len() + s);
-        let labels = [route.as_str(), status.as_str()];
+    pub fn observe_upstream_duration(
+        &self,
+        routes: &RouteSeries,
+        route: usize,
+        status: StatusCode,
+        secs: f64,
+    ) {
+        let route = routes.clamp(route);
+        let slot = status_slot(status).map(|s| route * COMMON_STATUSES.len() + s);
+        let labels = [routes.label(route), status.as_str()];
         with_handle(
-            &self.resolved.upstream_duration,
+            &routes.upstream_duration,
             slot,
             &self.upstream_duration,
             &labels,
@@ -403,16 +419,81 @@ impl MetricSet {
     }
 
     /// Observes `gateway_request_duration_seconds{route, outcome}`.
-    pub fn observe_request_duration(&self, route: RouteLabel, outcome: OutcomeKind, secs: f64) {
-        let slot = route as usize * OutcomeKind::ALL.len() + outcome as usize;
-        let labels = [route.as_str(), outcome.as_str()];
+    pub fn observe_request_duration(
+        &self,
+        routes: &RouteSeries,
+        route: usize,
+        outcome: OutcomeKind,
+        secs: f64,
+    ) {
+        let route = routes.clamp(route);
+        let slot = route * OutcomeKind::ALL.len() + outcome as usize;
+        let labels = [routes.label(route), outcome.as_str()];
         with_handle(
-            &self.resolved.request_duration,
+            &routes.request_duration,
             Some(slot),
             &self.request_duration,
             &labels,
             |h| h.observe(secs),
         );
+    }
+
+    /// The `other` route's series, for a request counted without a document's routes.
+    pub fn other_route(&self) -> &RouteSeries {
+        &self.resolved.other
+    }
+}
+
+/// The `route` label of everything the document does not name.
+pub const OTHER_ROUTE: &str = "other";
+
+/// The per-request series of one loaded document's routes, resolved on first use rather than by
+/// hashing the label values on every request: the label set is closed by the document, so it is
+/// data, built once per load.
+pub struct RouteSeries {
+    /// Slot 0 is `other`; slot `i + 1` is operation `i`'s label.
+    labels: Box<[Box<str>]>,
+    /// Each slot's method index (`other`'s is unused: it has every method).
+    methods: Box<[usize]>,
+    /// `request_duration` by route x outcome.
+    request_duration: Box<[OnceLock<Histogram>]>,
+    /// `requests` by route x method x outcome x one of `COMMON_STATUSES` (`other` with every
+    /// method, an operation with its own), and `upstream_duration` by route x one of them: the
+    /// series nearly every request lands in.
+    requests: Box<[OnceLock<IntCounter>]>,
+    upstream_duration: Box<[OnceLock<Histogram>]>,
+}
+
+impl RouteSeries {
+    fn new<'a>(routes: impl Iterator<Item = (&'a str, &'a http::Method)>) -> RouteSeries {
+        let (labels, methods): (Vec<Box<str>>, Vec<usize>) =
+            std::iter::once((Box::from(OTHER_ROUTE), OTHER_METHOD))
+                .chain(routes.map(|(label, method)| (Box::from(label), method_index(method))))
+                .unzip();
+        let n = labels.len();
+        RouteSeries {
+            request_duration: unset(n * OutcomeKind::ALL.len()),
+            requests: unset(
+                (METHOD_LABELS.len() + n - 1) * OutcomeKind::ALL.len() * COMMON_STATUSES.len(),
+            ),
+            upstream_duration: unset(n * COMMON_STATUSES.len()),
+            labels: labels.into(),
+            methods: methods.into(),
+        }
+    }
+
+    /// A slot past the end counts as `other`.
+    fn clamp(&self, route: usize) -> usize {
+        if route < self.labels.len() {
+            route
+        } else {
+            0
+        }
+    }
+
+    /// The `route` label of `slot`.
+    pub fn label(&self, slot: usize) -> &str {
+        self.labels.get(slot).map_or(OTHER_ROUTE, |l| l)
     }
 }
 
@@ -440,14 +521,39 @@ mod tests {
         let m = Metrics::new(&[0.1, 1.0]).unwrap();
         let patch = method_index(&http::Method::PATCH);
         let forwarded = OutcomeKind::Forwarded;
-        let route = RouteLabel::UpdateContact;
-        m.count_request(route, patch, StatusCode::OK, forwarded);
-        m.count_request(route, patch, StatusCode::OK, forwarded);
-        m.count_request(route, patch, StatusCode::CREATED, forwarded);
-        m.count_request(route, patch, StatusCode::IM_A_TEAPOT, forwarded);
-        m.count_request(route, patch, StatusCode::BAD_REQUEST, OutcomeKind::Rejected);
+        let routes = m.route_series(
+            [
+                ("update_contact", &http::Method::PATCH),
+                ("get_contact", &http::Method::GET),
+            ]
+            .into_iter(),
+        );
+        let r = &routes;
+        let route = 1;
+        m.count_request(r, route, patch, StatusCode::OK, forwarded);
+        m.count_request(r, route, patch, StatusCode::OK, forwarded);
+        m.count_request(r, route, patch, StatusCode::CREATED, forwarded);
+        m.count_request(r, route, patch, StatusCode::IM_A_TEAPOT, forwarded);
+        m.count_request(
+            r,
+            route,
+            patch,
+            StatusCode::BAD_REQUEST,
+            OutcomeKind::Rejected,
+        );
+        // A method other than the operation's still counts, by lookup.
+        m.count_request(r, route, OTHER_METHOD, StatusCode::OK, forwarded);
+        m.count_request(
+            r,
+            2,
+            method_index(&http::Method::GET),
+            StatusCode::OK,
+            forwarded,
+        );
+        // A slot past the document's routes counts as `other`.
+        m.count_request(r, 9, patch, StatusCode::OK, forwarded);
         let get = method_index(&http::Method::GET);
-        m.count_request(RouteLabel::Other, get, StatusCode::OK, forwarded);
+        m.count_request(r, 0, get, StatusCode::OK, forwarded);
         let count = |labels: &[&str]| m.requests.with_label_values(labels).get();
         assert_eq!(count(&["update_contact", "PATCH", "200", "forwarded"]), 2);
         assert_eq!(count(&["update_contact", "PATCH", "201", "forwarded"]), 1);
@@ -455,9 +561,12 @@ mod tests {
         assert_eq!(count(&["update_contact", "PATCH", "400", "rejected"]), 1);
         assert_eq!(count(&["update_contact", "PATCH", "400", "forwarded"]), 0);
         assert_eq!(count(&["other", "GET", "200", "forwarded"]), 1);
-        m.observe_upstream_duration(route, StatusCode::OK, 0.05);
-        m.observe_upstream_duration(route, StatusCode::BAD_REQUEST, 0.05);
-        m.observe_upstream_duration(route, StatusCode::BAD_REQUEST, 0.05);
+        assert_eq!(count(&["other", "PATCH", "200", "forwarded"]), 1);
+        assert_eq!(count(&["update_contact", "other", "200", "forwarded"]), 1);
+        assert_eq!(count(&["get_contact", "GET", "200", "forwarded"]), 1);
+        m.observe_upstream_duration(r, route, StatusCode::OK, 0.05);
+        m.observe_upstream_duration(r, route, StatusCode::BAD_REQUEST, 0.05);
+        m.observe_upstream_duration(r, route, StatusCode::BAD_REQUEST, 0.05);
         let samples = |status: &str| {
             m.upstream_duration
                 .with_label_values(&["update_contact", status])
@@ -490,6 +599,8 @@ mod tests {
             .with_label_values(&["other", "200"])
             .observe(0.01);
         m.session_introspection_duration.observe(0.01);
+        // The `field` x `code` series come from the loaded document.
+        m.touch_violations(["notify"].into_iter(), &["required"]);
         let text = String::from_utf8(m.render().unwrap()).unwrap();
         for name in [
             "gateway_requests_total",
@@ -520,7 +631,7 @@ mod tests {
         let m = Metrics::new(&[0.1, 1.0]).unwrap();
         m.cache_lookup(CacheResult::Stale);
         m.session_check(VerdictSource::Introspection, VerdictLabel::Error);
-        m.observe_request_duration(RouteLabel::Other, OutcomeKind::Shed, 0.5);
+        m.observe_request_duration(m.other_route(), 0, OutcomeKind::Shed, 0.5);
         let text = String::from_utf8(m.render().unwrap()).unwrap();
         let has = |line: &str| text.lines().any(|l| l == line);
         assert!(has(

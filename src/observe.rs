@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
@@ -10,16 +11,11 @@ use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::context::{RequestCtx, Routes};
 use crate::headers::ConnInfo;
 use crate::metrics::{method_index, method_name, Metrics};
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::request_id::RequestId;
-use crate::route::{match_route, RouteLabel};
-
-/// Set by the contract layer on a response to a request that passed validation cleanly, so that an
-/// upstream 400/422 to it counts as contract drift.
-#[derive(Debug, Clone, Copy)]
-pub struct Validated;
 
 #[derive(Clone)]
 pub struct ObserveLayer {
@@ -52,7 +48,9 @@ pub struct ObserveService<S> {
 struct Pending {
     metrics: Metrics,
     started: Instant,
-    route: RouteLabel,
+    /// The request's routes and its slot in them (gateway.md §3's `route`), from the context.
+    routes: Option<Arc<Routes>>,
+    route: usize,
     /// Index into `METHOD_LABELS`.
     method: usize,
     request_id: Option<RequestId>,
@@ -62,7 +60,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn finish(self, status: StatusCode, outcome: Outcome, validated: bool) {
+    fn finish(self, status: StatusCode, outcome: Outcome) {
         // An aborted request is 499 (nginx's "client closed request") whether it was dropped
         // unanswered or answered to a client already gone mid-body.
         let status = match outcome.kind {
@@ -72,9 +70,13 @@ impl Pending {
         let m = &self.metrics;
         let upstream = outcome.upstream;
         let elapsed = self.started.elapsed();
-        let route = self.route.as_str();
-        m.count_request(self.route, self.method, status, outcome.kind);
-        m.observe_request_duration(self.route, outcome.kind, elapsed.as_secs_f64());
+        let series = self
+            .routes
+            .as_deref()
+            .map_or(m.other_route(), Routes::series);
+        let route = series.label(self.route);
+        m.count_request(series, self.route, self.method, status, outcome.kind);
+        m.observe_request_duration(series, self.route, outcome.kind, elapsed.as_secs_f64());
         if let Some(reason) = outcome.reason {
             m.rejections
                 .with_label_values(&[route, reason.as_str()])
@@ -84,8 +86,8 @@ impl Pending {
             m.upstream_errors.with_label_values(&[kind.as_str()]).inc();
         }
         if let Some(t) = upstream {
-            m.observe_upstream_duration(self.route, t.status, t.elapsed.as_secs_f64());
-            if validated && matches!(t.status.as_u16(), 400 | 422) {
+            m.observe_upstream_duration(series, self.route, t.status, t.elapsed.as_secs_f64());
+            if t.validated && matches!(t.status.as_u16(), 400 | 422) {
                 m.contract_drift.with_label_values(&[route]).inc();
             }
         }
@@ -122,15 +124,17 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         self.metrics.inflight_requests.inc();
+        let ctx = req.extensions().get::<RequestCtx>();
         let pending = Pending {
             metrics: self.metrics.clone(),
             started: Instant::now(),
-            route: match_route(req.method(), req.uri().path()).label(),
+            routes: ctx.map(RequestCtx::routes_arc),
+            route: ctx.map_or(0, RequestCtx::route_slot),
             method: method_index(req.method()),
             request_id: req.extensions().get::<RequestId>().cloned(),
             path: tracing::enabled!(target: "access", tracing::Level::INFO)
                 .then(|| req.uri().path().to_string()),
-            client: req.extensions().get::<ConnInfo>().copied(),
+            client: ctx.and_then(|c| c.conn),
         };
         ResponseFuture {
             inner: self.inner.call(req),
@@ -158,7 +162,7 @@ impl Drop for Guard {
                 upstream: None,
             };
             // No status was sent.
-            p.finish(client_closed(), aborted, false);
+            p.finish(client_closed(), aborted);
         }
     }
 }
@@ -194,8 +198,7 @@ where
                             upstream_error: None,
                             upstream: None,
                         });
-                    let validated = res.extensions().get::<Validated>().is_some();
-                    p.finish(res.status(), outcome, validated);
+                    p.finish(res.status(), outcome);
                 }
                 Err(_) => {
                     let error = Outcome {
@@ -204,7 +207,7 @@ where
                         upstream_error: None,
                         upstream: None,
                     };
-                    p.finish(StatusCode::INTERNAL_SERVER_ERROR, error, false);
+                    p.finish(StatusCode::INTERNAL_SERVER_ERROR, error);
                 }
             }
         }

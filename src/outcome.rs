@@ -151,4 +151,7 @@ impl Outcome {
 pub struct UpstreamTiming {
     pub status: http::StatusCode,
     pub elapsed: std::time::Duration,
+    /// The request passed the contract cleanly (not by report mode): an upstream 400 or 422 to
+    /// it is contract drift. Forward reads it from the request's context.
+    pub validated: bool,
 }

@@ -7,6 +7,9 @@ use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
 
 use crate::config::{Config, SessionConfig};
+use crate::context::{ContextLayer, Routes};
+use crate::contract::Code;
+use crate::contract::{Api, CompileOptions};
 use crate::edge::EdgeLayer;
 use crate::forward::{Forward, ForwardConfig};
 use crate::metrics::Metrics;
@@ -42,6 +45,95 @@ impl Default for Options {
     }
 }
 
+/// Every layer of the stack and the innermost service, built from the config but not yet
+/// assembled, so that a test can assemble them in another order (and prove that the order cannot
+/// turn a check off).
+pub struct Parts {
+    pub context: ContextLayer,
+    pub observe: ObserveLayer,
+    pub contract: ContractLayer,
+    pub edge: EdgeLayer,
+    pub session: SessionLayer,
+    pub shed: ShedLayer,
+    pub shed_client: ShedClientLayer,
+    pub forward: Forward,
+    /// The compiled document.
+    pub routes: Arc<Routes>,
+    /// The handle that reloads the upstream's trust anchors.
+    pub upstream_tls: UpstreamTls,
+}
+
+/// The compile options of the OpenAPI document, from `[validation]` and `[session]`.
+pub fn compile_options(config: &Config) -> Result<CompileOptions, SetupError> {
+    Ok(CompileOptions {
+        token_header: config
+            .token_header()
+            .map_err(|e| SetupError::Config(e.to_string()))?,
+        unknown_fields: config.validation.unknown_fields,
+        unknown_query: config.validation.unknown_query,
+    })
+}
+
+/// Loads and compiles `validation.openapi`, or the built-in document.
+pub fn load_api(config: &Config) -> Result<Api, SetupError> {
+    let opts = compile_options(config)?;
+    match &config.validation.openapi {
+        Some(path) => Api::load(path, &opts)
+            .map_err(|e| SetupError::Config(format!("validation.openapi: {e}"))),
+        None => Api::builtin(&opts)
+            .map_err(|e| SetupError::Config(format!("the built-in OpenAPI document: {e}"))),
+    }
+}
+
+/// Builds every part of the stack from the config: the document is compiled here, once per load.
+pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Parts, SetupError> {
+    let api = load_api(config)?;
+    let routes = Arc::new(
+        Routes::new(Arc::new(api), metrics)
+            .map_err(|e| SetupError::Config(format!("validation.openapi: {e}")))?,
+    );
+    let codes: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+    metrics.touch_violations(routes.api().field_labels().into_iter(), &codes);
+    let forward = ForwardConfig {
+        target: config
+            .upstream_target()
+            .map_err(|e| SetupError::Config(e.to_string()))?,
+        request_timeout: config.upstream.request_timeout.0,
+        body_read_timeout: config.limits.body_read_timeout.0,
+    };
+    let (pool, upstream_tls) = build_pool(
+        &config.upstream,
+        &forward.target,
+        metrics.upstream_connections_opened.clone(),
+    )?;
+    let contract = ContractConfig {
+        mode: config.validation.mode,
+        max_body_bytes: config.limits.max_body_bytes,
+        body_read_timeout: config.limits.body_read_timeout.0,
+    };
+    let session = build_session(
+        &config.session,
+        config.upstream.ca_file.as_deref(),
+        metrics,
+        options,
+    )?;
+    Ok(Parts {
+        context: ContextLayer::new(routes.clone()),
+        observe: ObserveLayer::new(metrics.clone()),
+        contract: ContractLayer::new(contract, metrics.clone()),
+        edge: EdgeLayer::new(config.validation.unknown_routes),
+        session: SessionLayer::new(session, compile_options(config)?.token_header),
+        shed: ShedLayer::new(config.limits.max_concurrent_requests),
+        shed_client: ShedClientLayer::new(
+            config.limits.max_concurrent_requests_per_client,
+            &config.listener.trusted_proxies,
+        ),
+        forward: Forward::new(pool, forward),
+        routes,
+        upstream_tls,
+    })
+}
+
 /// Builds the gateway's request stack from the config, with the handle that reloads the upstream's
 /// trust anchors. Tests, benches and fuzz targets call this to get exactly what the listener serves.
 pub fn build(
@@ -58,53 +150,29 @@ pub fn build(
     ),
     SetupError,
 > {
-    let forward = ForwardConfig {
-        target: config
-            .upstream_target()
-            .map_err(|e| SetupError::Config(e.to_string()))?,
-        request_timeout: config.upstream.request_timeout.0,
-        body_read_timeout: config.limits.body_read_timeout.0,
-    };
-    let (pool, upstream_tls) = build_pool(
-        &config.upstream,
-        &forward.target,
-        metrics.upstream_connections_opened.clone(),
-    )?;
-    let contract = ContractConfig {
-        mode: config.validation.mode,
-        unknown_fields: config.validation.unknown_fields,
-        max_body_bytes: config.limits.max_body_bytes,
-        body_read_timeout: config.limits.body_read_timeout.0,
-    };
-    let session = build_session(
-        &config.session,
-        config.upstream.ca_file.as_deref(),
-        metrics,
-        options,
-    )?;
+    let parts = parts(config, metrics, options)?;
     let service = ServiceBuilder::new()
         // Outermost: every response, the gateway's own included, carries the request id.
         .layer(RequestIdLayer)
+        // The route is recognised once, here, into the request's context.
+        .layer(parts.context)
         // Sees every request once, whoever answers it, for metrics and the access log.
-        .layer(ObserveLayer::new(metrics.clone()))
+        .layer(parts.observe)
         // The one place where errors and panics from below become problem responses.
         .layer(ProblemLayer)
         // Shed beyond max_concurrent_requests before spending anything on the request.
-        .layer(ShedLayer::new(config.limits.max_concurrent_requests))
+        .layer(parts.shed)
         // Then per client, so that one client cannot hold every slot above.
-        .layer(ShedClientLayer::new(
-            config.limits.max_concurrent_requests_per_client,
-            &config.listener.trusted_proxies,
-        ))
+        .layer(parts.shed_client)
         // Framing and header abuse and non-canonical paths, on every route, before any work.
-        .layer(EdgeLayer::new(config.validation.unknown_routes))
-        // The update-contact contract (stages 1-5); buffers only that route's body.
-        .layer(ContractLayer::new(contract, metrics.clone()))
-        // Stage 6, only for requests that passed the contract: the cheapest checks are done.
-        .layer(SessionLayer::new(session))
-        // Innermost: rewrite for the upstream and send through the TLS connection pool.
-        .service(Forward::new(pool, forward));
-    Ok((service, upstream_tls))
+        .layer(parts.edge)
+        // The operation's contract (stages 1-5); buffers only a declared request body.
+        .layer(parts.contract)
+        // Stage 6, for operations that require the session token, once the contract passed.
+        .layer(parts.session)
+        // Innermost: refuses what was not decided, rewrites for the upstream and sends.
+        .service(parts.forward);
+    Ok((service, parts.upstream_tls))
 }
 
 /// The session layer's state; `ca_file` is the upstream's, which introspection trusts too.

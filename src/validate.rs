@@ -1,9 +1,11 @@
-//! The update-contact contract, stages 1–5 (gateway.md §2): headers, size, then path and body.
-//! The first failing stage answers with every problem of that stage. A request that passes is
-//! forwarded with the exact bytes the client sent; other routes stream through untouched.
+//! The contract of the request's operation, stages 1–5 (gateway.md §2): headers, size, then path,
+//! query, header parameters and body. The first failing stage answers with every problem of that
+//! stage. A request that passes is forwarded with the exact bytes the client sent, and its context
+//! records the decision; requests on no operation stream through untouched.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -16,41 +18,21 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::body::DeadlineBody;
-use crate::config::{Mode, UnknownFields};
-use crate::contract::{self, Violations};
+use crate::config::Mode;
+use crate::context::{ContractState, RequestCtx, Routes};
+use crate::contract::Violations;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::observe::Validated;
-use crate::outcome::Reason;
 use crate::request_id::RequestId;
-use crate::route::{match_route, Route, RouteLabel};
+use crate::route::Match;
 use crate::{box_body, full_body, Body};
 
 /// The contract layer's part of the config.
 #[derive(Debug, Clone, Copy)]
 pub struct ContractConfig {
     pub mode: Mode,
-    pub unknown_fields: UnknownFields,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
-}
-
-/// Put on an update-contact request that passed stages 1–5 (or that report mode lets through),
-/// for the session layer.
-#[derive(Debug, Clone, Copy)]
-pub struct ContractPassed;
-
-/// Stages 1–3: Authorization, X-Session-Token, Content-Type.
-pub fn check_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
-    contract::check_authorization(headers).map_err(|problems| GatewayError::Unauthorized {
-        reason: Reason::Authorization,
-        problems,
-    })?;
-    contract::check_session_token(headers).map_err(|problems| GatewayError::Unauthorized {
-        reason: Reason::SessionToken,
-        problems,
-    })?;
-    contract::check_content_type(headers).map_err(GatewayError::UnsupportedMediaType)
 }
 
 /// Stage 4, before reading: a declared length over the limit.
@@ -65,23 +47,15 @@ pub fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), Ga
     }
 }
 
-/// Stage 5: every violation of the path and the body, path first.
-pub fn check_path_and_body(
-    company_id: &str,
-    contact_id: &str,
-    body: &[u8],
-    unknown: UnknownFields,
-) -> Result<(), Violations> {
-    let path = contract::check_path_params(company_id, contact_id);
-    let body = contract::check_body(body, unknown);
-    match (path, body) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(mut p), Err(b)) => {
-            p.append(b);
-            Err(p)
-        }
-        (Err(v), Ok(())) | (Ok(()), Err(v)) => Err(v),
-    }
+/// Stage 5 for the operation the context recognised: its path parameters (raw, in template
+/// order), the query, the header parameters and `body`; every violation. A request without an
+/// operation has nothing to check here.
+pub fn check_stage_5(ctx: &RequestCtx, parts: &Parts, body: &[u8]) -> Result<(), Violations> {
+    let Some(op) = ctx.operation() else {
+        return Ok(());
+    };
+    let (params, n) = ctx.params(parts.uri.path());
+    op.check_request(&params[..n], parts.uri.query(), &parts.headers, body)
 }
 
 #[derive(Clone)]
@@ -123,7 +97,7 @@ struct Judge {
 }
 
 impl Judge {
-    fn record(&self, violations: &Violations, request_id: Option<&RequestId>) {
+    fn record(&self, violations: &Violations, route: &str, request_id: Option<&RequestId>) {
         for (field, code, n) in violations.counts() {
             self.metrics
                 .contract_violations
@@ -131,19 +105,77 @@ impl Judge {
                 .inc_by(n);
         }
         if self.cfg.mode == Mode::Report {
-            self.metrics
-                .report_only
-                .with_label_values(&[RouteLabel::UpdateContact.as_str()])
-                .inc();
+            self.metrics.report_only.with_label_values(&[route]).inc();
             let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
             let codes: Vec<&str> = violations.iter().map(|v| v.code.as_str()).collect();
             tracing::warn!(
                 request_id = request_id.map(|r| r.as_str()).unwrap_or(""),
+                route,
                 ?fields,
                 ?codes,
                 "report mode: forwarding a request that breaks the contract"
             );
         }
+    }
+
+    /// Stage 5 on the request (its body in `body`), recorded in its context: `Ok` forwards.
+    fn decide(&self, parts: &mut Parts, body: &[u8]) -> Result<(), GatewayError> {
+        let Some(ctx) = parts.extensions.get::<RequestCtx>() else {
+            return Err(GatewayError::Undecided("route"));
+        };
+        let state = match check_stage_5(ctx, parts, body) {
+            Ok(()) => ContractState::Passed,
+            Err(violations) => {
+                self.record(
+                    &violations,
+                    ctx.label(),
+                    parts.extensions.get::<RequestId>(),
+                );
+                match self.cfg.mode {
+                    Mode::Enforce => return Err(GatewayError::InvalidRequest(violations)),
+                    Mode::Report => ContractState::Reported,
+                }
+            }
+        };
+        if let Some(ctx) = parts.extensions.get_mut::<RequestCtx>() {
+            ctx.set_contract(state);
+        }
+        Ok(())
+    }
+
+    /// Stage 4 (while reading) and stage 5, once the body is in.
+    fn judge(
+        &self,
+        parts: &mut Parts,
+        read: Result<
+            Result<http_body_util::Collected<Bytes>, crate::BoxError>,
+            tokio::time::error::Elapsed,
+        >,
+    ) -> Result<Bytes, GatewayError> {
+        let bytes = match read {
+            Err(_) => return Err(GatewayError::RequestTimeout),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(GatewayError::PayloadTooLarge {
+                    limit: self.cfg.max_body_bytes,
+                })
+            }
+            // The client went away mid-body: counted as aborted, not as a framing rejection.
+            Ok(Err(e)) if crate::body::is_client_abort(&*e) => {
+                return Err(GatewayError::ClientAborted)
+            }
+            Ok(Err(_)) => return Err(GatewayError::BadRequest("the request body was malformed")),
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        self.decide(parts, &bytes).map(|()| bytes)
+    }
+}
+
+/// The compiled routes and the operation's index, when the context recognised one.
+fn operation_of<B>(req: &Request<B>) -> Option<(Arc<Routes>, usize)> {
+    let ctx = req.extensions().get::<RequestCtx>()?;
+    match ctx.route() {
+        Match::Operation { index, .. } => Some((ctx.routes_arc(), index)),
+        _ => None,
     }
 }
 
@@ -160,21 +192,35 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let is_route = matches!(
-            match_route(req.method(), req.uri().path()),
-            Route::UpdateContact { .. }
-        );
         let cfg = self.judge.cfg;
-        if !is_route {
-            // Streamed through, under the same whole-body deadline.
+        let found = operation_of(&req);
+        let Some(op) = found
+            .as_ref()
+            .and_then(|(routes, index)| routes.api().operations().get(*index))
+        else {
+            // No operation: streamed through, under the same whole-body deadline.
             let timeout = cfg.body_read_timeout;
             let req = req.map(|body| box_body(DeadlineBody::new(body, timeout)));
-            return ResponseFuture::calling(self.inner.call(req), false);
-        }
-        if let Err(e) = check_headers(req.headers())
-            .and_then(|()| check_declared_length(req.headers(), cfg.max_body_bytes))
-        {
+            return ResponseFuture::calling(self.inner.call(req));
+        };
+        let head = op.check_head(req.headers()).and_then(|()| {
+            if op.has_body() {
+                check_declared_length(req.headers(), cfg.max_body_bytes)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = head {
             return ResponseFuture::failed(e);
+        }
+        if !op.has_body() {
+            // Nothing to buffer: stage 5 on the head, and any body streams through.
+            let (mut parts, body) = req.into_parts();
+            if let Err(e) = self.judge.decide(&mut parts, &[]) {
+                return ResponseFuture::failed(e);
+            }
+            let body = box_body(DeadlineBody::new(body, cfg.body_read_timeout));
+            return ResponseFuture::calling(self.inner.call(Request::from_parts(parts, body)));
         }
         // The ready inner service goes into the future; a fresh clone stays for the next call.
         let clone = self.inner.clone();
@@ -194,56 +240,6 @@ where
     }
 }
 
-impl Judge {
-    /// Stage 4 (while reading) and stage 5, once the body is in.
-    fn judge(
-        &self,
-        parts: &mut Parts,
-        read: Result<
-            Result<http_body_util::Collected<Bytes>, crate::BoxError>,
-            tokio::time::error::Elapsed,
-        >,
-    ) -> Result<(Bytes, bool), GatewayError> {
-        let bytes = match read {
-            Err(_) => return Err(GatewayError::RequestTimeout),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(GatewayError::PayloadTooLarge {
-                    limit: self.cfg.max_body_bytes,
-                })
-            }
-            // The client went away mid-body: counted as aborted, not as a framing rejection.
-            Ok(Err(e)) if crate::body::is_client_abort(&*e) => {
-                return Err(GatewayError::ClientAborted)
-            }
-            Ok(Err(_)) => return Err(GatewayError::BadRequest("the request body was malformed")),
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
-        let (company_id, contact_id) = match match_route(&parts.method, parts.uri.path()) {
-            Route::UpdateContact {
-                company_id,
-                contact_id,
-            } => (company_id, contact_id),
-            Route::Other => return Err(GatewayError::Internal("route lost".into())),
-        };
-        match check_path_and_body(company_id, contact_id, &bytes, self.cfg.unknown_fields) {
-            Ok(()) => {
-                parts.extensions.insert(ContractPassed);
-                Ok((bytes, true))
-            }
-            Err(violations) => {
-                self.record(&violations, parts.extensions.get::<RequestId>());
-                match self.cfg.mode {
-                    Mode::Enforce => Err(GatewayError::InvalidRequest(violations)),
-                    Mode::Report => {
-                        parts.extensions.insert(ContractPassed);
-                        Ok((bytes, false))
-                    }
-                }
-            }
-        }
-    }
-}
-
 type Read = tokio::time::Timeout<http_body_util::combinators::Collect<Limited<Body>>>;
 
 pin_project! {
@@ -255,7 +251,7 @@ pin_project! {
             inner: Option<S>,
             judge: Option<Judge>,
         },
-        Calling { #[pin] fut: S::Future, validated: bool },
+        Calling { #[pin] fut: S::Future },
         Failed { err: Option<GatewayError> },
     }
 }
@@ -268,9 +264,9 @@ pin_project! {
 }
 
 impl<S: Service<Request<Body>>> ResponseFuture<S> {
-    fn calling(fut: S::Future, validated: bool) -> Self {
+    fn calling(fut: S::Future) -> Self {
         ResponseFuture {
-            state: State::Calling { fut, validated },
+            state: State::Calling { fut },
         }
     }
 
@@ -306,23 +302,16 @@ where
                         )));
                     };
                     match judge.judge(&mut parts, result) {
-                        Ok((bytes, validated)) => {
+                        Ok(bytes) => {
                             let req = Request::from_parts(parts, full_body(bytes));
                             State::Calling {
                                 fut: inner.call(req),
-                                validated,
                             }
                         }
                         Err(e) => State::Failed { err: Some(e) },
                     }
                 }
-                StateProj::Calling { fut, validated } => {
-                    let mut res = ready!(fut.poll(cx))?;
-                    if *validated {
-                        res.extensions_mut().insert(Validated);
-                    }
-                    return Poll::Ready(Ok(res));
-                }
+                StateProj::Calling { fut } => return fut.poll(cx),
                 StateProj::Failed { err } => {
                     return Poll::Ready(Err(err.take().unwrap_or_else(|| {
                         GatewayError::Internal("contract future polled after completion".into())

@@ -92,3 +92,51 @@ fn a_missing_config_file_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/gateway.toml"));
 }
+
+#[test]
+fn check_config_compiles_the_openapi_document() {
+    let dir = std::env::temp_dir().join(format!("cg-cli-doc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    let doc = dir.join("openapi.yaml");
+    std::fs::write(
+        &config,
+        format!("[validation]\nopenapi = {:?}\n", doc.display().to_string()),
+    )
+    .unwrap();
+    let run = || {
+        gateway()
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        &doc,
+        "openapi: 3.0.3\ninfo: {title: t, version: '1'}\npaths:\n  /a/{id}:\n    parameters:\n      - {name: id, in: path, required: true, schema: {type: string, format: color}}\n    get:\n      responses: {}\n    put:\n      responses: {}\n",
+    )
+    .unwrap();
+    let out = run();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(": 2 operations"), "{stdout}");
+    assert!(stderr.contains("format `color`"), "{stderr}");
+    // A keyword the gateway cannot check fails it, naming the key and the pointer.
+    std::fs::write(
+        &doc,
+        "openapi: 3.1.0\ninfo: {title: t, version: '1'}\npaths:\n  /a:\n    get:\n      parameters:\n        - {name: q, in: query, schema: {type: string, contentEncoding: base64}}\n      responses: {}\n",
+    )
+    .unwrap();
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("validation.openapi") && stderr.contains("/paths/~1a/get/parameters/0"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,7 +12,7 @@ use companies_gateway::config::UnknownRoutes;
 use companies_gateway::edge::check_edge;
 use companies_gateway::headers::{connection_tokens, set_forwarded, strip_hop_by_hop, ConnInfo};
 use companies_gateway::request_id::{accept, X_REQUEST_ID};
-use companies_gateway::route::{check_canonical, match_route};
+use companies_gateway::route::{check_canonical, Router};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request};
 use libfuzzer_sys::fuzz_target;
@@ -45,12 +45,17 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(path) = std::str::from_utf8(path) {
         let _ = check_canonical(path);
-        let _ = match_route(&Method::PATCH, path);
+        let router = Router::new([(
+            &Method::PATCH,
+            "/companies/v2/rs/{companyId}/contacts/{contactId}",
+        )])
+        .expect("router");
+        let route = router.recognise(&Method::PATCH, path);
         if let Ok(req) = Request::builder().method("PATCH").uri(path).body(()) {
             let mut req = req;
             *req.headers_mut() = headers.clone();
-            let _ = check_edge(&req, UnknownRoutes::Forward);
-            let _ = check_edge(&req, UnknownRoutes::Reject);
+            let _ = check_edge(&req, route, UnknownRoutes::Forward);
+            let _ = check_edge(&req, route, UnknownRoutes::Reject);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Stage 6: is the session — the pair (bearer token, `X-Session-Token`) — valid? Verdicts come from
 //! the cache, then local JWT checks, then remote introspection, and are learned from upstream
-//! 401s. Only update-contact requests that passed the contract are checked.
+//! 401s. Every request on an operation that requires the session token is checked once it passed
+//! the contract; the verdict goes into its context, where Forward looks for it (fail closed).
 
 pub mod cache;
 pub mod introspect;
@@ -14,18 +15,48 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::config::OnVerifierError;
+use crate::context::{ContractState, RequestCtx};
 use crate::error::GatewayError;
 use crate::metrics::{CacheResult, Metrics, VerdictLabel, VerdictSource};
-use crate::validate::ContractPassed;
 use crate::Body;
 use cache::{fingerprint, Entry, Key, Packed, SessionCache, Verdict};
-use introspect::{Introspector, X_SESSION_TOKEN};
+use introspect::Introspector;
 use jwt::{JwtInfo, JwtKey};
+
+/// Stage 6 let the request through. Only this module can make one (its field is private), so a
+/// context that carries one was judged by the session layer.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionVerdict {
+    _judged: (),
+}
+
+/// What the session layer does with a request, from its context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage6 {
+    /// No operation, or one that does not require the token: nothing to decide.
+    Skip,
+    /// The operation requires the token but the contract has not decided yet (the layers are out
+    /// of order): no verdict is given, so Forward refuses the request.
+    NotYet,
+    /// Decide the session.
+    Decide,
+}
+
+/// The session layer's decision on a request's context. Pure.
+pub fn stage_6(ctx: Option<&RequestCtx>) -> Stage6 {
+    match ctx {
+        Some(ctx) if ctx.requires_session() => match ctx.contract() {
+            ContractState::Unchecked => Stage6::NotYet,
+            ContractState::Passed | ContractState::Reported => Stage6::Decide,
+        },
+        _ => Stage6::Skip,
+    }
+}
 
 /// Everything the session check needs, built once at start-up.
 pub struct Session {
@@ -193,11 +224,16 @@ impl Session {
 #[derive(Clone)]
 pub struct SessionLayer {
     session: Arc<Session>,
+    /// `session.token_header`: with `Authorization`, the session's key.
+    token_header: HeaderName,
 }
 
 impl SessionLayer {
-    pub fn new(session: Arc<Session>) -> Self {
-        SessionLayer { session }
+    pub fn new(session: Arc<Session>, token_header: HeaderName) -> Self {
+        SessionLayer {
+            session,
+            token_header,
+        }
     }
 }
 
@@ -207,6 +243,7 @@ impl<S> Layer<S> for SessionLayer {
         SessionService {
             inner,
             session: self.session.clone(),
+            token_header: self.token_header.clone(),
         }
     }
 }
@@ -215,6 +252,7 @@ impl<S> Layer<S> for SessionLayer {
 pub struct SessionService<S> {
     inner: S,
     session: Arc<Session>,
+    token_header: HeaderName,
 }
 
 type Deciding = Pin<Box<dyn Future<Output = Result<Key, GatewayError>> + Send>>;
@@ -232,13 +270,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let tokens = req.extensions().get::<ContractPassed>().and_then(|_| {
-            Some((
-                req.headers().get(AUTHORIZATION)?.clone(),
-                req.headers().get(&X_SESSION_TOKEN)?.clone(),
-            ))
-        });
-        let Some((authorization, token)) = tokens else {
+        if stage_6(req.extensions().get::<RequestCtx>()) != Stage6::Decide {
             return ResponseFuture {
                 state: State::Calling {
                     fut: self.inner.call(req),
@@ -247,6 +279,28 @@ where
                 session: self.session.clone(),
             };
         };
+        let Some(token) = req.headers().get(&self.token_header).cloned() else {
+            // The contract passed the request on a security alternative without the token:
+            // there is no session to judge, and the contract, not this layer, decides which
+            // alternatives an operation accepts.
+            let mut req = req;
+            if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
+                ctx.set_session(SessionVerdict { _judged: () });
+            }
+            return ResponseFuture {
+                state: State::Calling {
+                    fut: self.inner.call(req),
+                    key: None,
+                },
+                session: self.session.clone(),
+            };
+        };
+        // An operation may ask for the token without a bearer: the key then has an empty one.
+        let authorization = req
+            .headers()
+            .get(AUTHORIZATION)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(""));
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let session = self.session.clone();
@@ -296,11 +350,14 @@ where
                     inner,
                 } => {
                     let key = ready!(deciding.as_mut().poll(cx))?;
-                    let (Some(req), Some(mut inner)) = (req.take(), inner.take()) else {
+                    let (Some(mut req), Some(mut inner)) = (req.take(), inner.take()) else {
                         return Poll::Ready(Err(GatewayError::Internal(
                             "session future reused".into(),
                         )));
                     };
+                    if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
+                        ctx.set_session(SessionVerdict { _judged: () });
+                    }
                     State::Calling {
                         fut: inner.call(req),
                         key: Some(key),
@@ -333,5 +390,50 @@ where
             };
             this.state.set(next);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::Routes;
+    use crate::contract::{Api, CompileOptions};
+
+    fn ctx(method: &str, path: &str) -> RequestCtx {
+        let api = Api::builtin(&CompileOptions::default()).unwrap();
+        let metrics = Metrics::new(&[1.0]).unwrap();
+        let routes = Arc::new(Routes::new(Arc::new(api), &metrics).unwrap());
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        RequestCtx::new(routes, &req)
+    }
+
+    #[test]
+    fn stage_6_runs_only_after_the_contract_on_an_operation_that_requires_it() {
+        let mut c = ctx("PATCH", "/companies/v2/rs/1/contacts/2");
+        assert!(c.requires_session());
+        assert_eq!(stage_6(Some(&c)), Stage6::NotYet);
+        c.set_contract(ContractState::Passed);
+        assert_eq!(stage_6(Some(&c)), Stage6::Decide);
+        c.set_contract(ContractState::Reported);
+        assert_eq!(stage_6(Some(&c)), Stage6::Decide);
+        let other = ctx("GET", "/companies/v2/rs/1/contacts/2");
+        assert_eq!(stage_6(Some(&other)), Stage6::Skip);
+        assert_eq!(stage_6(None), Stage6::Skip);
+    }
+
+    #[test]
+    fn a_request_is_forwardable_only_with_every_decision_it_needs() {
+        let mut c = ctx("PATCH", "/companies/v2/rs/1/contacts/2/");
+        assert_eq!(c.undecided(), Some("contract"));
+        c.set_contract(ContractState::Passed);
+        assert_eq!(c.undecided(), Some("session"));
+        c.set_session(SessionVerdict { _judged: () });
+        assert_eq!(c.undecided(), None);
+        // No operation: nothing to decide.
+        assert_eq!(ctx("POST", "/anything").undecided(), None);
     }
 }

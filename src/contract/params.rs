@@ -1,0 +1,392 @@
+//! Stage 5: path, query and header parameters (styles `simple` and `form`, with `explode`). Each
+//! value is read from its text as its schema's type says (an integer parameter must be a plain
+//! decimal integer), then checked by the same code as a body value.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName};
+
+use super::engine::{check_value_at, Num, Tree};
+use super::schema::{ty, NodeId, Schemas};
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Stage 5: path parameters.
+
+/// Stage 5 (path): `companyId` and `contactId` must be plain decimal integers within i64.
+///
+/// Accepted: an optional `-` then one or more ASCII digits whose value fits in i64. Leading zeros
+/// (`007`) and `-0` are plain decimal integers with a value in range, so they pass (the schema
+/// constrains the value, not its spelling). Refused: `+1`, spaces, decimals, exponents, empty.
+pub fn check_path_params(company_id: &str, contact_id: &str) -> Result<(), Violations> {
+    let mut violations = Violations::default();
+    for (value, field, name) in [
+        (company_id, Field::CompanyId, "companyId"),
+        (contact_id, Field::ContactId, "contactId"),
+    ] {
+        if !is_decimal_i64(value) {
+            violations.push(Violation {
+                field,
+                code: Code::Integer,
+                location: Location::Parameter(name),
+                detail: format!(
+                    "{name} must be a decimal integer from {} to {}",
+                    i64::MIN,
+                    i64::MAX
+                ),
+            });
+        }
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(violations)
+    }
+}
+
+pub(crate) fn is_decimal_i64(value: &str) -> bool {
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    // `str::parse` alone would also take a leading `+`.
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && value.parse::<i64>().is_ok()
+}
+
+/// Where a parameter is.
+#[derive(Debug, Clone)]
+pub(crate) enum Place {
+    /// The index of its `{name}` in the template.
+    Path(usize),
+    Query,
+    Header(HeaderName),
+}
+
+/// How an array or object is spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Style {
+    Simple,
+    Form,
+}
+
+/// One compiled parameter.
+#[derive(Debug, Clone)]
+pub(crate) struct Param {
+    /// As the document spells it: the `parameter`/`header` of a problem and the `field` label.
+    pub name: &'static str,
+    pub field: Field,
+    pub place: Place,
+    pub required: bool,
+    pub node: Option<NodeId>,
+    pub explode: bool,
+}
+
+impl Param {
+    fn location(&self) -> Location {
+        match self.place {
+            Place::Header(_) => Location::Header(self.name),
+            _ => Location::Parameter(self.name),
+        }
+    }
+
+    fn violation(&self, code: Code, detail: String) -> Violation {
+        Violation {
+            field: self.field,
+            code,
+            location: self.location(),
+            detail,
+        }
+    }
+}
+
+/// The label of every unknown query parameter: a client's name never becomes a label.
+const UNKNOWN_QUERY: &str = "unknown";
+
+/// Percent-decoding (`+` is a space in a query); `None` if the result is not UTF-8.
+fn decode(text: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
+    if !text
+        .bytes()
+        .any(|b| b == b'%' || (plus_is_space && b == b'+'))
+    {
+        return Some(Cow::Borrowed(text));
+    }
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |at: usize| b.get(at).and_then(|c| (*c as char).to_digit(16));
+        match b[i] {
+            b'%' => match (hex(i + 1), hex(i + 2)) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' if plus_is_space => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+/// A JSON number's text (no `+`, no leading dot, no hex), read as a number.
+fn number(text: &str) -> Option<Num> {
+    let b = text.as_bytes();
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let int_len = digits.iter().take_while(|c| c.is_ascii_digit()).count();
+    if int_len == 0 {
+        return None;
+    }
+    let rest = &digits[int_len..];
+    let mut i = 0;
+    if rest.first() == Some(&b'.') {
+        let n = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        i = 1 + n;
+    }
+    if matches!(rest.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(rest.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let n = rest[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        i += n;
+    }
+    if i != rest.len() {
+        return None;
+    }
+    if i == 0 {
+        if let Ok(v) = text.parse::<i64>() {
+            return Some(Num::I(v));
+        }
+        if let Ok(v) = text.parse::<u64>() {
+            return Some(Num::U(v));
+        }
+    }
+    text.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite())
+        .map(Num::F)
+}
+
+/// A parameter's value, read from its (decoded) text as the schema's types say.
+fn typed<'a>(text: Cow<'a, str>, types: u8) -> Result<Tree<'a>, (Code, &'static str)> {
+    if types & (ty::NUMBER | ty::INTEGER) != 0 {
+        if types & ty::NUMBER == 0 && types & ty::STRING == 0 {
+            // An integer parameter: a plain decimal integer within i64, whatever the spelling of
+            // the value (leading zeros and -0 are fine, `+1`, spaces and exponents are not).
+            return if is_decimal_i64(&text) {
+                Ok(Tree::Num(Num::I(text.parse().unwrap_or_default())))
+            } else {
+                Err((
+                    Code::Integer,
+                    "must be a decimal integer from -9223372036854775808 to 9223372036854775807",
+                ))
+            };
+        }
+        if let Some(n) = number(&text) {
+            return Ok(Tree::Num(n));
+        }
+    }
+    if types & ty::BOOLEAN != 0 {
+        match &*text {
+            "true" => return Ok(Tree::Bool(true)),
+            "false" => return Ok(Tree::Bool(false)),
+            _ => {}
+        }
+    }
+    if types & ty::STRING != 0 {
+        return Ok(Tree::Str(text));
+    }
+    if types & ty::NULL != 0 && text.is_empty() {
+        return Ok(Tree::Null);
+    }
+    Err((
+        Code::Type,
+        match types & !ty::NULL {
+            t if t & ty::NUMBER != 0 => "must be a number",
+            t if t & ty::BOOLEAN != 0 => "must be true or false",
+            _ => "must be a value of the type the contract names",
+        },
+    ))
+}
+
+impl Param {
+    /// A piece of the raw value, percent-decoded (not for headers).
+    fn decode<'a>(&self, text: &'a str) -> Result<Cow<'a, str>, Violation> {
+        match self.place {
+            Place::Header(_) => Ok(Cow::Borrowed(text)),
+            Place::Path(_) | Place::Query => decode(text, matches!(self.place, Place::Query))
+                .ok_or_else(|| {
+                    self.violation(
+                        Code::Type,
+                        format!("{} must be UTF-8 text once percent-decoded", self.name),
+                    )
+                }),
+        }
+    }
+
+    /// The parameter's value from its raw pieces (one per query occurrence, else one), checked.
+    fn check(&self, schemas: &Schemas, raw: &[&str], out: &mut Violations) {
+        let Some(id) = self.node else { return };
+        let node = schemas.node(id);
+        let query = matches!(self.place, Place::Query);
+        let decode_one = |text| self.decode(text);
+        let item_types = |id: Option<NodeId>| id.map_or(ty::ANY, |id| schemas.node(id).types);
+        let value: Result<Tree<'_>, Violation> = (|| {
+            let fail =
+                |(code, why): (Code, &str)| self.violation(code, format!("{} {why}", self.name));
+            if node.types & ty::ARRAY != 0 && node.types & !(ty::ARRAY | ty::NULL) == 0 {
+                let pieces: Vec<&str> = if query && self.explode {
+                    raw.to_vec()
+                } else {
+                    raw.iter().flat_map(|r| r.split(',')).collect()
+                };
+                let mut items = Vec::with_capacity(pieces.len());
+                for (i, piece) in pieces.into_iter().enumerate() {
+                    let child = node.prefix_items.get(i).copied().or(node.items);
+                    items.push(typed(decode_one(piece)?, item_types(child)).map_err(fail)?);
+                }
+                return Ok(Tree::Arr(items));
+            }
+            if raw.len() > 1 {
+                return Err(self.violation(Code::Type, format!("{} must appear once", self.name)));
+            }
+            let text = raw.first().copied().unwrap_or("");
+            if node.types & ty::OBJECT != 0 && node.types & !(ty::OBJECT | ty::NULL) == 0 {
+                let mut members = Vec::new();
+                let pairs: Vec<(&str, &str)> = if self.explode {
+                    text.split(',')
+                        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+                        .collect()
+                } else {
+                    let parts: Vec<&str> = text.split(',').collect();
+                    if parts.len() % 2 != 0 {
+                        return Err(self.violation(
+                            Code::Type,
+                            format!("{} must be name,value pairs", self.name),
+                        ));
+                    }
+                    parts.chunks(2).map(|p| (p[0], p[1])).collect()
+                };
+                for (k, v) in pairs {
+                    let key = decode_one(k)?;
+                    let child = node.property(&key).or(match node.additional {
+                        schema::Additional::Schema(id) => Some(id),
+                        _ => None,
+                    });
+                    members.push((key, typed(decode_one(v)?, item_types(child)).map_err(fail)?));
+                }
+                return Ok(Tree::Obj(members));
+            }
+            typed(decode_one(text)?, node.types).map_err(fail)
+        })();
+        match value {
+            Err(v) => out.push(v),
+            Ok(tree) => {
+                let found = check_value_at(schemas, id, &tree, self.field);
+                for v in found.into_iter() {
+                    out.push(Violation {
+                        location: self.location(),
+                        detail: format!("{} {}", self.name, v.detail),
+                        ..v
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Stage 5 (parameters): every violation of the path, query and header parameters, in that order.
+pub(crate) fn check_params(
+    schemas: &Schemas,
+    params: &[Param],
+    unknown_query: UnknownQuery,
+    path_params: &[&str],
+    query: Option<&str>,
+    headers: &HeaderMap,
+    out: &mut Violations,
+) {
+    for param in params {
+        if let Place::Path(i) = param.place {
+            match path_params.get(i) {
+                Some(raw) => param.check(schemas, &[raw], out),
+                None => {
+                    out.push(param.violation(Code::Required, format!("{} is required", param.name)))
+                }
+            }
+        }
+    }
+    let pairs: Vec<(Cow<'_, str>, &str)> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (name, value) = p.split_once('=').unwrap_or((p, ""));
+            (decode(name, true).unwrap_or(Cow::Borrowed(name)), value)
+        })
+        .collect();
+    for param in params.iter().filter(|p| matches!(p.place, Place::Query)) {
+        let raw: Vec<&str> = pairs
+            .iter()
+            .filter(|(name, _)| name == param.name)
+            .map(|&(_, value)| value)
+            .collect();
+        if raw.is_empty() {
+            if param.required {
+                out.push(param.violation(Code::Required, format!("{} is required", param.name)));
+            }
+            continue;
+        }
+        param.check(schemas, &raw, out);
+    }
+    if unknown_query == UnknownQuery::Reject {
+        for (name, _) in &pairs {
+            let declared = params
+                .iter()
+                .any(|p| matches!(p.place, Place::Query) && p.name == name);
+            if !declared {
+                out.push(Violation {
+                    field: Field::Unknown,
+                    code: Code::UnknownField,
+                    location: Location::Parameter(UNKNOWN_QUERY),
+                    detail: format!(
+                        "unknown query parameter {}: the operation does not declare it",
+                        echo(name.as_bytes())
+                    ),
+                });
+            }
+        }
+    }
+    for param in params {
+        let Place::Header(name) = &param.place else {
+            continue;
+        };
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if values.len() != headers.get_all(name).iter().count() {
+            out.push(param.violation(
+                Code::Type,
+                format!("{} must be visible ASCII text", param.name),
+            ));
+            continue;
+        }
+        if values.is_empty() {
+            if param.required {
+                out.push(param.violation(Code::Required, format!("{} is required", param.name)));
+            }
+            continue;
+        }
+        // Repeated header lines are one comma-separated list (RFC 9110 §5.3).
+        let joined = values.join(",");
+        param.check(schemas, &[&joined], out);
+    }
+}
