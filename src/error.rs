@@ -42,6 +42,9 @@ pub enum GatewayError {
     InvalidSession,
     #[error("overloaded")]
     Overloaded,
+    /// Shed by `max_concurrent_requests_per_client`: the same 503, but the detail says whose limit.
+    #[error("client over its concurrency limit")]
+    ClientOverloaded,
     #[error("session verifier unavailable")]
     SessionUnavailable,
     #[error("upstream {}: {source}", kind.as_str())]
@@ -154,7 +157,9 @@ impl GatewayError {
                 "invalid-session",
                 "Invalid session",
             ),
-            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
+            Overloaded | ClientOverloaded => {
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Overloaded")
+            }
             SessionUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "session-unavailable",
@@ -202,7 +207,7 @@ impl GatewayError {
                 rejected(if path { Reason::Path } else { Reason::Body })
             }
             InvalidSession => rejected(Reason::SessionInvalid),
-            Overloaded => Outcome {
+            Overloaded | ClientOverloaded => Outcome {
                 kind: OutcomeKind::Shed,
                 reason: None,
                 upstream_error: None,
@@ -251,6 +256,9 @@ impl GatewayError {
             InvalidRequest(v) => format!("{} violation(s) of the contract", v.total()),
             InvalidSession => "the session is not valid".into(),
             Overloaded => "the gateway is at its concurrency limit; retry later".into(),
+            ClientOverloaded => {
+                "this client has as many requests in flight as it may; retry later".into()
+            }
             SessionUnavailable => "the session could not be checked; retry later".into(),
             Upstream { kind, .. } => match kind {
                 UpstreamErrorKind::Connect => "the upstream could not be reached".into(),
@@ -307,7 +315,9 @@ impl GatewayError {
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
-            GatewayError::Overloaded | GatewayError::SessionUnavailable => {
+            GatewayError::Overloaded
+            | GatewayError::ClientOverloaded
+            | GatewayError::SessionUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             // After framing abuse nothing more is read from the connection (hyper drops this
@@ -356,12 +366,15 @@ mod tests {
             GatewayError::ExpectationFailed,
             GatewayError::InvalidSession,
             GatewayError::Overloaded,
+            GatewayError::ClientOverloaded,
             GatewayError::SessionUnavailable,
             GatewayError::upstream(UpstreamErrorKind::Connect, "refused"),
             GatewayError::upstream(UpstreamErrorKind::Timeout, "slow"),
             GatewayError::Internal("boom".into()),
         ];
-        let expected = [400, 404, 408, 400, 413, 417, 401, 503, 503, 502, 504, 500];
+        let expected = [
+            400, 404, 408, 400, 413, 417, 401, 503, 503, 503, 502, 504, 500,
+        ];
         for (err, status) in all.into_iter().zip(expected) {
             let (res, body) = problem(err).await;
             assert_eq!(res.status().as_u16(), status);

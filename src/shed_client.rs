@@ -318,7 +318,7 @@ where
                 slot.take();
                 Poll::Ready(out)
             }
-            Proj::Shed => Poll::Ready(Err(GatewayError::Overloaded)),
+            Proj::Shed => Poll::Ready(Err(GatewayError::ClientOverloaded)),
         }
     }
 }
@@ -540,7 +540,7 @@ mod tests {
             .clone()
             .oneshot(tagged("127.0.0.1", &trusted, None))
             .await;
-        assert!(matches!(shed, Err(GatewayError::Overloaded)));
+        assert!(matches!(shed, Err(GatewayError::ClientOverloaded)));
         // Another address, and another client behind a trusted proxy, are served.
         assert!(svc
             .clone()
@@ -557,7 +557,7 @@ mod tests {
             .clone()
             .oneshot(tagged("127.0.0.1", &trusted, Some("198.51.100.2")))
             .await;
-        assert!(matches!(spoofed, Err(GatewayError::Overloaded)));
+        assert!(matches!(spoofed, Err(GatewayError::ClientOverloaded)));
         tx.send(()).unwrap();
         first.await.unwrap().unwrap();
         assert!(svc

@@ -89,6 +89,9 @@ fn assert_overloaded(got: &Got) {
         got.json()["type"],
         "urn:companies-gateway:problem:overloaded"
     );
+    // The detail says whose limit it was: this client's, not the gateway's.
+    let detail = got.json()["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.starts_with("this client has"), "{detail}");
 }
 
 #[tokio::test]
