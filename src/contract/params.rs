@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use http::{HeaderMap, HeaderName};
 
 use super::engine::{check_value_at, Num, Tree};
-use super::schema::{ty, NodeId, Schemas};
+use super::schema::{ty, Format, NodeId, Schemas};
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -174,19 +174,32 @@ fn number(text: &str) -> Option<Num> {
         .map(Num::F)
 }
 
-/// A parameter's value, read from its (decoded) text as the schema's types say.
-fn typed<'a>(text: Cow<'a, str>, types: u8) -> Result<Tree<'a>, (Code, &'static str)> {
+/// A parameter's value, read from its (decoded) text as the schema's types and format say.
+fn typed<'a>(
+    text: Cow<'a, str>,
+    types: u8,
+    format: Option<Format>,
+) -> Result<Tree<'a>, (Code, &'static str)> {
     if types & (ty::NUMBER | ty::INTEGER) != 0 {
         if types & ty::NUMBER == 0 && types & ty::STRING == 0 {
-            // An integer parameter: a plain decimal integer within i64, whatever the spelling of
-            // the value (leading zeros and -0 are fine, `+1`, spaces and exponents are not).
-            return if is_decimal_i64(&text) {
-                Ok(Tree::Num(Num::I(text.parse().unwrap_or_default())))
-            } else {
-                Err((
+            // An integer parameter: a plain decimal integer, whatever the spelling of the value
+            // (leading zeros and -0 are fine, `+1`, spaces and exponents are not).
+            if is_decimal_i64(&text) {
+                return Ok(Tree::Num(Num::I(text.parse().unwrap_or_default())));
+            }
+            if matches!(format, Some(Format::Int32 | Format::Int64)) {
+                return Err((
                     Code::Integer,
                     "must be a decimal integer from -9223372036854775808 to 9223372036854775807",
-                ))
+                ));
+            }
+            // No width: a larger integer is still one, read as a JSON body's number would be.
+            let digits = text.strip_prefix('-').unwrap_or(&text);
+            return match number(&text) {
+                Some(n) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                    Ok(Tree::Num(n))
+                }
+                _ => Err((Code::Integer, "must be a decimal integer")),
             };
         }
         if let Some(n) = number(&text) {
@@ -237,20 +250,29 @@ impl Param {
         let node = schemas.node(id);
         let query = matches!(self.place, Place::Query);
         let decode_one = |text| self.decode(text);
-        let item_types = |id: Option<NodeId>| id.map_or(ty::ANY, |id| schemas.node(id).types);
+        let item_shape = |id: Option<NodeId>| {
+            id.map_or((ty::ANY, None), |id| {
+                let node = schemas.node(id);
+                (node.types, node.format)
+            })
+        };
         let value: Result<Tree<'_>, Violation> = (|| {
             let fail =
                 |(code, why): (Code, &str)| self.violation(code, format!("{} {why}", self.name));
             if node.types & ty::ARRAY != 0 && node.types & !(ty::ARRAY | ty::NULL) == 0 {
                 let pieces: Vec<&str> = if query && self.explode {
                     raw.to_vec()
+                } else if raw == [""] {
+                    // `fields=` (form) or an empty header (simple): the empty array.
+                    Vec::new()
                 } else {
                     raw.iter().flat_map(|r| r.split(',')).collect()
                 };
                 let mut items = Vec::with_capacity(pieces.len());
                 for (i, piece) in pieces.into_iter().enumerate() {
                     let child = node.prefix_items.get(i).copied().or(node.items);
-                    items.push(typed(decode_one(piece)?, item_types(child)).map_err(fail)?);
+                    let (types, format) = item_shape(child);
+                    items.push(typed(decode_one(piece)?, types, format).map_err(fail)?);
                 }
                 return Ok(Tree::Arr(items));
             }
@@ -280,11 +302,12 @@ impl Param {
                         schema::Additional::Schema(id) => Some(id),
                         _ => None,
                     });
-                    members.push((key, typed(decode_one(v)?, item_types(child)).map_err(fail)?));
+                    let (types, format) = item_shape(child);
+                    members.push((key, typed(decode_one(v)?, types, format).map_err(fail)?));
                 }
                 return Ok(Tree::Obj(members));
             }
-            typed(decode_one(text)?, node.types).map_err(fail)
+            typed(decode_one(text)?, node.types, node.format).map_err(fail)
         })();
         match value {
             Err(v) => out.push(v),
