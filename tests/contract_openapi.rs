@@ -312,3 +312,32 @@ fn bodies_over_every_keyword() {
         ])
     );
 }
+
+#[test]
+fn numbers_are_read_correctly_rounded() {
+    let doc = r#"openapi: 3.1.0
+info: {title: numbers, version: "1"}
+paths:
+  /n:
+    post:
+      security: []
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {type: object, properties: {x: {type: number, exclusiveMaximum: 100}}}
+      responses: {"200": {description: ok}}
+"#;
+    let api = Api::from_text(doc, &CompileOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let op = &api.operations()[0];
+    let h = headers(&[("content-type", "application/json")]);
+    // The f64 just below 100: a fast parse that is not correctly rounded reads it as 100.
+    assert_eq!(
+        op.check_request(&[], None, &h, br#"{"x":99.99999999999999}"#),
+        Ok(())
+    );
+    assert_eq!(
+        found(op.check_request(&[], None, &h, br#"{"x":100.0}"#)),
+        want(&[("x", Code::Maximum, "/x")])
+    );
+}
