@@ -8,7 +8,8 @@
 #   bash benches/load/callgrind.sh                       # target/release/companies-gateway
 #   GATEWAY_BIN=/path/to/other/companies-gateway bash benches/load/callgrind.sh
 #
-# Environment: GATEWAY_BIN [target/release/companies-gateway], N [2000], WARMUP_N [300].
+# Environment: GATEWAY_BIN [target/release/companies-gateway], N [2000], WARMUP_N [300],
+# CG_OUT [] a directory to keep the two dumps in (callgrind_annotate CG_OUT/forward.out).
 # Prints one line per path: "forward <Ir/request>" (valid PATCH, 200 from the upstream) and
 # "reject <Ir/request>" (body breaking the contract, 400 answered locally). Needs valgrind, nginx,
 # python3, openssl. 127.0.0.1 only; the temp dir is removed on exit.
@@ -19,6 +20,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 EXAMPLES="$ROOT/../shared/contract/examples"
 HELPERS="$HERE/helpers.py"
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/companies-gateway}
+export -n GATEWAY_BIN   # the gateway reads GATEWAY_* variables as config overrides
 N=${N:-2000}
 WARMUP_N=${WARMUP_N:-300}
 ROUTE=/companies/v2/rs/1/contacts/2
@@ -134,6 +136,7 @@ measure() { # name body status
   local dump
   dump=$(ls -t "$TMP"/cg.*.* | head -1)
   local ir
+  [[ -z ${CG_OUT:-} ]] || { mkdir -p "$CG_OUT"; cp "$dump" "$CG_OUT/$1.out"; }
   ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
   echo "$1 $(( ir / N ))"
 }
