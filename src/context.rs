@@ -26,7 +26,7 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(api: Arc<Api>, metrics: &Metrics) -> Result<Routes, RouteError> {
+    pub(crate) fn new(api: Arc<Api>, metrics: &Metrics) -> Result<Routes, RouteError> {
         let ops = api.operations();
         let router = Router::new(ops.iter().map(|op| (op.method(), op.template())))?;
         let series = metrics.route_series(ops.iter().map(|op| (op.label(), op.method())));
@@ -45,7 +45,7 @@ impl Routes {
         self.router.recognise(method, path)
     }
 
-    pub fn series(&self) -> &RouteSeries {
+    pub(crate) fn series(&self) -> &RouteSeries {
         &self.series
     }
 }
@@ -74,7 +74,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// Recognises the request's route: the only place a request is matched.
-    pub fn new<B>(routes: Arc<Routes>, req: &Request<B>) -> RequestCtx {
+    pub(crate) fn new<B>(routes: Arc<Routes>, req: &Request<B>) -> RequestCtx {
         let route = routes.recognise(req.method(), req.uri().path());
         RequestCtx {
             routes,
@@ -171,7 +171,7 @@ pub struct ContextLayer {
 }
 
 impl ContextLayer {
-    pub fn new(routes: Arc<Routes>) -> Self {
+    pub(crate) fn new(routes: Arc<Routes>) -> Self {
         ContextLayer { routes }
     }
 }

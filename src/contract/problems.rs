@@ -40,7 +40,7 @@ impl Field {
     pub const Unknown: Field = Field("unknown");
 
     /// The labels of the built-in document (`Api::field_labels` gives those of any document).
-    pub const ALL: [Field; 9] = [
+    pub(crate) const ALL: [Field; 9] = [
         Field::Notify,
         Field::Name,
         Field::Email,
@@ -112,7 +112,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 24] = [
+    pub(crate) const ALL: [Code; 24] = [
         Code::Required,
         Code::Type,
         Code::MaxLength,
@@ -188,7 +188,7 @@ pub struct Violation {
 
 /// Most violations one answer lists in full. The rest are still counted, by field and code, for
 /// the metrics and the answer's `detail`: a small body cannot make a large answer.
-pub const MAX_LISTED: usize = 100;
+pub(crate) const MAX_LISTED: usize = 100;
 
 /// Every violation of one request (stage 5), in order: the first `MAX_LISTED` in full, the rest as
 /// counts. Reads as the slice of the listed ones.
@@ -199,7 +199,7 @@ pub struct Violations {
 }
 
 impl Violations {
-    pub fn push(&mut self, v: Violation) {
+    pub(crate) fn push(&mut self, v: Violation) {
         let Violation {
             field,
             code,
@@ -251,7 +251,7 @@ impl Violations {
     }
 
     /// `other`'s violations after these.
-    pub fn append(&mut self, other: Violations) {
+    pub(crate) fn append(&mut self, other: Violations) {
         for v in other.listed {
             self.push(v);
         }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 /// Why a token is refused locally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwtReject {
+pub(crate) enum JwtReject {
     Expired,
     NotYetValid,
     /// Bad signature, wrong or `none` algorithm, unknown key.
@@ -26,7 +26,7 @@ pub enum JwtReject {
 
 /// What the local checks learned of an accepted token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwtInfo {
+pub(crate) enum JwtInfo {
     /// Not a JWT, and no key is configured: other sources decide.
     Opaque,
     /// A JWT whose claims (and signature, with a key) passed. `exp` in Unix seconds.
@@ -42,14 +42,14 @@ pub enum JwtKey {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {message}")]
-pub struct KeyError {
+pub(crate) struct KeyError {
     pub key: &'static str,
     pub message: String,
 }
 
 impl JwtKey {
     /// Loads whichever of the three key settings is set (config validation allows at most one).
-    pub fn load(
+    pub(crate) fn load(
         hs256_secret: Option<&Path>,
         public_key: Option<&Path>,
         jwks: Option<&Path>,
@@ -112,7 +112,7 @@ impl JwtKey {
         Ok(JwtKey::None)
     }
 
-    pub fn is_some(&self) -> bool {
+    pub(crate) fn is_some(&self) -> bool {
         !matches!(self, JwtKey::None)
     }
 }
@@ -163,7 +163,7 @@ fn is_json_object(bytes: &[u8]) -> bool {
 }
 
 /// Checks a session token at `now` (Unix time) with `leeway` for clock skew.
-pub fn check(
+pub(crate) fn check(
     token: &str,
     key: &JwtKey,
     now: Duration,
