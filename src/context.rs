@@ -89,10 +89,6 @@ impl RequestCtx {
         self.route
     }
 
-    pub fn routes(&self) -> &Routes {
-        &self.routes
-    }
-
     /// A handle on the routes, for what outlives the request (the observer's pending record).
     pub fn routes_arc(&self) -> Arc<Routes> {
         self.routes.clone()
@@ -138,10 +134,6 @@ impl RequestCtx {
 
     pub fn set_contract(&mut self, state: ContractState) {
         self.contract = state;
-    }
-
-    pub fn session(&self) -> Option<&SessionVerdict> {
-        self.session.as_ref()
     }
 
     /// Only the session layer can make a `SessionVerdict`.

@@ -13,11 +13,6 @@ use prometheus::{
 
 use crate::outcome::{OutcomeKind, Reason, UpstreamErrorKind};
 
-/// The `method` label's closed set.
-pub(crate) fn method_label(method: &http::Method) -> &'static str {
-    method_name(method_index(method))
-}
-
 /// The `method` label at `index` in `METHOD_LABELS`; `other` past its end.
 pub(crate) fn method_name(index: usize) -> &'static str {
     METHOD_LABELS.get(index).copied().unwrap_or("other")
@@ -334,10 +329,6 @@ impl MetricSet {
                 self.contract_violations.with_label_values(&[field, code]);
             }
         }
-    }
-
-    pub(crate) fn registry(&self) -> &Registry {
-        &self.registry
     }
 
     /// The Prometheus text exposition of every metric.
@@ -663,8 +654,8 @@ mod tests {
 
     #[test]
     fn odd_methods_fold_into_other() {
-        assert_eq!(method_label(&http::Method::PATCH), "PATCH");
+        assert_eq!(method_name(method_index(&http::Method::PATCH)), "PATCH");
         let odd = http::Method::from_bytes(b"BREW").unwrap();
-        assert_eq!(method_label(&odd), "other");
+        assert_eq!(method_name(method_index(&odd)), "other");
     }
 }
