@@ -40,10 +40,6 @@ impl Params {
         usize::from(self.len)
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The parameters' text in `path`, the path they were matched in; an out-of-range span (a
     /// different path) reads as empty rather than panicking.
     pub(crate) fn values<'a>(&self, path: &'a str) -> ([&'a str; MAX_PARAMS], usize) {

@@ -98,6 +98,7 @@ impl LoadError {
     }
 
     /// The JSON pointer of the offending place (`None` for a parse error).
+    #[cfg(test)] // Display names it; tests check it alone.
     pub(crate) fn pointer(&self) -> Option<&str> {
         self.pointer.as_deref()
     }
