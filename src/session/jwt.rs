@@ -30,7 +30,7 @@ pub(crate) enum JwtInfo {
     /// Not a JWT, and no key is configured: other sources decide.
     Opaque,
     /// A JWT whose claims (and signature, with a key) passed. `exp` in Unix seconds.
-    Valid { exp: Option<u64>, verified: bool },
+    Valid { exp: Option<u64> },
 }
 
 /// The configured verification key.
@@ -192,14 +192,8 @@ pub(crate) fn check(
         return Err(JwtReject::BadSignature);
     }
     match key {
-        JwtKey::None => Ok(JwtInfo::Valid {
-            exp,
-            verified: false,
-        }),
-        JwtKey::Single { key, alg } => verify(token, key, *alg).map(|()| JwtInfo::Valid {
-            exp,
-            verified: true,
-        }),
+        JwtKey::None => Ok(JwtInfo::Valid { exp }),
+        JwtKey::Single { key, alg } => verify(token, key, *alg).map(|()| JwtInfo::Valid { exp }),
         JwtKey::Set(set) => {
             let kid = jsonwebtoken::decode_header(token)
                 .ok()
@@ -215,10 +209,7 @@ pub(crate) fn check(
                 _ => return Err(JwtReject::BadSignature),
             };
             let key = DecodingKey::from_jwk(jwk).map_err(|_| JwtReject::BadSignature)?;
-            verify(token, &key, alg).map(|()| JwtInfo::Valid {
-                exp,
-                verified: true,
-            })
+            verify(token, &key, alg).map(|()| JwtInfo::Valid { exp })
         }
     }
 }
@@ -284,7 +275,6 @@ mod tests {
             check(&t(fine), &none, at(NOW), LEEWAY),
             Ok(JwtInfo::Valid {
                 exp: Some(NOW + 60),
-                verified: false
             })
         );
     }
@@ -360,7 +350,6 @@ mod tests {
             check(&good, &hs_key(b"secret"), at(NOW), LEEWAY),
             Ok(JwtInfo::Valid {
                 exp: Some(NOW + 60),
-                verified: true
             })
         );
         let forged = hs(claims.clone(), b"other");
