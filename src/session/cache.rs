@@ -120,7 +120,7 @@ impl Default for KeyHasher {
 }
 
 impl KeyHasher {
-    pub(crate) fn key(&self, bearer: &[u8], session: &[u8]) -> Key {
+    pub fn key(&self, bearer: &[u8], session: &[u8]) -> Key {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         // Length-prefixed, so (ab, c) and (a, bc) differ.
         h.write_usize(bearer.len());
