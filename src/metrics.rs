@@ -93,23 +93,21 @@ impl Deref for Metrics {
 
 pub struct MetricSet {
     registry: Registry,
-    pub requests: IntCounterVec,
-    pub request_duration: HistogramVec,
-    pub rejections: IntCounterVec,
-    pub contract_violations: IntCounterVec,
-    pub report_only: IntCounterVec,
-    pub upstream_duration: HistogramVec,
-    pub upstream_errors: IntCounterVec,
-    pub upstream_connections_opened: IntCounter,
-    pub contract_drift: IntCounterVec,
-    pub inflight_requests: IntGauge,
-    pub open_connections: IntGauge,
-    pub session_cache_lookups: IntCounterVec,
-    pub session_cache_entries: IntGauge,
-    pub session_checks: IntCounterVec,
-    pub session_introspection_duration: Histogram,
-    pub session_coalesced: IntCounter,
-    pub build_info: IntGaugeVec,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) request_duration: HistogramVec,
+    pub(crate) rejections: IntCounterVec,
+    pub(crate) contract_violations: IntCounterVec,
+    pub(crate) report_only: IntCounterVec,
+    pub(crate) upstream_duration: HistogramVec,
+    pub(crate) upstream_errors: IntCounterVec,
+    pub(crate) upstream_connections_opened: IntCounter,
+    pub(crate) contract_drift: IntCounterVec,
+    pub(crate) inflight_requests: IntGauge,
+    pub(crate) open_connections: IntGauge,
+    pub(crate) session_cache_entries: IntGauge,
+    pub(crate) session_introspection_duration: Histogram,
+    pub(crate) session_coalesced: IntCounter,
+    pub(crate) build_info: IntGaugeVec,
     /// Handles of the per-request series with closed label sets, resolved once rather than by
     /// hashing the label values on every request.
     resolved: Resolved,
@@ -269,8 +267,6 @@ impl Metrics {
                     ]
                 },
             },
-            session_cache_lookups,
-            session_checks,
         };
         metrics
             .build_info
