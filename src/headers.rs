@@ -136,10 +136,10 @@ pub(crate) fn append_via(headers: &mut HeaderMap) {
 /// How the client reached the gateway: set per connection by the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
+    pub(crate) peer: SocketAddr,
+    pub(crate) tls: bool,
     /// The peer is in `trusted_proxies`: its forwarded headers are extended, not replaced.
-    pub trusted: bool,
+    pub(crate) trusted: bool,
 }
 
 impl ConnInfo {

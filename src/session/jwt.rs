@@ -43,8 +43,8 @@ pub enum JwtKey {
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {message}")]
 pub(crate) struct KeyError {
-    pub key: &'static str,
-    pub message: String,
+    pub(crate) key: &'static str,
+    pub(crate) message: String,
 }
 
 impl JwtKey {
