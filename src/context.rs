@@ -26,7 +26,7 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(api: Arc<Api>, metrics: &Metrics) -> Result<Routes, RouteError> {
+    pub(crate) fn new(api: Arc<Api>, metrics: &Metrics) -> Result<Routes, RouteError> {
         let ops = api.operations();
         let router = Router::new(ops.iter().map(|op| (op.method(), op.template())))?;
         let series = metrics.route_series(ops.iter().map(|op| (op.label(), op.method())));
@@ -45,7 +45,7 @@ impl Routes {
         self.router.recognise(method, path)
     }
 
-    pub fn series(&self) -> &RouteSeries {
+    pub(crate) fn series(&self) -> &RouteSeries {
         &self.series
     }
 }
@@ -74,7 +74,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// Recognises the request's route: the only place a request is matched.
-    pub fn new<B>(routes: Arc<Routes>, req: &Request<B>) -> RequestCtx {
+    pub(crate) fn new<B>(routes: Arc<Routes>, req: &Request<B>) -> RequestCtx {
         let route = routes.recognise(req.method(), req.uri().path());
         RequestCtx {
             routes,
@@ -87,10 +87,6 @@ impl RequestCtx {
 
     pub fn route(&self) -> Match {
         self.route
-    }
-
-    pub fn routes(&self) -> &Routes {
-        &self.routes
     }
 
     /// A handle on the routes, for what outlives the request (the observer's pending record).
@@ -140,10 +136,6 @@ impl RequestCtx {
         self.contract = state;
     }
 
-    pub fn session(&self) -> Option<&SessionVerdict> {
-        self.session.as_ref()
-    }
-
     /// Only the session layer can make a `SessionVerdict`.
     pub fn set_session(&mut self, verdict: SessionVerdict) {
         self.session = Some(verdict);
@@ -171,7 +163,7 @@ pub struct ContextLayer {
 }
 
 impl ContextLayer {
-    pub fn new(routes: Arc<Routes>) -> Self {
+    pub(crate) fn new(routes: Arc<Routes>) -> Self {
         ContextLayer { routes }
     }
 }

@@ -57,7 +57,7 @@ pub fn check_edge<B>(
 
 /// Targets a reverse proxy has no upstream meaning for: `CONNECT` (a tunnel through a forward
 /// proxy) and the asterisk form (`OPTIONS *`, which no base path can prefix).
-pub fn check_target(method: &Method, uri: &http::Uri) -> Result<(), GatewayError> {
+pub(crate) fn check_target(method: &Method, uri: &http::Uri) -> Result<(), GatewayError> {
     if method == Method::CONNECT {
         return Err(GatewayError::BadRequest(
             "CONNECT is not served: the gateway is not a forward proxy",
@@ -73,7 +73,7 @@ pub fn check_target(method: &Method, uri: &http::Uri) -> Result<(), GatewayError
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`; any `Host` sent is one host and an
 /// optional port. It becomes `X-Forwarded-Host` and `Forwarded`'s `host`, so it must be sound.
-pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), GatewayError> {
+pub(crate) fn check_host(version: Version, headers: &HeaderMap) -> Result<(), GatewayError> {
     let mut hosts = headers.get_all(HOST).iter();
     let Some(host) = hosts.next() else {
         return if version == Version::HTTP_11 {
@@ -160,7 +160,7 @@ pub struct EdgeLayer {
 }
 
 impl EdgeLayer {
-    pub fn new(unknown_routes: UnknownRoutes) -> Self {
+    pub(crate) fn new(unknown_routes: UnknownRoutes) -> Self {
         EdgeLayer { unknown_routes }
     }
 }

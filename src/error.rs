@@ -119,7 +119,7 @@ impl<'a> ProblemItem<'a> {
 
 impl GatewayError {
     /// The error's status, problem slug and title.
-    pub fn status(&self) -> (StatusCode, &'static str, &'static str) {
+    pub(crate) fn status(&self) -> (StatusCode, &'static str, &'static str) {
         use GatewayError::*;
         match self {
             BadRequest(_) | ClientAborted => {
@@ -183,7 +183,7 @@ impl GatewayError {
     }
 
     /// What the observer records for this error.
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         use GatewayError::*;
         let rejected = Outcome::rejected;
         match self {
@@ -273,7 +273,7 @@ impl GatewayError {
 
     /// The problem response for this error. `instance` is the request path; `request_id` the id
     /// the response will carry.
-    pub fn into_response(self, instance: &str, request_id: &str) -> Response<Body> {
+    pub(crate) fn into_response(self, instance: &str, request_id: &str) -> Response<Body> {
         let (status, slug, title) = self.status();
         let outcome = self.outcome();
         let errors: Vec<ProblemItem<'_>> = match &self {
@@ -332,7 +332,7 @@ impl GatewayError {
     }
 
     /// An upstream error of `kind`.
-    pub fn upstream(kind: UpstreamErrorKind, source: impl Into<BoxError>) -> Self {
+    pub(crate) fn upstream(kind: UpstreamErrorKind, source: impl Into<BoxError>) -> Self {
         GatewayError::Upstream {
             kind,
             source: source.into(),

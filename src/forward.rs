@@ -87,7 +87,7 @@ pub fn upstream_request(
 }
 
 /// Cleans an upstream response for the client.
-pub fn client_response(res: Response<PooledBody>) -> Response<Body> {
+pub(crate) fn client_response(res: Response<PooledBody>) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     append_via(&mut parts.headers);
@@ -101,7 +101,7 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub fn new(pool: Pool, cfg: ForwardConfig) -> Self {
+    pub(crate) fn new(pool: Pool, cfg: ForwardConfig) -> Self {
         Forward {
             pool,
             cfg: Arc::new(cfg),

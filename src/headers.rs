@@ -7,10 +7,10 @@ use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRA
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -34,7 +34,7 @@ const CLIENT_ADDRESS: [&str; 4] = [
 ];
 
 /// What the gateway adds to `Via`.
-pub const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 companies-gateway");
+pub(crate) const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 companies-gateway");
 
 /// Hop-by-hop headers that never cross the gateway, whatever `Connection` says.
 fn fixed_hop_by_hop() -> [&'static HeaderName; 9] {
@@ -118,7 +118,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Removes the method- and URL-override headers (`X-HTTP-Method-Override`, `X-Original-URL`,
 /// ...), from every peer.
-pub fn strip_overrides(headers: &mut HeaderMap) {
+pub(crate) fn strip_overrides(headers: &mut HeaderMap) {
     // Most requests carry none: one pass over the names decides.
     if !headers.keys().any(|n| OVERRIDES.contains(&n.as_str())) {
         return;
@@ -129,17 +129,17 @@ pub fn strip_overrides(headers: &mut HeaderMap) {
 }
 
 /// Adds the gateway to `Via`, after any value already there.
-pub fn append_via(headers: &mut HeaderMap) {
+pub(crate) fn append_via(headers: &mut HeaderMap) {
     headers.append(VIA, VIA_VALUE);
 }
 
 /// How the client reached the gateway: set per connection by the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
+    pub(crate) peer: SocketAddr,
+    pub(crate) tls: bool,
     /// The peer is in `trusted_proxies`: its forwarded headers are extended, not replaced.
-    pub trusted: bool,
+    pub(crate) trusted: bool,
 }
 
 impl ConnInfo {

@@ -13,27 +13,22 @@ use prometheus::{
 
 use crate::outcome::{OutcomeKind, Reason, UpstreamErrorKind};
 
-/// The `method` label's closed set.
-pub fn method_label(method: &http::Method) -> &'static str {
-    method_name(method_index(method))
-}
-
 /// The `method` label at `index` in `METHOD_LABELS`; `other` past its end.
-pub fn method_name(index: usize) -> &'static str {
+pub(crate) fn method_name(index: usize) -> &'static str {
     METHOD_LABELS.get(index).copied().unwrap_or("other")
 }
 
 /// `other`'s place in `METHOD_LABELS`: every method not named there.
-pub const OTHER_METHOD: usize = METHOD_LABELS.len() - 1;
+pub(crate) const OTHER_METHOD: usize = METHOD_LABELS.len() - 1;
 
 /// Every `method` label value.
-pub const METHOD_LABELS: [&str; 8] = [
+pub(crate) const METHOD_LABELS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
 ];
 
 /// Statuses whose series are resolved once: the gateway's own answers and the upstream's usual
 /// ones. Any other status is looked up by its labels each time.
-pub const COMMON_STATUSES: [u16; 19] = [
+pub(crate) const COMMON_STATUSES: [u16; 19] = [
     200, 201, 204, 400, 401, 403, 404, 405, 408, 413, 415, 422, 429, 431, 499, 500, 502, 503, 504,
 ];
 
@@ -48,7 +43,7 @@ fn unset<T>(n: usize) -> Box<[OnceLock<T>]> {
 }
 
 /// A method's place in `METHOD_LABELS`.
-pub fn method_index(method: &http::Method) -> usize {
+pub(crate) fn method_index(method: &http::Method) -> usize {
     match *method {
         http::Method::GET => 0,
         http::Method::HEAD => 1,
@@ -63,7 +58,7 @@ pub fn method_index(method: &http::Method) -> usize {
 
 /// `result` label of a session cache lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheResult {
+pub(crate) enum CacheResult {
     Hit,
     Miss,
     Stale,
@@ -71,7 +66,7 @@ pub enum CacheResult {
 
 /// `source` label of a session check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerdictSource {
+pub(crate) enum VerdictSource {
     Jwt,
     Introspection,
     Upstream,
@@ -79,7 +74,7 @@ pub enum VerdictSource {
 
 /// `verdict` label of a session check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerdictLabel {
+pub(crate) enum VerdictLabel {
     Valid,
     Invalid,
     Error,
@@ -98,23 +93,21 @@ impl Deref for Metrics {
 
 pub struct MetricSet {
     registry: Registry,
-    pub requests: IntCounterVec,
-    pub request_duration: HistogramVec,
-    pub rejections: IntCounterVec,
-    pub contract_violations: IntCounterVec,
-    pub report_only: IntCounterVec,
-    pub upstream_duration: HistogramVec,
-    pub upstream_errors: IntCounterVec,
-    pub upstream_connections_opened: IntCounter,
-    pub contract_drift: IntCounterVec,
-    pub inflight_requests: IntGauge,
-    pub open_connections: IntGauge,
-    pub session_cache_lookups: IntCounterVec,
-    pub session_cache_entries: IntGauge,
-    pub session_checks: IntCounterVec,
-    pub session_introspection_duration: Histogram,
-    pub session_coalesced: IntCounter,
-    pub build_info: IntGaugeVec,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) request_duration: HistogramVec,
+    pub(crate) rejections: IntCounterVec,
+    pub(crate) contract_violations: IntCounterVec,
+    pub(crate) report_only: IntCounterVec,
+    pub(crate) upstream_duration: HistogramVec,
+    pub(crate) upstream_errors: IntCounterVec,
+    pub(crate) upstream_connections_opened: IntCounter,
+    pub(crate) contract_drift: IntCounterVec,
+    pub(crate) inflight_requests: IntGauge,
+    pub(crate) open_connections: IntGauge,
+    pub(crate) session_cache_entries: IntGauge,
+    pub(crate) session_introspection_duration: Histogram,
+    pub(crate) session_coalesced: IntCounter,
+    pub(crate) build_info: IntGaugeVec,
     /// Handles of the per-request series with closed label sets, resolved once rather than by
     /// hashing the label values on every request.
     resolved: Resolved,
@@ -274,8 +267,6 @@ impl Metrics {
                     ]
                 },
             },
-            session_cache_lookups,
-            session_checks,
         };
         metrics
             .build_info
@@ -312,7 +303,7 @@ impl MetricSet {
     /// The per-route series of a loaded document whose operations have these `route` labels and
     /// methods, in order: slot 0 is `other`, operation `i` is slot `i + 1`. Their small closed
     /// label sets are created at zero.
-    pub fn route_series<'a>(
+    pub(crate) fn route_series<'a>(
         &self,
         routes: impl Iterator<Item = (&'a str, &'a http::Method)>,
     ) -> RouteSeries {
@@ -324,7 +315,11 @@ impl MetricSet {
     }
 
     /// Creates `gateway_contract_violations_total{field, code}` at zero for a document's fields.
-    pub fn touch_violations<'a>(&self, fields: impl Iterator<Item = &'a str>, codes: &[&str]) {
+    pub(crate) fn touch_violations<'a>(
+        &self,
+        fields: impl Iterator<Item = &'a str>,
+        codes: &[&str],
+    ) {
         for field in fields {
             for code in codes {
                 self.contract_violations.with_label_values(&[field, code]);
@@ -332,28 +327,24 @@ impl MetricSet {
         }
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
+    pub(crate) fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         Ok(out)
     }
 
-    pub fn cache_lookup(&self, result: CacheResult) {
+    pub(crate) fn cache_lookup(&self, result: CacheResult) {
         self.resolved.cache_lookups[result as usize].inc();
     }
 
-    pub fn session_check(&self, source: VerdictSource, verdict: VerdictLabel) {
+    pub(crate) fn session_check(&self, source: VerdictSource, verdict: VerdictLabel) {
         self.resolved.session_checks[source as usize][verdict as usize].inc();
     }
 
     /// Counts `gateway_requests_total{route, method, status, outcome}`, for the route at `slot`
     /// of `routes`.
-    pub fn count_request(
+    pub(crate) fn count_request(
         &self,
         routes: &RouteSeries,
         route: usize,
@@ -385,7 +376,7 @@ impl MetricSet {
 
     /// Counts a request that hyper refused below the stack (a framing error: 400, or a head too
     /// large: 431), which the stack never saw: its method and route are unknown.
-    pub fn count_refused_below_the_stack(&self, status: StatusCode) {
+    pub(crate) fn count_refused_below_the_stack(&self, status: StatusCode) {
         self.count_request(
             &self.resolved.other,
             0,
@@ -399,7 +390,7 @@ impl MetricSet {
     }
 
     /// Observes `gateway_upstream_duration_seconds{route, status}`.
-    pub fn observe_upstream_duration(
+    pub(crate) fn observe_upstream_duration(
         &self,
         routes: &RouteSeries,
         route: usize,
@@ -419,7 +410,7 @@ impl MetricSet {
     }
 
     /// Observes `gateway_request_duration_seconds{route, outcome}`.
-    pub fn observe_request_duration(
+    pub(crate) fn observe_request_duration(
         &self,
         routes: &RouteSeries,
         route: usize,
@@ -439,18 +430,18 @@ impl MetricSet {
     }
 
     /// The `other` route's series, for a request counted without a document's routes.
-    pub fn other_route(&self) -> &RouteSeries {
+    pub(crate) fn other_route(&self) -> &RouteSeries {
         &self.resolved.other
     }
 }
 
 /// The `route` label of everything the document does not name.
-pub const OTHER_ROUTE: &str = "other";
+pub(crate) const OTHER_ROUTE: &str = "other";
 
 /// The per-request series of one loaded document's routes, resolved on first use rather than by
 /// hashing the label values on every request: the label set is closed by the document, so it is
 /// data, built once per load.
-pub struct RouteSeries {
+pub(crate) struct RouteSeries {
     /// Slot 0 is `other`; slot `i + 1` is operation `i`'s label.
     labels: Box<[Box<str>]>,
     /// Each slot's method index (`other`'s is unused: it has every method).
@@ -492,7 +483,7 @@ impl RouteSeries {
     }
 
     /// The `route` label of `slot`.
-    pub fn label(&self, slot: usize) -> &str {
+    pub(crate) fn label(&self, slot: usize) -> &str {
         self.labels.get(slot).map_or(OTHER_ROUTE, |l| l)
     }
 }
@@ -659,8 +650,8 @@ mod tests {
 
     #[test]
     fn odd_methods_fold_into_other() {
-        assert_eq!(method_label(&http::Method::PATCH), "PATCH");
+        assert_eq!(method_name(method_index(&http::Method::PATCH)), "PATCH");
         let odd = http::Method::from_bytes(b"BREW").unwrap();
-        assert_eq!(method_label(&odd), "other");
+        assert_eq!(method_name(method_index(&odd)), "other");
     }
 }

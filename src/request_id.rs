@@ -16,10 +16,10 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request's id, as a request extension for the layers below.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
+pub(crate) struct RequestId(pub HeaderValue);
 
 impl RequestId {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Only visible ASCII ever gets here (see `accept`), so this never falls back.
         self.0.to_str().unwrap_or("")
     }
@@ -40,7 +40,7 @@ pub fn accept(values: http::header::GetAll<'_, HeaderValue>) -> Option<HeaderVal
 /// A fresh id in UUID v4 form. A per-process random key (one `getrandom` call) and a counter,
 /// mixed by SplitMix64: unique within the process, unguessable across processes, and no system
 /// call per request.
-pub fn generate() -> HeaderValue {
+pub(crate) fn generate() -> HeaderValue {
     static KEY: OnceLock<(u64, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let (k1, k2) = *KEY.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair());

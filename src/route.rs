@@ -8,7 +8,7 @@ use http::Method;
 
 /// The most path parameters one template may hold: the spans of a match live in a fixed array,
 /// so recognising a request allocates nothing.
-pub const MAX_PARAMS: usize = 16;
+pub(crate) const MAX_PARAMS: usize = 16;
 
 /// What a request is, recognised once per request from its method and path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,17 +36,13 @@ impl Params {
         len: 0,
     };
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         usize::from(self.len)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The parameters' text in `path`, the path they were matched in; an out-of-range span (a
     /// different path) reads as empty rather than panicking.
-    pub fn values<'a>(&self, path: &'a str) -> ([&'a str; MAX_PARAMS], usize) {
+    pub(crate) fn values<'a>(&self, path: &'a str) -> ([&'a str; MAX_PARAMS], usize) {
         let mut out = [""; MAX_PARAMS];
         for (slot, &(start, end)) in out.iter_mut().zip(&self.spans[..self.len()]) {
             *slot = path.get(start as usize..end as usize).unwrap_or("");
@@ -337,7 +333,7 @@ pub enum NonCanonical {
 }
 
 impl NonCanonical {
-    pub fn detail(self) -> &'static str {
+    pub(crate) fn detail(self) -> &'static str {
         match self {
             NonCanonical::EmptySegment => "the path has an empty segment (`//`)",
             NonCanonical::DotSegment => "the path has a `.` or `..` segment",

@@ -147,11 +147,13 @@ impl ClientTable {
     }
 
     /// Clients with at least one slot.
+    #[cfg(test)]
     pub fn clients(&self) -> usize {
         self.lock().len()
     }
 
     /// Slots `ip` holds.
+    #[cfg(test)]
     pub fn held(&self, ip: IpAddr) -> usize {
         self.lock().get(&key(ip)).copied().unwrap_or(0)
     }
@@ -223,6 +225,7 @@ impl CloseCounter {
         Some((total.saturating_sub(before), total))
     }
 
+    #[cfg(test)]
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }

@@ -64,7 +64,7 @@ pub struct Parts {
 }
 
 /// The compile options of the OpenAPI document, from `[validation]` and `[session]`.
-pub fn compile_options(config: &Config) -> Result<CompileOptions, SetupError> {
+pub(crate) fn compile_options(config: &Config) -> Result<CompileOptions, SetupError> {
     Ok(CompileOptions {
         token_header: config
             .token_header()
@@ -75,7 +75,7 @@ pub fn compile_options(config: &Config) -> Result<CompileOptions, SetupError> {
 }
 
 /// Loads and compiles `validation.openapi`, or the built-in document.
-pub fn load_api(config: &Config) -> Result<Api, SetupError> {
+pub(crate) fn load_api(config: &Config) -> Result<Api, SetupError> {
     let opts = compile_options(config)?;
     match &config.validation.openapi {
         Some(path) => Api::load(path, &opts)

@@ -129,7 +129,7 @@ pub(crate) fn check_token_header(
 }
 
 /// Whether every byte is visible ASCII (0x21-0x7E). No early exit, so the compiler vectorises it.
-pub fn all_visible_ascii(value: &[u8]) -> bool {
+pub(crate) fn all_visible_ascii(value: &[u8]) -> bool {
     value.chunks(32).all(|c| {
         c.iter()
             .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e))

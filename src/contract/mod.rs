@@ -29,13 +29,18 @@ mod problems;
 mod schema;
 
 pub(crate) use engine::*;
-pub use headers::*;
-pub use params::*;
-pub use problems::*;
+pub(crate) use headers::*;
+pub(crate) use problems::*;
+// The part of the stages above that tests, benches and fuzz targets call directly.
+pub use headers::{check_authorization, check_content_type, check_session_token};
+pub use params::check_path_params;
+pub use problems::{
+    Code, Field, HeaderProblem, Location, UnknownFields, UnknownQuery, Violation, Violations,
+};
 
 /// The built-in document: `../shared/contract/openapi.yaml` but for `additionalProperties` (see
 /// its head comment).
-pub const BUILTIN_DOCUMENT: &str = include_str!("builtin.yaml");
+pub(crate) const BUILTIN_DOCUMENT: &str = include_str!("builtin.yaml");
 
 /// Options the compiled document depends on (from `[validation]` and `[session]`): a change to
 /// any of them needs a new compile, which a reload does anyway.
@@ -93,7 +98,8 @@ impl LoadError {
     }
 
     /// The JSON pointer of the offending place (`None` for a parse error).
-    pub fn pointer(&self) -> Option<&str> {
+    #[cfg(test)] // Display names it; tests check it alone.
+    pub(crate) fn pointer(&self) -> Option<&str> {
         self.pointer.as_deref()
     }
 }
@@ -127,7 +133,7 @@ impl Api {
     }
 
     /// A YAML or JSON file (`validation.openapi`).
-    pub fn load(path: &FsPath, opts: &CompileOptions) -> Result<Api, LoadError> {
+    pub(crate) fn load(path: &FsPath, opts: &CompileOptions) -> Result<Api, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             LoadError::parse(format!("cannot read the document: {e}")).in_file(path)
         })?;
@@ -157,7 +163,7 @@ impl Api {
     }
 
     /// Formats the document uses that are only annotations (for `--check-config` warnings).
-    pub fn annotation_formats(&self) -> Vec<&str> {
+    pub(crate) fn annotation_formats(&self) -> Vec<&str> {
         self.annotation_formats.iter().map(String::as_str).collect()
     }
 

@@ -40,7 +40,8 @@ impl Field {
     pub const Unknown: Field = Field("unknown");
 
     /// The labels of the built-in document (`Api::field_labels` gives those of any document).
-    pub const ALL: [Field; 9] = [
+    #[cfg(test)] // Metrics take the labels from the loaded document, never from this list.
+    pub(crate) const ALL: [Field; 9] = [
         Field::Notify,
         Field::Name,
         Field::Email,
@@ -112,7 +113,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 24] = [
+    pub(crate) const ALL: [Code; 24] = [
         Code::Required,
         Code::Type,
         Code::MaxLength,
@@ -188,7 +189,7 @@ pub struct Violation {
 
 /// Most violations one answer lists in full. The rest are still counted, by field and code, for
 /// the metrics and the answer's `detail`: a small body cannot make a large answer.
-pub const MAX_LISTED: usize = 100;
+pub(crate) const MAX_LISTED: usize = 100;
 
 /// Every violation of one request (stage 5), in order: the first `MAX_LISTED` in full, the rest as
 /// counts. Reads as the slice of the listed ones.
@@ -199,7 +200,7 @@ pub struct Violations {
 }
 
 impl Violations {
-    pub fn push(&mut self, v: Violation) {
+    pub(crate) fn push(&mut self, v: Violation) {
         let Violation {
             field,
             code,
@@ -251,7 +252,7 @@ impl Violations {
     }
 
     /// `other`'s violations after these.
-    pub fn append(&mut self, other: Violations) {
+    pub(crate) fn append(&mut self, other: Violations) {
         for v in other.listed {
             self.push(v);
         }

@@ -17,15 +17,15 @@ pub(crate) type NodeId = u32;
 
 /// JSON types as a bit set.
 pub(crate) mod ty {
-    pub const NULL: u8 = 1;
-    pub const BOOLEAN: u8 = 2;
-    pub const OBJECT: u8 = 4;
-    pub const ARRAY: u8 = 8;
-    pub const NUMBER: u8 = 16;
+    pub(crate) const NULL: u8 = 1;
+    pub(crate) const BOOLEAN: u8 = 2;
+    pub(crate) const OBJECT: u8 = 4;
+    pub(crate) const ARRAY: u8 = 8;
+    pub(crate) const NUMBER: u8 = 16;
     /// Only an integer number (`1.0` is one, as JSON Schema says).
-    pub const INTEGER: u8 = 32;
-    pub const STRING: u8 = 64;
-    pub const ANY: u8 = 127;
+    pub(crate) const INTEGER: u8 = 32;
+    pub(crate) const STRING: u8 = 64;
+    pub(crate) const ANY: u8 = 127;
 }
 
 /// The formats gateway.md §5 checks; any other is an annotation.
@@ -168,7 +168,7 @@ impl Node {
     }
 
     /// The node of property `key`, if the schema names it.
-    pub fn property(&self, key: &str) -> Option<NodeId> {
+    pub(crate) fn property(&self, key: &str) -> Option<NodeId> {
         self.properties
             .iter()
             .find(|(name, _)| &**name == key)
@@ -183,7 +183,7 @@ pub(crate) struct Schemas {
 }
 
 impl Schemas {
-    pub fn node(&self, id: NodeId) -> &Node {
+    pub(crate) fn node(&self, id: NodeId) -> &Node {
         // Ids come only from `Compiler::compile`, which pushes the node first.
         &self.nodes[id as usize]
     }
@@ -325,7 +325,7 @@ pub(crate) struct Compiler<'d> {
 }
 
 impl<'d> Compiler<'d> {
-    pub fn new(doc: &'d Value, version: Version, unknown_fields: UnknownFields) -> Self {
+    pub(crate) fn new(doc: &'d Value, version: Version, unknown_fields: UnknownFields) -> Self {
         Compiler {
             doc,
             version,
@@ -340,7 +340,7 @@ impl<'d> Compiler<'d> {
     }
 
     /// The node of the schema `value` found at `at`.
-    pub fn compile(&mut self, value: &'d Value, at: &str) -> Result<NodeId, LoadError> {
+    pub(crate) fn compile(&mut self, value: &'d Value, at: &str) -> Result<NodeId, LoadError> {
         if let Some(&id) = self.by_pointer.get(at) {
             return Ok(id);
         }
@@ -753,7 +753,7 @@ impl<'d> Compiler<'d> {
 
     /// Refuses a cycle that never descends into a value (`A: {allOf: [$ref: A]}`): checking it
     /// would never end. Cycles through `properties` or `items` are fine: the value is finite.
-    pub fn check_cycles(&self) -> Result<(), LoadError> {
+    pub(crate) fn check_cycles(&self) -> Result<(), LoadError> {
         let pointers: HashMap<NodeId, &str> = self
             .by_pointer
             .iter()

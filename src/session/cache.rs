@@ -66,7 +66,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn is_fresh(&self, now: Duration) -> bool {
+    pub(crate) fn is_fresh(&self, now: Duration) -> bool {
         now < self.expires
     }
 }
@@ -98,7 +98,7 @@ impl From<Packed> for Entry {
 
 /// A 128-bit keyed SipHash of the two tokens: no raw token is kept, and the key is random per
 /// process so nobody can aim a collision.
-pub type Key = u128;
+pub(crate) type Key = u128;
 
 /// Hashes sessions into cache keys.
 #[derive(Clone)]
@@ -163,7 +163,7 @@ impl Hasher for KeyBitsHasher {
 }
 
 /// A short fingerprint of a key, for logs.
-pub fn fingerprint(key: Key) -> String {
+pub(crate) fn fingerprint(key: Key) -> String {
     format!("{:08x}", (key >> 96) as u32)
 }
 
@@ -177,7 +177,12 @@ pub struct Ttls {
 
 impl Ttls {
     /// A valid entry: `valid_ttl`, shortened by `max-age`, never past the token's `exp`.
-    pub fn valid_entry(&self, now: Duration, max_age: Option<Duration>, exp: Option<u64>) -> Entry {
+    pub(crate) fn valid_entry(
+        &self,
+        now: Duration,
+        max_age: Option<Duration>,
+        exp: Option<u64>,
+    ) -> Entry {
         let mut expires = now + max_age.map_or(self.valid, |m| m.min(self.valid));
         if let Some(exp) = exp {
             expires = expires.min(Duration::from_secs(exp));
@@ -188,7 +193,7 @@ impl Ttls {
         }
     }
 
-    pub fn invalid_entry(&self, now: Duration) -> Entry {
+    pub(crate) fn invalid_entry(&self, now: Duration) -> Entry {
         Entry {
             verdict: Verdict::Invalid,
             expires: now + self.invalid,
@@ -196,7 +201,7 @@ impl Ttls {
     }
 
     /// A valid entry expired less than `stale_if_error` ago may stand in when the verifier errs.
-    pub fn usable_stale(&self, entry: &Entry, now: Duration) -> bool {
+    pub(crate) fn usable_stale(&self, entry: &Entry, now: Duration) -> bool {
         entry.verdict == Verdict::Valid && now < entry.expires + self.stale_if_error
     }
 }
@@ -227,7 +232,7 @@ impl SessionCache {
         }
     }
 
-    pub fn now(&self) -> Duration {
+    pub(crate) fn now(&self) -> Duration {
         self.clock.now()
     }
 }

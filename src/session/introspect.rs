@@ -17,11 +17,12 @@ use super::cache::Verdict;
 /// Introspection answers are small; a larger body is treated as an error.
 const MAX_BODY: usize = 64 * 1024;
 
-pub static X_SESSION_TOKEN: http::HeaderName = http::HeaderName::from_static("x-session-token");
+pub(crate) static X_SESSION_TOKEN: http::HeaderName =
+    http::HeaderName::from_static("x-session-token");
 
 /// The verifier could not decide.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum IntrospectError {
+pub(crate) enum IntrospectError {
     #[error("introspection timed out")]
     Timeout,
     #[error("introspection failed: {0}")]
@@ -32,13 +33,13 @@ pub enum IntrospectError {
 
 /// A remote verdict, with the `max-age` of a valid one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Remote {
+pub(crate) struct Remote {
     pub verdict: Verdict,
     pub max_age: Option<Duration>,
 }
 
 /// 2xx: valid unless the body is JSON with `"active": false`. 401/403: invalid. Else: an error.
-pub fn judge(
+pub(crate) fn judge(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
@@ -73,7 +74,7 @@ pub fn judge(
 }
 
 /// `Cache-Control: max-age=N` (the smallest, if several).
-pub fn max_age(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn max_age(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get_all(CACHE_CONTROL)
         .iter()
@@ -100,7 +101,7 @@ pub struct Introspector {
 
 impl Introspector {
     /// `tls` carries the upstream's trust anchors.
-    pub fn new(url: Uri, timeout: Duration, tls: rustls::ClientConfig) -> Self {
+    pub(crate) fn new(url: Uri, timeout: Duration, tls: rustls::ClientConfig) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -121,7 +122,7 @@ impl Introspector {
     }
 
     /// Asks about the session, within `introspect_timeout` for the whole exchange.
-    pub async fn check(
+    pub(crate) async fn check(
         &self,
         authorization: HeaderValue,
         session: HeaderValue,

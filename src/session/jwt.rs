@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 /// Why a token is refused locally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwtReject {
+pub(crate) enum JwtReject {
     Expired,
     NotYetValid,
     /// Bad signature, wrong or `none` algorithm, unknown key.
@@ -26,11 +26,11 @@ pub enum JwtReject {
 
 /// What the local checks learned of an accepted token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwtInfo {
+pub(crate) enum JwtInfo {
     /// Not a JWT, and no key is configured: other sources decide.
     Opaque,
     /// A JWT whose claims (and signature, with a key) passed. `exp` in Unix seconds.
-    Valid { exp: Option<u64>, verified: bool },
+    Valid { exp: Option<u64> },
 }
 
 /// The configured verification key.
@@ -42,14 +42,14 @@ pub enum JwtKey {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {message}")]
-pub struct KeyError {
-    pub key: &'static str,
-    pub message: String,
+pub(crate) struct KeyError {
+    pub(crate) key: &'static str,
+    pub(crate) message: String,
 }
 
 impl JwtKey {
     /// Loads whichever of the three key settings is set (config validation allows at most one).
-    pub fn load(
+    pub(crate) fn load(
         hs256_secret: Option<&Path>,
         public_key: Option<&Path>,
         jwks: Option<&Path>,
@@ -112,7 +112,7 @@ impl JwtKey {
         Ok(JwtKey::None)
     }
 
-    pub fn is_some(&self) -> bool {
+    pub(crate) fn is_some(&self) -> bool {
         !matches!(self, JwtKey::None)
     }
 }
@@ -163,7 +163,7 @@ fn is_json_object(bytes: &[u8]) -> bool {
 }
 
 /// Checks a session token at `now` (Unix time) with `leeway` for clock skew.
-pub fn check(
+pub(crate) fn check(
     token: &str,
     key: &JwtKey,
     now: Duration,
@@ -192,14 +192,8 @@ pub fn check(
         return Err(JwtReject::BadSignature);
     }
     match key {
-        JwtKey::None => Ok(JwtInfo::Valid {
-            exp,
-            verified: false,
-        }),
-        JwtKey::Single { key, alg } => verify(token, key, *alg).map(|()| JwtInfo::Valid {
-            exp,
-            verified: true,
-        }),
+        JwtKey::None => Ok(JwtInfo::Valid { exp }),
+        JwtKey::Single { key, alg } => verify(token, key, *alg).map(|()| JwtInfo::Valid { exp }),
         JwtKey::Set(set) => {
             let kid = jsonwebtoken::decode_header(token)
                 .ok()
@@ -215,10 +209,7 @@ pub fn check(
                 _ => return Err(JwtReject::BadSignature),
             };
             let key = DecodingKey::from_jwk(jwk).map_err(|_| JwtReject::BadSignature)?;
-            verify(token, &key, alg).map(|()| JwtInfo::Valid {
-                exp,
-                verified: true,
-            })
+            verify(token, &key, alg).map(|()| JwtInfo::Valid { exp })
         }
     }
 }
@@ -284,7 +275,6 @@ mod tests {
             check(&t(fine), &none, at(NOW), LEEWAY),
             Ok(JwtInfo::Valid {
                 exp: Some(NOW + 60),
-                verified: false
             })
         );
     }
@@ -360,7 +350,6 @@ mod tests {
             check(&good, &hs_key(b"secret"), at(NOW), LEEWAY),
             Ok(JwtInfo::Valid {
                 exp: Some(NOW + 60),
-                verified: true
             })
         );
         let forged = hs(claims.clone(), b"other");

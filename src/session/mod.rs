@@ -4,7 +4,7 @@
 //! the contract; the verdict goes into its context, where Forward looks for it (fail closed).
 
 pub mod cache;
-pub mod introspect;
+pub(crate) mod introspect;
 pub mod jwt;
 
 use std::future::Future;
@@ -31,13 +31,13 @@ use jwt::{JwtInfo, JwtKey};
 /// Stage 6 let the request through. Only this module can make one (its field is private), so a
 /// context that carries one was judged by the session layer.
 #[derive(Debug, Clone, Copy)]
-pub struct SessionVerdict {
+pub(crate) struct SessionVerdict {
     _judged: (),
 }
 
 /// What the session layer does with a request, from its context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage6 {
+pub(crate) enum Stage6 {
     /// No operation, or one that does not require the token: nothing to decide.
     Skip,
     /// The operation requires the token but the contract has not decided yet (the layers are out
@@ -48,7 +48,7 @@ pub enum Stage6 {
 }
 
 /// The session layer's decision on a request's context. Pure.
-pub fn stage_6(ctx: Option<&RequestCtx>) -> Stage6 {
+pub(crate) fn stage_6(ctx: Option<&RequestCtx>) -> Stage6 {
     match ctx {
         Some(ctx) if ctx.requires_session() => match ctx.contract() {
             ContractState::Unchecked => Stage6::NotYet,
@@ -211,7 +211,7 @@ impl Session {
     }
 
     /// An upstream 401 to a forwarded request: remember the session as invalid.
-    pub async fn learn_invalid(&self, key: Key) {
+    pub(crate) async fn learn_invalid(&self, key: Key) {
         let entry = self.cache.ttls.invalid_entry(self.cache.now());
         self.cache.cache.insert(key, entry.into()).await;
         self.metrics
@@ -229,7 +229,7 @@ pub struct SessionLayer {
 }
 
 impl SessionLayer {
-    pub fn new(session: Arc<Session>, token_header: HeaderName) -> Self {
+    pub(crate) fn new(session: Arc<Session>, token_header: HeaderName) -> Self {
         SessionLayer {
             session,
             token_header,
