@@ -48,7 +48,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = GatewayError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, OwnedSemaphorePermit>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -60,21 +60,24 @@ where
                 fut: self.inner.call(req),
                 permit: Some(permit),
             },
-            Err(_) => ResponseFuture::Shed,
+            Err(_) => ResponseFuture::Shed {
+                err: Some(GatewayError::Overloaded),
+            },
         }
     }
 }
 
 pin_project! {
-    /// Holds the slot until the response head is ready.
+    /// Holds a slot, the gateway's or one client's (`shed_client`), until the response head is
+    /// ready; a shed request answers its error at once.
     #[project = Proj]
-    pub enum ResponseFuture<F> {
-        Running { #[pin] fut: F, permit: Option<OwnedSemaphorePermit> },
-        Shed,
+    pub enum ResponseFuture<F, P> {
+        Running { #[pin] fut: F, permit: Option<P> },
+        Shed { err: Option<GatewayError> },
     }
 }
 
-impl<F, T> Future for ResponseFuture<F>
+impl<F, T, P> Future for ResponseFuture<F, P>
 where
     F: Future<Output = Result<T, GatewayError>>,
 {
@@ -87,7 +90,7 @@ where
                 permit.take();
                 Poll::Ready(out)
             }
-            Proj::Shed => Poll::Ready(Err(GatewayError::Overloaded)),
+            Proj::Shed { err } => Poll::Ready(Err(err.take().unwrap_or(GatewayError::Overloaded))),
         }
     }
 }

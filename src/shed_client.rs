@@ -13,20 +13,18 @@
 //! whatever number of addresses come and go.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderValue, Request, Response};
 use ipnet::IpNet;
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::error::GatewayError;
 use crate::headers::{ConnInfo, FORWARDED, X_FORWARDED_FOR};
+use crate::shed::ResponseFuture;
 
 /// Whether a client holding `held` slots may take one more under `cap` (0 = no cap).
 pub fn admit(held: usize, cap: usize) -> bool {
@@ -272,7 +270,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = GatewayError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ClientSlot>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -288,40 +286,17 @@ where
                 let ip = client_ip(&conn, &self.trusted_proxies, req.headers());
                 match self.table.try_acquire(ip) {
                     Some(slot) => Some(slot),
-                    None => return ResponseFuture::Shed,
+                    None => {
+                        return ResponseFuture::Shed {
+                            err: Some(GatewayError::ClientOverloaded),
+                        }
+                    }
                 }
             }
         };
         ResponseFuture::Running {
             fut: self.inner.call(req),
-            slot,
-        }
-    }
-}
-
-pin_project! {
-    /// Holds the client's slot until the response head is ready, as `ShedLayer` does.
-    #[project = Proj]
-    pub enum ResponseFuture<F> {
-        Running { #[pin] fut: F, slot: Option<ClientSlot> },
-        Shed,
-    }
-}
-
-impl<F, T> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<T, GatewayError>>,
-{
-    type Output = Result<T, GatewayError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            Proj::Running { fut, slot } => {
-                let out = ready!(fut.poll(cx));
-                slot.take();
-                Poll::Ready(out)
-            }
-            Proj::Shed => Poll::Ready(Err(GatewayError::ClientOverloaded)),
+            permit: slot,
         }
     }
 }
