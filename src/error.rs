@@ -104,7 +104,7 @@ impl<'a> ProblemItem<'a> {
     fn from_violation(v: &'a Violation) -> Self {
         let (pointer, parameter, header) = match &v.location {
             Location::Pointer(p) => (Some(p.as_str()), None, None),
-            Location::Parameter(p) => (None, Some(*p), None),
+            Location::Path(p) | Location::Query(p) => (None, Some(*p), None),
             Location::Header(h) => (None, None, Some(*h)),
         };
         ProblemItem {
@@ -200,12 +200,7 @@ impl GatewayError {
             },
             ExpectationFailed => rejected(Reason::Expectation),
             UnknownRoute => rejected(Reason::UnknownRoute),
-            InvalidRequest(v) => {
-                let path = v
-                    .iter()
-                    .any(|v| matches!(v.location, Location::Parameter(_)));
-                rejected(if path { Reason::Path } else { Reason::Body })
-            }
+            InvalidRequest(v) => rejected(stage5_reason(v)),
             InvalidSession => rejected(Reason::SessionInvalid),
             Overloaded | ClientOverloaded => Outcome {
                 kind: OutcomeKind::Shed,
@@ -340,6 +335,24 @@ impl GatewayError {
     }
 }
 
+/// The `reason` of a stage-5 rejection: the first kind of place that failed, in the order the
+/// stage checks them (path, query, headers, body), so one request counts once.
+fn stage5_reason(violations: &Violations) -> Reason {
+    let mut reason = Reason::Body;
+    for v in violations.iter() {
+        let r = match v.location {
+            Location::Path(_) => return Reason::Path,
+            Location::Query(_) => Reason::Query,
+            Location::Header(_) => Reason::Header,
+            Location::Pointer(_) => continue,
+        };
+        if reason == Reason::Body || r == Reason::Query {
+            reason = r;
+        }
+    }
+    reason
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,7 +450,7 @@ mod tests {
             Violation {
                 field: Field::CompanyId,
                 code: Code::Integer,
-                location: Location::Parameter("companyId"),
+                location: Location::Path("companyId"),
                 detail: "integer".into(),
             },
         ]));
@@ -451,6 +464,54 @@ mod tests {
         assert_eq!(body["errors"][0]["code"], "required");
         assert_eq!(body["errors"][1]["parameter"], "companyId");
         assert!(body["errors"][1].get("pointer").is_none());
+    }
+
+    #[test]
+    fn a_stage_5_rejection_counts_the_first_place_that_failed() {
+        let at = |location: Location| Violation {
+            field: Field::Unknown,
+            code: Code::Type,
+            location,
+            detail: String::new(),
+        };
+        let reason = |locations: Vec<Location>| {
+            let err = GatewayError::InvalidRequest(Violations::from(
+                locations.into_iter().map(at).collect::<Vec<_>>(),
+            ));
+            err.outcome().reason
+        };
+        let body = || Location::Pointer("/a".into());
+        assert_eq!(reason(vec![body()]), Some(Reason::Body));
+        assert_eq!(
+            reason(vec![body(), Location::Header("X-A")]),
+            Some(Reason::Header)
+        );
+        assert_eq!(
+            reason(vec![Location::Header("X-A"), Location::Query("q"), body()]),
+            Some(Reason::Query)
+        );
+        assert_eq!(
+            reason(vec![Location::Query("q"), Location::Header("X-A")]),
+            Some(Reason::Query)
+        );
+        assert_eq!(
+            reason(vec![Location::Query("q"), Location::Path("id")]),
+            Some(Reason::Path)
+        );
+        // Query parameters render as a problem's `parameter`, like path parameters.
+        let items: Vec<_> = [Location::Query("q"), Location::Header("X-A")]
+            .iter()
+            .map(|l| {
+                let v = at(l.clone());
+                let item = ProblemItem::from_violation(&v);
+                (
+                    item.parameter.map(str::to_owned),
+                    item.header.map(str::to_owned),
+                )
+            })
+            .collect();
+        let owned = |s: &str| Some(s.to_owned());
+        assert_eq!(items, vec![(owned("q"), None), (None, owned("X-A"))]);
     }
 
     #[tokio::test]

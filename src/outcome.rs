@@ -45,6 +45,8 @@ pub enum Reason {
     ContentType,
     BodyTooLarge,
     Path,
+    Query,
+    Header,
     Body,
     SessionInvalid,
     UnknownRoute,
@@ -54,12 +56,14 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Authorization,
         Reason::SessionToken,
         Reason::ContentType,
         Reason::BodyTooLarge,
         Reason::Path,
+        Reason::Query,
+        Reason::Header,
         Reason::Body,
         Reason::SessionInvalid,
         Reason::UnknownRoute,
@@ -75,6 +79,8 @@ impl Reason {
             Reason::ContentType => "content_type",
             Reason::BodyTooLarge => "body_too_large",
             Reason::Path => "path",
+            Reason::Query => "query",
+            Reason::Header => "header",
             Reason::Body => "body",
             Reason::SessionInvalid => "session_invalid",
             Reason::UnknownRoute => "unknown_route",

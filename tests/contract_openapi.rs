@@ -45,7 +45,7 @@ fn found(
             .map(|v| {
                 let at = match &v.location {
                     Location::Pointer(p) => p.clone(),
-                    Location::Parameter(p) => format!("parameter {p}"),
+                    Location::Path(p) | Location::Query(p) => format!("parameter {p}"),
                     Location::Header(h) => format!("header {h}"),
                 };
                 (v.field.as_str().to_owned(), v.code, at)

@@ -275,6 +275,52 @@ async fn concrete_paths_win_and_each_operation_gets_its_own_checks() {
 }
 
 #[tokio::test]
+async fn each_rejection_is_counted_under_the_place_that_failed_first() {
+    let s = setup(|_| {}).await;
+    let bearer = |b: http::request::Builder| b.header("authorization", "Bearer t");
+    // A header parameter alone: `header`.
+    let got = send(body(
+        bearer(req(&s, "GET", "/teams/me/notes/abc")).header("x-tenant", "ACME"),
+        b"",
+    ))
+    .await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.json()["errors"][0]["header"], "X-Tenant");
+    // A path parameter beside a failing header: `path`, counted once.
+    let got = send(body(
+        bearer(req(&s, "GET", "/teams/me/notes/abcd")).header("x-tenant", "ACME"),
+        b"",
+    ))
+    .await;
+    assert_eq!(got.status, 400);
+    // A query parameter: `query`, rendered as a `parameter`.
+    let got = send(body(
+        signed(req(&s, "GET", "/teams/1/notes/2?fields=nope")),
+        b"",
+    ))
+    .await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.json()["errors"][0]["parameter"], "fields");
+    // A body: `body`.
+    let got = send(body(
+        signed(req(&s, "POST", "/teams/1/notes")).header("content-type", "application/json"),
+        br#"{"text": 1}"#,
+    ))
+    .await;
+    assert_eq!(got.status, 400);
+    for (route, reason) in [
+        ("get_my_note", "header"),
+        ("get_my_note", "path"),
+        ("get_note", "query"),
+        ("create_note", "body"),
+    ] {
+        let series = format!("gateway_rejections_total{{reason=\"{reason}\",route=\"{route}\"}}");
+        assert_eq!(metric(&s.gw, &series).await, 1.0, "{series}");
+    }
+    assert_eq!(s.mock.count(), 0);
+}
+
+#[tokio::test]
 async fn an_invalid_session_is_refused_only_where_the_operation_requires_it() {
     let s = setup(|_| {}).await;
     s.intro.set(Verdict::status(401));

@@ -663,7 +663,9 @@ mod tests {
                 .map(|v| {
                     let at = match &v.location {
                         Location::Pointer(p) => p.clone(),
-                        Location::Parameter(p) | Location::Header(p) => (*p).to_owned(),
+                        Location::Path(p) | Location::Query(p) | Location::Header(p) => {
+                            (*p).to_owned()
+                        }
                     };
                     (v.field.as_str().to_owned(), v.code, at)
                 })

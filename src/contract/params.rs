@@ -28,7 +28,7 @@ pub fn check_path_params(company_id: &str, contact_id: &str) -> Result<(), Viola
             violations.push(Violation {
                 field,
                 code: Code::Integer,
-                location: Location::Parameter(name),
+                location: Location::Path(name),
                 detail: format!(
                     "{name} must be a decimal integer from {} to {}",
                     i64::MIN,
@@ -82,7 +82,8 @@ impl Param {
     fn location(&self) -> Location {
         match self.place {
             Place::Header(_) => Location::Header(self.name),
-            _ => Location::Parameter(self.name),
+            Place::Path(_) => Location::Path(self.name),
+            Place::Query => Location::Query(self.name),
         }
     }
 
@@ -377,7 +378,7 @@ pub(crate) fn check_params(
                 out.push(Violation {
                     field: Field::Unknown,
                     code: Code::UnknownField,
-                    location: Location::Parameter(UNKNOWN_QUERY),
+                    location: Location::Query(UNKNOWN_QUERY),
                     detail: format!(
                         "unknown query parameter {}: the operation does not declare it",
                         echo(name.as_bytes())

@@ -170,11 +170,14 @@ impl Code {
     }
 }
 
-/// Where a violation is: an RFC 6901 pointer into the body (no leading `#`), a path parameter or a header.
+/// Where a violation is: an RFC 6901 pointer into the body (no leading `#`), a path or query
+/// parameter, or a header. Path and query both render as a problem's `parameter`; they are kept
+/// apart for the `reason` label (`path`, `query`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Pointer(String),
-    Parameter(&'static str),
+    Path(&'static str),
+    Query(&'static str),
     Header(&'static str),
 }
 

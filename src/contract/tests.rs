@@ -17,7 +17,9 @@ fn found(result: Result<(), Violations>) -> Found {
             .into_iter()
             .map(|v| match v.location {
                 Location::Pointer(p) => (v.field, v.code, p),
-                Location::Parameter(p) | Location::Header(p) => (v.field, v.code, p.to_owned()),
+                Location::Path(p) | Location::Query(p) | Location::Header(p) => {
+                    (v.field, v.code, p.to_owned())
+                }
             })
             .collect(),
     }
@@ -103,7 +105,7 @@ fn past_the_limit_violations_are_counted_not_listed() {
     path.append(v);
     assert_eq!(path.len(), MAX_LISTED);
     assert_eq!(path.total(), 1003);
-    assert_eq!(path[0].location, Location::Parameter("companyId"));
+    assert_eq!(path[0].location, Location::Path("companyId"));
 }
 
 // ----- labels -----
@@ -765,8 +767,8 @@ fn path_params_table() {
         );
     }
     let both = check_path_params("x", "y").unwrap_err();
-    assert_eq!(both[0].location, Location::Parameter("companyId"));
-    assert_eq!(both[1].location, Location::Parameter("contactId"));
+    assert_eq!(both[0].location, Location::Path("companyId"));
+    assert_eq!(both[1].location, Location::Path("contactId"));
 }
 
 // ----- headers -----
