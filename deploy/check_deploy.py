@@ -287,6 +287,8 @@ def main():
     check(pod.get("enableServiceLinks") is False, "enableServiceLinks: false (no stray GATEWAY_* variables)")
     check(all(not e["name"].startswith("GATEWAY_") or e["name"].split("_", 2)[1].lower() in known
               for e in gw.get("env", [])), "GATEWAY_* variables name known sections")
+    check(not any(e["name"] in ("RUST_LOG", "GATEWAY_LOG_LEVEL") for e in gw.get("env", [])),
+          "no RUST_LOG or GATEWAY_LOG_LEVEL in env: the ConfigMap's [log] level is in force")
     vols = {v["name"]: v for v in pod["volumes"]}
     check(vols["config"]["configMap"]["name"] in gens, "config volume uses the generated ConfigMap")
     check(vols["upstream-ca"]["secret"].get("optional") is True, "upstream CA Secret volume is optional")
