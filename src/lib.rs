@@ -49,6 +49,7 @@ pub mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 pub(crate) mod validate;
+pub(crate) mod x509;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
