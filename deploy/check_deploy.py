@@ -203,7 +203,7 @@ def network_policy_mutations(policy):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--contract", default=os.path.join(REPO, "..", "shared", "contract", "gateway.md"))
+    ap.add_argument("--contract", default=os.path.join(REPO, "tests", "data", "shared", "contract", "gateway.md"))
     args = ap.parse_args()
 
     # ---- kustomization -----------------------------------------------------------------------------

@@ -23,11 +23,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const EXAMPLE_REQUEST: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/contract/examples/update-contact.request.json"
+    "/tests/data/shared/contract/examples/update-contact.request.json"
 ));
 pub const EXAMPLE_RESPONSE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/contract/examples/update-contact.response.json"
+    "/tests/data/shared/contract/examples/update-contact.response.json"
 ));
 
 pub fn init_crypto() {
