@@ -280,3 +280,56 @@ fn a_variable_that_names_no_section_is_a_warning_not_an_error() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("GATEWAY_LIMITS_MAX_HEADRES"), "{stderr}");
 }
+
+#[test]
+fn the_config_s_log_level_wins_over_rust_log_and_a_stray_variable_is_logged() {
+    // Before: the Deployment's RUST_LOG overrode [log] level; here RUST_LOG=off would have
+    // silenced the gateway entirely.
+    let dir = Scratch::new("precedence");
+    let config = dir.write(
+        "gateway.toml",
+        "[listener]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[log]\nlevel = \"info\"\n",
+    );
+    let mut child = gateway()
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "off")
+        .env("GATEWAY_FOO", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let listening = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(line) if line.contains("companies-gateway listening") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "no start-up line on stderr: {seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("WARN") && l.contains("GATEWAY_FOO names no config section")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("log_level_from=Config")),
+        "{seen:#?}"
+    );
+}
