@@ -28,7 +28,7 @@ use http::{HeaderValue, Request};
 
 const EXAMPLE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/contract/examples/update-contact.request.json"
+    "/tests/data/shared/contract/examples/update-contact.request.json"
 ));
 const SESSION: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ1c2VySWQiOiIxMjM0NTY3ODkwIiwic2Vzc2lvbklkIjoiYWJjZGVmMTIzNDU2IiwiaWF0IjoxNjA1MDk3ODk5LCJleHAiOjQxMDUxODQyOTl9.sig";
 

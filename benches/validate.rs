@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue};
 
 const EXAMPLE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/contract/examples/update-contact.request.json"
+    "/tests/data/shared/contract/examples/update-contact.request.json"
 ));
 
 fn valid_headers() -> HeaderMap {

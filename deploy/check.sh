@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 DEPLOY=$ROOT/deploy
-CONTRACT=${GATEWAY_CONTRACT:-$ROOT/../shared/contract/gateway.md}
+CONTRACT=${GATEWAY_CONTRACT:-$ROOT/tests/data/shared/contract/gateway.md}
 CACHE=${DEPLOY_CHECK_CACHE:-${HOME:-/root}/.cache/companies-gateway-deploy}
 K8S_VERSION=${K8S_VERSION:-1.30.0}
 KUBERNETES_VALIDATE_VERSION=1.37.0
@@ -77,18 +77,8 @@ if [ "$(cat "$VENV/.packages" 2>/dev/null)" != "${PY_PACKAGES[*]}" ] \
 fi
 echo "   python: $PY ($("$PY" --version 2>&1); ${PY_PACKAGES[*]})"
 
-# promtool: on PATH, or from the cache, or extracted from Debian's prometheus package.
-PROMTOOL=$(command -v promtool || true)
-if [ -z "$PROMTOOL" ]; then
-  PROMTOOL=$CACHE/prometheus/usr/bin/promtool
-  if [ ! -x "$PROMTOOL" ]; then
-    apt_update
-    echo "   apt-get download prometheus (promtool only; nothing installed, no server started)"
-    # (apt warns that it downloads unsandboxed into a root-only directory: harmless, filtered out)
-    (cd "$TMP" && apt-get download -qq prometheus 2> >(grep -v 'unsandboxed as root' >&2) \
-      && dpkg-deb -x prometheus_*.deb "$CACHE/prometheus")
-  fi
-fi
+# promtool: on PATH, or extracted from Debian's prometheus package (promtool.sh, shared with .ci/test).
+PROMTOOL=$(DEPLOY_CHECK_CACHE=$CACHE bash "$DEPLOY/promtool.sh")
 echo "   promtool: $PROMTOOL ($("$PROMTOOL" --version 2>&1 | head -n1))"
 
 KUSTOMIZE=()
@@ -289,7 +279,7 @@ fi
 # ---- shell ----------------------------------------------------------------------------------------
 section "shell scripts"
 if command -v shellcheck >/dev/null; then
-  shell_lint() { shellcheck "$DEPLOY/check.sh" && echo "   check.sh: clean"; }
+  shell_lint() { shellcheck "$DEPLOY/check.sh" "$DEPLOY/promtool.sh" && echo "   check.sh, promtool.sh: clean"; }
   step "shellcheck" shell_lint
 else
   skip "shellcheck (not installed)"

@@ -203,7 +203,7 @@ def network_policy_mutations(policy):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--contract", default=os.path.join(REPO, "..", "shared", "contract", "gateway.md"))
+    ap.add_argument("--contract", default=os.path.join(REPO, "tests", "data", "shared", "contract", "gateway.md"))
     args = ap.parse_args()
 
     # ---- kustomization -----------------------------------------------------------------------------
@@ -287,6 +287,8 @@ def main():
     check(pod.get("enableServiceLinks") is False, "enableServiceLinks: false (no stray GATEWAY_* variables)")
     check(all(not e["name"].startswith("GATEWAY_") or e["name"].split("_", 2)[1].lower() in known
               for e in gw.get("env", [])), "GATEWAY_* variables name known sections")
+    check(not any(e["name"] in ("RUST_LOG", "GATEWAY_LOG_LEVEL") for e in gw.get("env", [])),
+          "no RUST_LOG or GATEWAY_LOG_LEVEL in env: the ConfigMap's [log] level is in force")
     vols = {v["name"]: v for v in pod["volumes"]}
     check(vols["config"]["configMap"]["name"] in gens, "config volume uses the generated ConfigMap")
     check(vols["upstream-ca"]["secret"].get("optional") is True, "upstream CA Secret volume is optional")
@@ -413,7 +415,9 @@ def main():
     instr = [l.strip() for l in df.splitlines() if l.strip() and not l.strip().startswith("#")]
     froms = [l for l in instr if l.upper().startswith("FROM ")]
     check(len(froms) >= 2, f"multi-stage ({len(froms)} stages)")
-    check(bool(froms) and re.search(r"distroless|slim", froms[-1]) is not None, f"small runtime image ({froms[-1] if froms else '-'})")
+    args = dict(re.match(r"ARG (\w+)=(\S+)", l).groups() for l in instr if re.match(r"ARG \w+=\S+", l))
+    bases = [re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), l.split()[1]) for l in froms]
+    check(bool(bases) and re.search(r"distroless|slim", bases[-1]) is not None, f"small runtime image ({bases[-1] if bases else '-'})")
     last = instr[instr.index(froms[-1]):] if froms else []
     users = [l.split()[1] for l in last if l.upper().startswith("USER ")]
     check(bool(users) and users[-1].split(":")[0] not in ("0", "root"), f"runtime USER non-root ({users})")
@@ -422,6 +426,14 @@ def main():
     check(any(l.upper().startswith("COPY") and l.endswith("/usr/local/bin/companies-gateway") for l in last), "binary at /usr/local/bin/companies-gateway")
     check(any(l.upper().startswith("COPY") and l.endswith("/etc/companies-gateway/config.toml") for l in last), "config.toml at /etc/companies-gateway/config.toml")
     check('ENTRYPOINT ["/usr/local/bin/companies-gateway"]' in instr, "ENTRYPOINT the binary (exec form)")
+    check(all(re.search(r"@sha256:[0-9a-f]{64}$", b) for b in bases), f"base images pinned by digest ({bases})")
+    deps = [l for l in instr if "cargo build" in l and "COPY . ." not in l]
+    copy_all = next((i for i, l in enumerate(instr) if l.upper().startswith("COPY . .")), len(instr))
+    check(any(instr.index(l) < copy_all for l in deps), "dependencies built in a layer before the sources are copied")
+    labels = " ".join(l for l in last if l.upper().startswith("LABEL"))
+    check(all(f"org.opencontainers.image.{k}=" in labels for k in ("version", "revision", "title", "licenses"))
+          and "${VERSION}" in labels and "${REVISION}" in labels,
+          "OCI labels org.opencontainers.image.* with version and revision from build args")
 
     # ---- alert tests cover every alert ------------------------------------------------------------
     print("alert unit tests cover every alert")

@@ -14,7 +14,7 @@ process collector's metrics, the output of a recording rule defined here, or Pro
 (rules and tests only: the gateway cannot export whether it is scraped). A label matcher or expected
 label on a closed label set must use values of that set. Exit status 1 on any violation.
 
-Usage: check_metric_names.py [--contract PATH]   (default: <repo>/../shared/contract/gateway.md)
+Usage: check_metric_names.py [--contract PATH]   (default: <repo>/tests/data/shared/contract/gateway.md)
 """
 
 import argparse
@@ -198,7 +198,7 @@ def template_queries(text):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--contract", default=os.path.join(REPO, "..", "shared", "contract", "gateway.md"))
+    ap.add_argument("--contract", default=os.path.join(REPO, "tests", "data", "shared", "contract", "gateway.md"))
     args = ap.parse_args()
     contract = Contract(args.contract)
 

@@ -276,6 +276,10 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    /// Whether the file or `GATEWAY_LOG_LEVEL` set `level` (§1: only then does it win over
+    /// `RUST_LOG`). Set by `Config::from_toml`; not a key.
+    #[serde(skip)]
+    pub level_set: bool,
 }
 
 impl Default for LogConfig {
@@ -283,8 +287,33 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: "info".to_string(),
+            level_set: false,
         }
     }
+}
+
+/// The levels a filter directive may end with.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// A log filter (`log.level`, or `RUST_LOG`): `EnvFilter` syntax, but stricter. `EnvFilter` reads
+/// a bare word that is not a level (`verbose`) as a target enabled at every level, which silences
+/// everything else, even the start-up line; here every directive must be a level or end with
+/// `=<level>`.
+pub fn parse_log_filter(text: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let directives: Vec<&str> = text.split(',').map(str::trim).collect();
+    if directives.iter().all(|d| d.is_empty()) {
+        return Err("is empty; use a level: trace, debug, info, warn, error or off".into());
+    }
+    for d in directives.iter().filter(|d| !d.is_empty()) {
+        let level = d.rsplit_once('=').map_or(*d, |(_, level)| level);
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            return Err(format!(
+                "`{d}` is not a level or `target=level` (levels: {})",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string())
 }
 
 /// A duration written as `"250ms"`, `"3s"`, `"5m"`, `"1h"` (or `"0"`).
@@ -449,16 +478,26 @@ impl Config {
         };
         // First pass from the text itself, so that an error carries its line and key.
         let config: Config = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        let sections = known_sections();
+        // A variable that names no section is not ours (e.g. GATEWAY_BIN in the bench scripts):
+        // `env_warnings` reports it, and it changes nothing.
         let overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != "GATEWAY_CONFIG")
+            .filter(|(k, _)| env_section(k, &sections).is_some())
             .collect();
-        let config = if overrides.is_empty() {
+        let level_in_file = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("log")?.as_table()?.get("level").cloned())
+            .is_some();
+        let level_in_env = overrides.iter().any(|(k, _)| k == "GATEWAY_LOG_LEVEL");
+        let mut config = if overrides.is_empty() {
             config
         } else {
             let mut table: toml::Table = text.parse().map_err(|e| parse_error(format!("{e}")))?;
             for (var, value) in &overrides {
-                apply_override(&mut table, var, value)?;
+                apply_override(&mut table, var, value, &sections)?;
             }
             let de = toml::Value::Table(table);
             serde_path_to_error::deserialize(de).map_err(|e| {
@@ -470,8 +509,23 @@ impl Config {
                 }
             })?
         };
+        config.log.level_set = level_in_file || level_in_env;
         config.validate()?;
         Ok(config)
+    }
+
+    /// One warning per `GATEWAY_` variable in `env` that names no config section: it is ignored
+    /// (§1), and said so once logging is up.
+    pub fn env_warnings(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+        let sections = known_sections();
+        let mut out: Vec<String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != "GATEWAY_CONFIG")
+            .filter(|(k, _)| env_section(k, &sections).is_none())
+            .map(|(k, _)| format!("environment variable {k} names no config section; ignored"))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Checks what serde cannot: URLs, pairs of keys and ranges.
@@ -560,8 +614,7 @@ impl Config {
                 "must be a non-empty, strictly increasing list of positive seconds",
             ));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| invalid("log.level", e.to_string()))?;
+        parse_log_filter(&self.log.level).map_err(|m| invalid("log.level", m))?;
         Ok(())
     }
 
@@ -609,31 +662,16 @@ fn check_introspect_url(url: &str) -> Result<(), String> {
 
 /// Sets `[section] key` from `GATEWAY_SECTION_KEY`. The value is read as a TOML value when it is one
 /// (`100`, `true`, `["10.0.0.0/8"]`) and as a string otherwise.
-fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
-    const SECTIONS: [&str; 10] = [
-        "listener",
-        "admin",
-        "upstream",
-        "runtime",
-        "limits",
-        "shutdown",
-        "validation",
-        "session",
-        "metrics",
-        "log",
-    ];
-    let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
-    let (section, key) = SECTIONS
-        .iter()
-        .find_map(|s| {
-            rest.strip_prefix(s)
-                .and_then(|k| k.strip_prefix('_'))
-                .map(|k| (*s, k))
-        })
-        .ok_or_else(|| ConfigError::Env {
-            var: var.to_string(),
-            message: "names no config section".into(),
-        })?;
+fn apply_override(
+    table: &mut toml::Table,
+    var: &str,
+    raw: &str,
+    sections: &[String],
+) -> Result<(), ConfigError> {
+    let (section, key) = env_section(var, sections).ok_or_else(|| ConfigError::Env {
+        var: var.to_string(),
+        message: "names no config section".into(),
+    })?;
     let value = format!("v = {raw}")
         .parse::<toml::Table>()
         .ok()
@@ -652,6 +690,27 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), C
             message: format!("[{section}] is not a table in the file"),
         }),
     }
+}
+
+/// The config's sections, from the serialized defaults, so that a section added to `Config` is
+/// known here without a second list. Longest first: `GATEWAY_RATE_LIMIT_X` is `rate_limit`'s.
+fn known_sections() -> Vec<String> {
+    let mut sections: Vec<String> = match toml::Value::try_from(Config::default()) {
+        Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    sections.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    sections
+}
+
+/// `GATEWAY_SECTION_KEY` as (`section`, `key`), when `section` is one of `sections`.
+fn env_section<'a>(var: &str, sections: &'a [String]) -> Option<(&'a str, String)> {
+    let rest = var.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+    sections.iter().find_map(|s| {
+        rest.strip_prefix(s.as_str())
+            .and_then(|k| k.strip_prefix('_'))
+            .map(|k| (s.as_str(), k.to_string()))
+    })
 }
 
 fn mask_url(url: &str) -> String {
@@ -795,10 +854,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("GATEWAY_LIMITS_MAX_BODY_BYTES"), "{err}");
-        let err = load("", &[("GATEWAY_NOPE_X", "1")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("GATEWAY_NOPE_X"), "{err}");
         let err = load("", &[("GATEWAY_LIMITS_NOPE", "1")])
             .unwrap_err()
             .to_string();
@@ -880,5 +935,85 @@ mod tests {
         let out = c.to_masked_toml();
         assert!(!out.contains("hunter2"), "{out}");
         assert!(out.contains("https://***@auth.example/i?***"), "{out}");
+    }
+
+    #[test]
+    fn a_variable_naming_no_section_is_a_warning_and_an_unknown_key_an_error() {
+        // Before: GATEWAY_FOO=1 (or the bench scripts' GATEWAY_BIN) stopped start-up.
+        let env = [
+            ("GATEWAY_FOO", "1"),
+            ("GATEWAY_BIN", "/usr/bin/x"),
+            ("GATEWAY_LIMITS_MAX_BODY_BYTES", "2048"),
+        ];
+        let c = load("", &env).unwrap();
+        assert_eq!(c.limits.max_body_bytes, 2048);
+        let owned = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let warnings = Config::env_warnings(owned);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("GATEWAY_BIN"), "{warnings:?}");
+        assert!(warnings[1].contains("GATEWAY_FOO"), "{warnings:?}");
+        let err = load("", &[("GATEWAY_LOG_VERBOSITY", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GATEWAY_LOG_VERBOSITY") && err.contains("verbosity"),
+            "{err}"
+        );
+        // Every section is known, the ones with an underscore in their name too.
+        assert!(
+            Config::env_warnings([("GATEWAY_RUNTIME_WORKER_THREADS".into(), "1".into())])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_malformed_log_level_is_a_config_error() {
+        // Before: `verbose` passed (EnvFilter reads it as a target) and the gateway logged nothing.
+        for bad in [
+            "verbose",
+            "infoo",
+            "",
+            " , ",
+            "companies_gateway=loud",
+            "info,hyper",
+        ] {
+            let text = format!("[log]\nlevel = {bad:?}\n");
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(err.starts_with("log.level:"), "{bad:?}: {err}");
+        }
+        let err = load("", &[("GATEWAY_LOG_LEVEL", "verbose")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("log.level:"), "{err}");
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,hyper=warn",
+            "companies_gateway::access=debug",
+        ] {
+            let text = format!("[log]\nlevel = {good:?}\n");
+            load(&text, &[]).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_log_level_is_marked_set_only_by_the_file_or_its_variable() {
+        assert!(!load("", &[]).unwrap().log.level_set);
+        assert!(
+            !load("[log]\nformat = \"json\"\n", &[])
+                .unwrap()
+                .log
+                .level_set
+        );
+        assert!(
+            load("[log]\nlevel = \"info\"\n", &[])
+                .unwrap()
+                .log
+                .level_set
+        );
+        let c = load("", &[("GATEWAY_LOG_LEVEL", "debug")]).unwrap();
+        assert!(c.log.level_set);
+        assert_eq!(c.log.level, "debug");
     }
 }

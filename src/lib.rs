@@ -9,7 +9,7 @@
 //! is only what code outside the crate uses: `main.rs` (`cli`, `telemetry`, [`run`]), the
 //! integration tests (`tests/`), the benches (`benches/`) and the fuzz targets (`fuzz/`):
 //!
-//! - [`start`], [`start_with`], [`run`], [`Running`], [`Config`] (and `config`'s types), [`Options`];
+//! - `preflight::load` (what `--check-config`, start-up and reload run), [`start`], [`start_with`], [`run`], [`Running`], [`Config`] (and `config`'s types), [`Options`];
 //! - `stack::{parts, build, Parts}`, to assemble the layers in another order;
 //! - the pure decisions and the layers they exercise directly: `contract` (the compiled document
 //!   and its checks), `route`, `edge`, `headers`, `request_id`, `problem`, `forward`, `session`,
@@ -33,6 +33,7 @@ pub mod metrics;
 pub(crate) mod observe;
 pub(crate) mod outcome;
 pub(crate) mod pool;
+pub mod preflight;
 pub mod problem;
 #[cfg(target_os = "linux")]
 pub(crate) mod process;
@@ -48,6 +49,7 @@ pub mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 pub(crate) mod validate;
+pub(crate) mod x509;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};

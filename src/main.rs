@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use companies_gateway::cli::{check_document, Cli};
-use companies_gateway::{telemetry, Config};
+use companies_gateway::cli::Cli;
+use companies_gateway::{preflight, telemetry};
 use mimalloc::MiMalloc;
 
 #[global_allocator]
@@ -12,30 +12,32 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
-        Ok(config) => config,
+    // The same load as --check-config: the config and every file it names.
+    let loaded = match preflight::load(&cli.config) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("companies-gateway: config error: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let (config, report) = (loaded.config, loaded.report);
     if cli.check_config {
-        let report = match check_document(&config) {
-            Ok(report) => report,
-            Err(e) => {
-                eprintln!("companies-gateway: config error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
         print!("{}{}", config.to_masked_toml(), report.summary);
         for warning in report.warnings {
             eprintln!("companies-gateway: warning: {warning}");
         }
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = telemetry::init(&config.log) {
-        eprintln!("companies-gateway: {e}");
-        return ExitCode::FAILURE;
+    let level_from = match telemetry::init(&config.log) {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("companies-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(log_level_from = ?level_from, "companies-gateway starting");
+    for warning in report.warnings {
+        tracing::warn!("{warning}");
     }
     match companies_gateway::run(config) {
         Ok(()) => ExitCode::SUCCESS,

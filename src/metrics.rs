@@ -26,6 +26,9 @@ pub(crate) const METHOD_LABELS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
 ];
 
+/// `listener` label values of `gateway_tls_handshake_errors_total`.
+pub(crate) const TLS_LISTENERS: [&str; 2] = ["public", "admin"];
+
 /// Statuses whose series are resolved once: the gateway's own answers and the upstream's usual
 /// ones. Any other status is looked up by its labels each time.
 pub(crate) const COMMON_STATUSES: [u16; 19] = [
@@ -108,6 +111,16 @@ pub struct MetricSet {
     pub(crate) session_introspection_duration: Histogram,
     pub(crate) session_coalesced: IntCounter,
     pub(crate) build_info: IntGaugeVec,
+    // Operations (issue 16): handshakes, certificate expiry and config reloads.
+    /// `listener` (`public`, `admin`): handshakes that failed or timed out.
+    pub(crate) tls_handshake_errors: IntCounterVec,
+    /// `certificate` (`listener`, `upstream_client`): `notAfter`, set only for a loaded one.
+    pub(crate) certificate_expiry: IntGaugeVec,
+    /// `result` (`success`, `failure`).
+    pub(crate) config_reloads: IntCounterVec,
+    /// 1 after start-up and after a reload that took effect, 0 after one that failed.
+    pub(crate) config_last_reload_successful: IntGauge,
+    pub(crate) config_last_reload_success_timestamp: IntGauge,
     /// Handles of the per-request series with closed label sets, resolved once rather than by
     /// hashing the label values on every request.
     resolved: Resolved,
@@ -236,6 +249,35 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            tls_handshake_errors: counter(
+                "gateway_tls_handshake_errors_total",
+                "TLS handshakes that failed or timed out, by listener.",
+                &["listener"],
+            )?,
+            certificate_expiry: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "gateway_certificate_expiry_timestamp_seconds",
+                        "notAfter of each certificate the gateway presents, in Unix seconds.",
+                    ),
+                    &["certificate"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            config_reloads: counter(
+                "gateway_config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            )?,
+            config_last_reload_successful: gauge(
+                "gateway_config_last_reload_successful",
+                "1 when the last load of the configuration (start-up or reload) took effect.",
+            )?,
+            config_last_reload_success_timestamp: gauge(
+                "gateway_config_last_reload_success_timestamp_seconds",
+                "When the configuration last loaded successfully (start-up or reload), Unix seconds.",
+            )?,
             registry: registry.clone(),
             resolved: Resolved {
                 other: RouteSeries::new(std::iter::empty()),
@@ -287,6 +329,18 @@ impl MetricSet {
             self.upstream_errors.with_label_values(&[kind.as_str()]);
         }
         self.touch_route(OTHER_ROUTE);
+        for listener in TLS_LISTENERS {
+            self.tls_handshake_errors.with_label_values(&[listener]);
+        }
+        for result in ["success", "failure"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+        // Start-up is the first successful load.
+        self.config_last_reload_successful.set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.config_last_reload_success_timestamp.set(now);
         // Session cache lookups and session checks exist at zero already: their handles are
         // resolved when the set is built.
     }

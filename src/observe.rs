@@ -89,6 +89,13 @@ impl Pending {
             m.observe_upstream_duration(series, self.route, t.status, t.elapsed.as_secs_f64());
             if t.validated && matches!(t.status.as_u16(), 400 | 422) {
                 m.contract_drift.with_label_values(&[route]).inc();
+                // The line the drift runbook (GatewayContractDrift) points at: §7.
+                tracing::warn!(
+                    request_id = self.request_id.as_ref().map(|r| r.as_str()).unwrap_or(""),
+                    route,
+                    upstream_status = t.status.as_u16(),
+                    "contract drift: the upstream refused a request the gateway validated"
+                );
             }
         }
         if let Some(path) = self.path {

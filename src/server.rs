@@ -98,7 +98,11 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     let metrics = Metrics::new(&config.metrics.buckets)?;
     let (stack, upstream_tls) = stack::build(&config, &metrics, &options)?;
     let cert = match (&config.listener.tls_cert, &config.listener.tls_key) {
-        (Some(c), Some(k)) => Some(ReloadableCert::load(c, k)?),
+        (Some(c), Some(k)) => Some(ReloadableCert::load(
+            c,
+            k,
+            metrics.certificate_expiry.with_label_values(&["listener"]),
+        )?),
         _ => None,
     };
     let acceptor = match &cert {
@@ -128,6 +132,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         builder: Arc::new(http_builder(&config.limits)),
         h1: http1_builder(&config.limits),
         acceptor,
+        tls_handshake_errors: metrics.tls_handshake_errors.with_label_values(&["public"]),
         metrics: metrics.clone(),
         limits: config.limits.clone(),
         trusted_proxies: config.listener.trusted_proxies.clone(),
@@ -293,6 +298,8 @@ struct Serving {
     builder: Arc<auto::Builder<TokioExecutor>>,
     h1: http1::Builder,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// `gateway_tls_handshake_errors_total{listener="public"}`.
+    tls_handshake_errors: prometheus::IntCounter,
     metrics: Metrics,
     limits: LimitsConfig,
     trusted_proxies: Vec<ipnet::IpNet>,
@@ -449,8 +456,14 @@ impl Serving {
                     Ok(Ok(tls)) => {
                         Box::pin(self.drive(TokioIo::new(tls), svc, activity, stop)).await
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        self.tls_handshake_errors.inc();
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        self.tls_handshake_errors.inc();
+                        tracing::debug!(%peer, "TLS handshake timed out")
+                    }
                 }
             }
         }

@@ -1,17 +1,39 @@
-//! Logging: `[log] format` and `level`, with `RUST_LOG` winning over the level.
+//! Logging: `[log] format` and `level`. The level is `GATEWAY_LOG_LEVEL`, else the file's
+//! `log.level`, else `RUST_LOG`, else `info` (gateway.md §1): a Deployment's `RUST_LOG` cannot
+//! override the level an operator set in the ConfigMap.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use crate::config::{parse_log_filter, LogConfig, LogFormat};
 
-use crate::config::{LogConfig, LogFormat};
+/// Where the log filter came from, for the start-up line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LevelSource {
+    /// `GATEWAY_LOG_LEVEL` or the file's `log.level`.
+    Config,
+    /// `RUST_LOG`, read only because the config did not set a level.
+    RustLog,
+    /// Neither: the default, `info`.
+    Default,
+}
+
+/// The filter directive to use, and where it came from. `rust_log` is `RUST_LOG`'s value.
+pub fn choose_level(cfg: &LogConfig, rust_log: Option<&str>) -> (String, LevelSource) {
+    match rust_log.filter(|v| !v.trim().is_empty()) {
+        _ if cfg.level_set => (cfg.level.clone(), LevelSource::Config),
+        Some(v) => (v.to_string(), LevelSource::RustLog),
+        None => (cfg.level.clone(), LevelSource::Default),
+    }
+}
 
 /// Installs the global subscriber. Call once, from `main`.
-pub fn init(cfg: &LogConfig) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::try_new(v).map_err(|e| format!("RUST_LOG: {e}"))?,
-        _ => EnvFilter::try_new(&cfg.level).map_err(|e| format!("log.level: {e}"))?,
-    };
+pub fn init(cfg: &LogConfig) -> Result<LevelSource, String> {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (directive, source) = choose_level(cfg, rust_log.as_deref());
+    let filter = parse_log_filter(&directive).map_err(|e| match source {
+        LevelSource::RustLog => format!("RUST_LOG: {e}"),
+        _ => format!("log.level: {e}"),
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -20,5 +42,40 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| e.to_string())?;
+    Ok(source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(level: &str, set: bool) -> LogConfig {
+        LogConfig {
+            level: level.into(),
+            level_set: set,
+            ..LogConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_config_wins_over_rust_log_which_wins_over_the_default() {
+        // Before: RUST_LOG=info (the Deployment's) overrode the ConfigMap's level.
+        assert_eq!(
+            choose_level(&cfg("debug", true), Some("info")),
+            ("debug".into(), LevelSource::Config)
+        );
+        assert_eq!(
+            choose_level(&cfg("info", false), Some("warn,hyper=info")),
+            ("warn,hyper=info".into(), LevelSource::RustLog)
+        );
+        assert_eq!(
+            choose_level(&cfg("info", false), None),
+            ("info".into(), LevelSource::Default)
+        );
+        assert_eq!(
+            choose_level(&cfg("info", false), Some(" ")),
+            ("info".into(), LevelSource::Default)
+        );
+    }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use prometheus::IntGauge;
 use rustls::crypto::ring::default_provider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -44,27 +45,43 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, CertE
     })
 }
 
+/// Sets `gauge` to the `notAfter` of `key`'s leaf certificate.
+fn set_expiry(gauge: &IntGauge, key: &CertifiedKey) {
+    if let Some(t) = key.cert.first().and_then(|c| crate::x509::not_after(c)) {
+        gauge.set(t);
+    }
+}
+
 /// The listener's current certificate.
 #[derive(Debug)]
 pub struct ReloadableCert {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
+    /// `gateway_certificate_expiry_timestamp_seconds{certificate="listener"}`.
+    expiry: IntGauge,
 }
 
 impl ReloadableCert {
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, CertError> {
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        expiry: IntGauge,
+    ) -> Result<Arc<Self>, CertError> {
         let key = load_certified_key(cert_path, key_path)?;
+        set_expiry(&expiry, &key);
         Ok(Arc::new(ReloadableCert {
             cert_path: cert_path.to_path_buf(),
             key_path: key_path.to_path_buf(),
             current: RwLock::new(Arc::new(key)),
+            expiry,
         }))
     }
 
     /// Re-reads the files. A bad pair is refused and the old one stays in force.
     pub fn reload(&self) -> Result<(), CertError> {
         let key = load_certified_key(&self.cert_path, &self.key_path)?;
+        set_expiry(&self.expiry, &key);
         if let Ok(mut current) = self.current.write() {
             *current = Arc::new(key);
         }

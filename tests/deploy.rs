@@ -70,7 +70,14 @@ async fn the_dashboard_and_rules_query_only_exported_metrics() {
     send(req("Bearer a", EXAMPLE_REQUEST)).await;
     send(req("Bearer a", b"{}")).await;
     let scrape = scrape(&gw).await;
-    let have = exported(&scrape);
+    let mut have = exported(&scrape);
+    // A gateway with a TLS listener exports its certificate's expiry too.
+    let mut tls = test_config(&mock.url(""), Some(pki.ca_file()));
+    let leaf = pki.leaf(&["localhost"]);
+    tls.listener.tls_cert = Some(pki.write("listener.crt", leaf.cert_pem.as_bytes()));
+    tls.listener.tls_key = Some(pki.write("listener.key", leaf.key_pem.as_bytes()));
+    let tls = start_gateway(tls).await;
+    have.extend(exported(&support::scrape(&tls).await));
 
     let root = env!("CARGO_MANIFEST_DIR");
     let mut queried = BTreeSet::new();

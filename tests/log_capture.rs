@@ -117,6 +117,10 @@ async fn no_token_value_appears_in_any_log_line() {
             .status,
         401
     );
+    // Contract drift: the upstream refuses a request that passed; the runbook's warn line.
+    mock.push_reply(Reply::status(422));
+    let drift = req(format!("Bearer {BEARER}"), SESSION, EXAMPLE_REQUEST);
+    assert_eq!(send(drift).await.status, 422);
     // Over h2c as well.
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
@@ -168,6 +172,18 @@ async fn no_token_value_appears_in_any_log_line() {
         "{upstream_failed}"
     );
     assert!(upstream_failed.contains("error="), "{upstream_failed}");
+    let drift = logs
+        .lines()
+        .find(|l| l.contains("contract drift"))
+        .expect("contract drift is logged");
+    assert!(drift.contains("WARN"), "{drift}");
+    for field in [
+        "request_id=",
+        "route=\"update_contact\"",
+        "upstream_status=422",
+    ] {
+        assert!(drift.contains(field), "{field} missing: {drift}");
+    }
     for secret in [BEARER, SESSION, COOKIE] {
         let leaked: Vec<&str> = logs
             .lines()

@@ -82,7 +82,7 @@ done
 curl -fsS "http://127.0.0.1:$ADMIN_PORT/healthz" >/dev/null || { log "gateway did not start"; cat "$OUT_DIR/gateway.log" >&2; exit 1; }
 
 python3 - "$GW_PID" "$PORT" "$ADMIN_PORT" "$FLOOD_CONNS" "$PUBLIC_CONNS" "${HEADER_READ_TIMEOUT%s}" \
-  "$NOFILE" "$ROOT/../shared/contract/examples/update-contact.request.json" "$GATEWAY_BIN" \
+  "$NOFILE" "$ROOT/tests/data/shared/contract/examples/update-contact.request.json" "$GATEWAY_BIN" \
   >"$OUT_DIR/report.md" <<'EOF'
 import errno, os, resource, select, socket, sys, time
 

@@ -17,7 +17,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-EXAMPLES="$ROOT/../shared/contract/examples"
+EXAMPLES="$ROOT/tests/data/shared/contract/examples"
 HELPERS="$HERE/helpers.py"
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/companies-gateway}
 export -n GATEWAY_BIN   # the gateway reads GATEWAY_* variables as config overrides

@@ -23,7 +23,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-EXAMPLES="$ROOT/../shared/contract/examples"
+EXAMPLES="$ROOT/tests/data/shared/contract/examples"
 SECONDS_LEGIT=${SECONDS_LEGIT:-20}
 RATE=${RATE:-40}
 PER_CLIENT=${PER_CLIENT:-default}

@@ -26,7 +26,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-EXAMPLES="$ROOT/../shared/contract/examples"
+EXAMPLES="$ROOT/tests/data/shared/contract/examples"
 REQUEST_BODY="$EXAMPLES/update-contact.request.json"
 RESPONSE_BODY="$EXAMPLES/update-contact.response.json"
 HELPERS="$HERE/helpers.py"

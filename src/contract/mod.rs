@@ -38,8 +38,8 @@ pub use problems::{
     Code, Field, HeaderProblem, Location, UnknownFields, UnknownQuery, Violation, Violations,
 };
 
-/// The built-in document: `../shared/contract/openapi.yaml` but for `additionalProperties` (see
-/// its head comment).
+/// The built-in document: `../shared/contract/openapi.yaml` (copied in `tests/data/shared/`) but
+/// for `additionalProperties` (see its head comment).
 pub(crate) const BUILTIN_DOCUMENT: &str = include_str!("builtin.yaml");
 
 /// Options the compiled document depends on (from `[validation]` and `[session]`): a change to

@@ -190,7 +190,7 @@ fn body_table() {
             "example".into(),
             include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../shared/contract/examples/update-contact.request.json"
+                "/tests/data/shared/contract/examples/update-contact.request.json"
             ))
             .into(),
             want(ok),

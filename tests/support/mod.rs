@@ -23,11 +23,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const EXAMPLE_REQUEST: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/contract/examples/update-contact.request.json"
+    "/tests/data/shared/contract/examples/update-contact.request.json"
 ));
 pub const EXAMPLE_RESPONSE: &[u8] = include_bytes!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/contract/examples/update-contact.response.json"
+    "/tests/data/shared/contract/examples/update-contact.response.json"
 ));
 
 pub fn init_crypto() {
@@ -77,7 +77,7 @@ impl Pki {
         })
     }
 
-    fn leaf_with(&self, names: &[&str], tweak: impl FnOnce(&mut CertificateParams)) -> Leaf {
+    pub fn leaf_with(&self, names: &[&str], tweak: impl FnOnce(&mut CertificateParams)) -> Leaf {
         let key = KeyPair::generate().expect("leaf key");
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
