@@ -31,6 +31,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub validation: ValidationConfig,
     pub session: SessionConfig,
+    pub shared: SharedConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limit: Vec<RateLimitConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -242,6 +245,146 @@ impl Default for SessionConfig {
             on_verifier_error: OnVerifierError::Reject,
             token_header: "X-Session-Token".into(),
         }
+    }
+}
+
+/// `[shared]`: the store the replicas share (gateway.md §8). Unset `redis_url`: local only.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedConfig {
+    /// `redis://` or `rediss://`; a password or ACL user in it is a secret (masked).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "masked_opt_url"
+    )]
+    pub redis_url: Option<String>,
+    /// The secret that keys the HMAC of a session token in shared keys (required with the URL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_secret_file: Option<PathBuf>,
+    pub key_prefix: String,
+    /// Bound on one store operation; past it the gateway goes on with local state.
+    pub timeout: Dur,
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_secret_file: None,
+            key_prefix: "cgw:".into(),
+            timeout: Dur(Duration::from_millis(25)),
+        }
+    }
+}
+
+impl SharedConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.redis_url else {
+            return Ok(());
+        };
+        match url.split_once("://") {
+            Some(("redis" | "rediss", rest)) if !rest.is_empty() => {}
+            _ => {
+                return Err(invalid(
+                    "shared.redis_url",
+                    format!("`{}` must be a redis:// or rediss:// URL", mask_url(url)),
+                ))
+            }
+        }
+        if self.key_secret_file.is_none() {
+            return Err(invalid(
+                "shared.key_secret_file",
+                "is required with shared.redis_url",
+            ));
+        }
+        if self.timeout.0.is_zero() {
+            return Err(invalid("shared.timeout", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// What a `[[rate_limit]]` counts requests by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateKey {
+    /// The session (bearer and session token); a request without the token is not counted.
+    Session,
+    /// The client address, after `trusted_proxies`.
+    Client,
+    /// The route alone: one budget for all its callers.
+    Route,
+}
+
+/// One `[[rate_limit]]` table (gateway.md §8). GCRA: `burst` at once, `rate` per `per` sustained.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub name: String,
+    pub key: RateKey,
+    /// A route label of the loaded document, or `*` (checked when the document is loaded).
+    pub route: String,
+    pub rate: u32,
+    pub per: Dur,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    /// `burst`, or `rate` when unset.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.rate)
+    }
+
+    fn validate(limits: &[RateLimitConfig]) -> Result<(), ConfigError> {
+        for (i, l) in limits.iter().enumerate() {
+            let name_ok = !l.name.is_empty()
+                && l.name.len() <= 64
+                && l.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if !name_ok {
+                return Err(invalid(
+                    "rate_limit.name",
+                    format!("`{}`: 1 to 64 letters, digits, `_`, `-` or `.`", l.name),
+                ));
+            }
+            if limits[..i].iter().any(|o| o.name == l.name) {
+                return Err(invalid(
+                    "rate_limit.name",
+                    format!("`{}` names two limits", l.name),
+                ));
+            }
+            if l.rate == 0 {
+                return Err(invalid(
+                    "rate_limit.rate",
+                    format!("`{}`: must be greater than 0", l.name),
+                ));
+            }
+            if l.burst() == 0 {
+                return Err(invalid(
+                    "rate_limit.burst",
+                    format!("`{}`: must be greater than 0", l.name),
+                ));
+            }
+            // RateLimit-Policy's `w` is whole seconds.
+            if l.per.0.is_zero() || l.per.0.subsec_nanos() != 0 {
+                return Err(invalid(
+                    "rate_limit.per",
+                    format!(
+                        "`{}`: must be a whole number of seconds, at least 1s",
+                        l.name
+                    ),
+                ));
+            }
+            if l.route.is_empty() {
+                return Err(invalid(
+                    "rate_limit.route",
+                    format!("`{}`: a route label or `*`", l.name),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -550,6 +693,8 @@ impl Config {
             check_introspect_url(url).map_err(|m| invalid("session.introspect_url", m))?;
         }
         self.token_header()?;
+        self.shared.validate()?;
+        RateLimitConfig::validate(&self.rate_limit)?;
         let b = &self.metrics.buckets;
         if b.is_empty()
             || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
@@ -610,7 +755,7 @@ fn check_introspect_url(url: &str) -> Result<(), String> {
 /// Sets `[section] key` from `GATEWAY_SECTION_KEY`. The value is read as a TOML value when it is one
 /// (`100`, `true`, `["10.0.0.0/8"]`) and as a string otherwise.
 fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
-    const SECTIONS: [&str; 10] = [
+    const SECTIONS: [&str; 11] = [
         "listener",
         "admin",
         "upstream",
@@ -619,6 +764,7 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), C
         "shutdown",
         "validation",
         "session",
+        "shared",
         "metrics",
         "log",
     ];
@@ -654,7 +800,7 @@ fn apply_override(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), C
     }
 }
 
-fn mask_url(url: &str) -> String {
+pub(crate) fn mask_url(url: &str) -> String {
     // Mask userinfo and the query, where credentials hide.
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();

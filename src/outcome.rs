@@ -51,10 +51,11 @@ pub enum Reason {
     Framing,
     Expectation,
     Timeout,
+    RateLimited,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Authorization,
         Reason::SessionToken,
         Reason::ContentType,
@@ -66,6 +67,7 @@ impl Reason {
         Reason::Framing,
         Reason::Expectation,
         Reason::Timeout,
+        Reason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +83,7 @@ impl Reason {
             Reason::Framing => "framing",
             Reason::Expectation => "expectation",
             Reason::Timeout => "timeout",
+            Reason::RateLimited => "rate_limited",
         }
     }
 }
