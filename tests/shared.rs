@@ -1,0 +1,370 @@
+//! Issue 18: replicas sharing a real `redis-server` (started here on a free loopback port, no
+//! persistence): one introspection across replicas, a revocation at one replica refused at
+//! another within 1 s, one shared rate budget, and the store killed and restarted mid-test with
+//! no 5xx and recovery afterwards.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use companies_gateway::config::{Dur, RateKey, RateLimitConfig};
+use companies_gateway::{Config, Running};
+use http::Request;
+use http_body_util::Full;
+use support::tempdir::Dir;
+use support::*;
+
+const ROUTE: &str = "/companies/v2/rs/1/contacts/2";
+
+/// A `redis-server` child on 127.0.0.1:`port`, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        Redis::on(closed_port().await)
+    }
+
+    /// Starts on `port` and returns once the server says it accepts connections.
+    fn on(port: u16) -> Redis {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/test installs it)");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("Ready to accept connections") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("redis-server ready");
+        Redis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Replicas {
+    _pki: Pki,
+    _dir: Dir,
+    mock: MockUpstream,
+    intro: Option<MockIntrospection>,
+    gws: Vec<Running>,
+}
+
+async fn replicas(
+    n: usize,
+    redis: &Redis,
+    intro: Option<Verdict>,
+    tweak: impl Fn(&mut Config),
+) -> Replicas {
+    let pki = Pki::new();
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let intro = match intro {
+        Some(v) => Some(MockIntrospection::start(v).await),
+        None => None,
+    };
+    let dir = Dir::new();
+    let secret = dir.write("key-secret", b"a shared secret of the replicas\n");
+    let mut gws = Vec::new();
+    for _ in 0..n {
+        let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
+        config.shared.redis_url = Some(redis.url());
+        config.shared.key_secret_file = Some(secret.clone());
+        // Generous for a loaded 2-core CI machine; the default is 25 ms.
+        config.shared.timeout = Dur(Duration::from_millis(250));
+        if let Some(intro) = &intro {
+            config.session.introspect_url = Some(intro.url());
+            config.session.introspect_timeout = Dur(Duration::from_secs(2));
+        }
+        tweak(&mut config);
+        config.validate().expect("valid config");
+        gws.push(start_gateway(config).await);
+    }
+    Replicas {
+        _pki: pki,
+        _dir: dir,
+        mock,
+        intro,
+        gws,
+    }
+}
+
+fn request(gw: &Running, session: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("PATCH")
+        .uri(format!("http://{}{ROUTE}", gw.public_addr))
+        .header("authorization", "Bearer test-token")
+        .header("x-session-token", session)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(EXAMPLE_REQUEST)))
+        .expect("request")
+}
+
+fn problem_type(got: &Got) -> String {
+    got.json()["type"].as_str().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_at_three_replicas_make_one_introspection_call() {
+    let redis = Redis::start().await;
+    let slow_valid = Verdict {
+        delay: Duration::from_millis(300),
+        ..Verdict::status(200)
+    };
+    let r = replicas(3, &redis, Some(slow_valid), |_| {}).await;
+    let mut sends = Vec::new();
+    for gw in &r.gws {
+        for _ in 0..10 {
+            sends.push(tokio::spawn(send(request(gw, "first-seen-session"))));
+        }
+    }
+    for s in sends {
+        let got = s.await.expect("task");
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    }
+    let intro = r.intro.as_ref().expect("introspection");
+    assert_eq!(intro.calls(), 1, "one call for 30 requests at 3 replicas");
+    assert_eq!(r.mock.count(), 30);
+    // Seen before on each replica: no store round trip, no call.
+    let before: f64 = metric(
+        &r.gws[1],
+        "gateway_shared_store_operations_total{op=\"get\",result=\"ok\"}",
+    )
+    .await
+        + metric(
+            &r.gws[1],
+            "gateway_shared_store_operations_total{op=\"get\",result=\"miss\"}",
+        )
+        .await;
+    assert_eq!(
+        send(request(&r.gws[1], "first-seen-session")).await.status,
+        200
+    );
+    let after: f64 = metric(
+        &r.gws[1],
+        "gateway_shared_store_operations_total{op=\"get\",result=\"ok\"}",
+    )
+    .await
+        + metric(
+            &r.gws[1],
+            "gateway_shared_store_operations_total{op=\"get\",result=\"miss\"}",
+        )
+        .await;
+    assert_eq!(before, after);
+    assert_eq!(intro.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_revocation_learned_at_one_replica_is_refused_at_another_within_a_second() {
+    let redis = Redis::start().await;
+    let r = replicas(2, &redis, Some(Verdict::status(200)), |_| {}).await;
+    let (a, b) = (&r.gws[0], &r.gws[1]);
+    assert_eq!(send(request(a, "soon-revoked")).await.status, 200);
+    assert_eq!(send(request(b, "soon-revoked")).await.status, 200);
+    // The upstream refuses the session at A: A learns it and tells B.
+    r.mock.push_reply(Reply::status(401));
+    assert_eq!(send(request(a, "soon-revoked")).await.status, 401);
+    let learned = Instant::now();
+    let got = loop {
+        let got = send(request(b, "soon-revoked")).await;
+        assert!(got.status == 200 || got.status == 401, "{}", got.status);
+        if got.status == 401 || learned.elapsed() > Duration::from_secs(1) {
+            break got;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(
+        learned.elapsed() <= Duration::from_secs(1),
+        "B still forwarded the session {:?} after A learned it was revoked",
+        learned.elapsed()
+    );
+    assert_eq!(got.status, 401);
+    assert_eq!(
+        problem_type(&got),
+        "urn:companies-gateway:problem:invalid-session"
+    );
+    assert!(metric(b, "gateway_session_revocations_received_total").await >= 1.0);
+    // B asked nobody: the verdict came over the store.
+    assert_eq!(r.intro.as_ref().expect("intro").calls(), 1);
+}
+
+#[tokio::test]
+async fn three_replicas_share_one_rate_budget_and_a_rejected_request_spends_none() {
+    let redis = Redis::start().await;
+    let r = replicas(3, &redis, None, |c| {
+        c.rate_limit = vec![RateLimitConfig {
+            name: "per-session".into(),
+            key: RateKey::Session,
+            route: "*".into(),
+            rate: 5,
+            per: Dur::secs(60),
+            burst: None,
+        }];
+    })
+    .await;
+    // Two requests that break the contract: 400, and no budget spent.
+    for gw in &r.gws[..2] {
+        let bad = Request::builder()
+            .method("PATCH")
+            .uri(format!("http://{}{ROUTE}", gw.public_addr))
+            .header("authorization", "Bearer test-token")
+            .header("x-session-token", "limited")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"notify\": 3}")))
+            .expect("request");
+        assert_eq!(send(bad).await.status, 400);
+    }
+    let mut statuses = Vec::new();
+    for i in 0..9 {
+        let got = send(request(&r.gws[i % 3], "limited")).await;
+        statuses.push(got.status.as_u16());
+        if got.status == 200 {
+            assert_eq!(got.headers["ratelimit-policy"], "\"per-session\";q=5;w=60");
+            let remaining = 4 - i;
+            let t = if remaining == 0 { 12 } else { 0 };
+            assert_eq!(
+                got.headers["ratelimit"],
+                format!("\"per-session\";r={remaining};t={t}").as_str()
+            );
+        } else {
+            assert_eq!(got.status, 429);
+            assert_eq!(
+                problem_type(&got),
+                "urn:companies-gateway:problem:rate-limited"
+            );
+            let retry: u64 = got.headers["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=12).contains(&retry), "{retry}");
+            assert_eq!(got.headers["ratelimit-policy"], "\"per-session\";q=5;w=60");
+            assert_eq!(
+                got.headers["ratelimit"],
+                format!("\"per-session\";r=0;t={retry}").as_str()
+            );
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429, 429]);
+    assert_eq!(r.mock.count(), 5);
+    let mut limited = 0.0;
+    for gw in &r.gws {
+        limited += metric(
+            gw,
+            "gateway_rate_limited_total{limit=\"per-session\",route=\"update_contact\"}",
+        )
+        .await;
+    }
+    assert_eq!(limited, 4.0);
+    // Another session has its own budget.
+    assert_eq!(send(request(&r.gws[0], "another")).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_store_killed_and_restarted_costs_no_5xx_and_sharing_recovers() {
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let r = replicas(2, &redis, Some(Verdict::status(200)), |c| {
+        c.rate_limit = vec![RateLimitConfig {
+            name: "per-session".into(),
+            key: RateKey::Session,
+            route: "*".into(),
+            rate: 1000,
+            per: Dur::secs(60),
+            burst: None,
+        }];
+    })
+    .await;
+    let (a, b) = (&r.gws[0], &r.gws[1]);
+    let intro = r.intro.as_ref().expect("intro");
+    assert_eq!(send(request(a, "kept")).await.status, 200);
+    assert_eq!(send(request(b, "kept")).await.status, 200);
+
+    redis.kill();
+    // Down: every replica goes on alone, and nothing is a 5xx.
+    for i in 0..20 {
+        let gw = &r.gws[i % 2];
+        let got = send(request(gw, &format!("during-{i}"))).await;
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    }
+    let failed = metric(
+        a,
+        "gateway_shared_store_operations_total{op=\"rate\",result=\"error\"}",
+    )
+    .await
+        + metric(
+            a,
+            "gateway_shared_store_operations_total{op=\"rate\",result=\"timeout\"}",
+        )
+        .await;
+    assert!(failed >= 1.0, "the outage is counted");
+    // Meanwhile the session is revoked; A learns it from the upstream, and cannot tell B.
+    intro.set(Verdict::status(401));
+    r.mock.push_reply(Reply::status(401));
+    assert_eq!(send(request(a, "kept")).await.status, 401);
+
+    let _redis = Redis::on(port);
+    // B re-subscribes and, having missed messages, drops its valid verdicts: it asks again and
+    // refuses the session. Until then it may still forward it; never a 5xx.
+    let restarted = Instant::now();
+    loop {
+        let got = send(request(b, "kept")).await;
+        assert!(got.status == 200 || got.status == 401, "{}", got.status);
+        if got.status == 401 {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "B never caught up after the store came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The store serves again: a rate decision there succeeds.
+    let ok_before = metric(
+        b,
+        "gateway_shared_store_operations_total{op=\"rate\",result=\"ok\"}",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        intro.set(Verdict::status(200));
+        assert_eq!(send(request(b, "after")).await.status, 200);
+        let ok = metric(
+            b,
+            "gateway_shared_store_operations_total{op=\"rate\",result=\"ok\"}",
+        )
+        .await;
+        if ok > ok_before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store never served B again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
