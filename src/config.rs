@@ -1017,6 +1017,74 @@ mod tests {
     }
 
     #[test]
+    fn shared_and_rate_limits_are_checked_naming_the_key() {
+        let c = load("", &[]).unwrap();
+        assert!(c.shared.redis_url.is_none());
+        assert_eq!(c.shared.key_prefix, "cgw:");
+        assert_eq!(c.shared.timeout.0, Duration::from_millis(25));
+        assert!(c.rate_limit.is_empty());
+        let cases = [
+            ("[shared]\nredis_url = \"http://r:6379\"\nkey_secret_file = \"k\"\n", "shared.redis_url"),
+            ("[shared]\nredis_url = \"redis://r:6379\"\n", "shared.key_secret_file"),
+            (
+                "[shared]\nredis_url = \"redis://r\"\nkey_secret_file = \"k\"\ntimeout = \"0s\"\n",
+                "shared.timeout",
+            ),
+            ("[[rate_limit]]\nname = \"a b\"\nkey = \"client\"\nroute = \"*\"\nrate = 1\nper = \"1s\"\n", "rate_limit.name"),
+            ("[[rate_limit]]\nname = \"a\"\nkey = \"client\"\nroute = \"*\"\nrate = 0\nper = \"1s\"\n", "rate_limit.rate"),
+            ("[[rate_limit]]\nname = \"a\"\nkey = \"client\"\nroute = \"*\"\nrate = 1\nper = \"1500ms\"\n", "rate_limit.per"),
+            ("[[rate_limit]]\nname = \"a\"\nkey = \"client\"\nroute = \"*\"\nrate = 1\nper = \"1s\"\nburst = 0\n", "rate_limit.burst"),
+            (
+                "[[rate_limit]]\nname = \"a\"\nkey = \"client\"\nroute = \"*\"\nrate = 1\nper = \"1s\"\n[[rate_limit]]\nname = \"a\"\nkey = \"route\"\nroute = \"*\"\nrate = 1\nper = \"1s\"\n",
+                "rate_limit.name",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+        let err = load(
+            "[[rate_limit]]\nname = \"a\"\nkey = \"ip\"\nroute = \"*\"\nrate = 1\nper = \"1s\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("key"), "{err}");
+        let c = load(
+            "[[rate_limit]]\nname = \"per-session\"\nkey = \"session\"\nroute = \"update_contact\"\nrate = 10\nper = \"1m\"\n",
+            &[("GATEWAY_SHARED_TIMEOUT", "40ms")],
+        )
+        .unwrap();
+        assert_eq!(c.rate_limit[0].burst(), 10);
+        assert_eq!(c.shared.timeout.0, Duration::from_millis(40));
+        // Printed back, it reads as the same config.
+        let again = load(&c.to_masked_toml(), &[]).unwrap();
+        assert_eq!(again.rate_limit[0].name, "per-session");
+    }
+
+    #[test]
+    fn the_store_password_is_masked_when_printed() {
+        let c = load(
+            "[shared]\nredis_url = \"rediss://gateway:hunter2@redis.example:6380/0\"\nkey_secret_file = \"k\"\n",
+            &[],
+        )
+        .unwrap();
+        let out = c.to_masked_toml();
+        assert!(
+            !out.contains("hunter2") && !out.contains("gateway:"),
+            "{out}"
+        );
+        assert!(out.contains("rediss://***@redis.example:6380/0"), "{out}");
+        let err = load(
+            "[shared]\nredis_url = \"http://u:hunter2@r\"\nkey_secret_file = \"k\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
     fn secrets_are_masked_when_printed() {
         let c = load(
             "[session]\nintrospect_url = \"https://user:hunter2@auth.example/i?key=hunter2\"\n",

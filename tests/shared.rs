@@ -368,3 +368,82 @@ async fn the_store_killed_and_restarted_costs_no_5xx_and_sharing_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn without_a_store_limits_hold_per_replica_by_client() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
+    config.rate_limit = vec![RateLimitConfig {
+        name: "per-client".into(),
+        key: RateKey::Client,
+        route: "update_contact".into(),
+        rate: 2,
+        per: Dur::secs(10),
+        burst: None,
+    }];
+    config.validate().expect("valid");
+    let gw = start_gateway(config).await;
+    let a = send(request(&gw, "one")).await;
+    assert_eq!(a.headers["ratelimit"], "\"per-client\";r=1;t=0");
+    // Another session, the same client: the same budget.
+    let b = send(request(&gw, "two")).await;
+    assert_eq!(b.headers["ratelimit"], "\"per-client\";r=0;t=5");
+    let c = send(request(&gw, "three")).await;
+    assert_eq!(c.status, 429);
+    assert_eq!(c.headers["retry-after"], "5");
+    // A route the limit does not name is not limited, and carries no header.
+    let other = send(get(gw.public_addr, "/companies/v2/rs/1")).await;
+    assert_ne!(other.status, 429);
+    assert!(other.headers.get("ratelimit").is_none());
+    assert_eq!(mock.count(), 3);
+    assert_eq!(
+        metric(
+            &gw,
+            "gateway_rejections_total{reason=\"rate_limited\",route=\"update_contact\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_is_down_at_start_up_leaves_a_working_gateway() {
+    let redis = Redis {
+        child: Command::new("true").spawn().expect("true"),
+        port: closed_port().await,
+    };
+    let r = replicas(1, &redis, Some(Verdict::status(200)), |c| {
+        c.rate_limit = vec![RateLimitConfig {
+            name: "per-session".into(),
+            key: RateKey::Session,
+            route: "*".into(),
+            rate: 2,
+            per: Dur::secs(60),
+            burst: None,
+        }];
+    })
+    .await;
+    let gw = &r.gws[0];
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(send(request(gw, "alone")).await.status.as_u16());
+        }
+        v
+    };
+    // Per-replica limits and local verdicts stand in.
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(r.intro.as_ref().expect("intro").calls(), 1);
+    let failed = metric(
+        gw,
+        "gateway_shared_store_operations_total{op=\"get\",result=\"error\"}",
+    )
+    .await
+        + metric(
+            gw,
+            "gateway_shared_store_operations_total{op=\"get\",result=\"timeout\"}",
+        )
+        .await;
+    assert!(failed >= 1.0);
+}
