@@ -40,6 +40,9 @@ pub fn check_document(config: &crate::Config) -> Result<DocumentReport, String> 
             .map(|op| (op.method(), op.template())),
     )
     .map_err(|e| format!("validation.openapi: {e}"))?;
+    let labels: Vec<&str> = api.operations().iter().map(|op| op.label()).collect();
+    crate::rate_limit::check_routes(&config.rate_limit, &labels)?;
+    crate::shared::check(&config.shared, config.upstream.ca_file.as_deref())?;
     let source = match &config.validation.openapi {
         Some(path) => path.display().to_string(),
         None => "the built-in document".to_string(),

@@ -447,3 +447,45 @@ async fn a_store_that_is_down_at_start_up_leaves_a_working_gateway() {
         .await;
     assert!(failed >= 1.0);
 }
+
+#[test]
+fn check_config_reads_the_secret_checks_limit_routes_and_masks_the_password() {
+    let dir = Dir::new();
+    let secret = dir.write("key-secret", b"0123456789abcdef0123456789abcdef\n");
+    let run = |text: String| {
+        let path = dir.write("gateway.toml", text.as_bytes());
+        Command::new(env!("CARGO_BIN_EXE_companies-gateway"))
+            .env_remove("GATEWAY_CONFIG")
+            .arg("--check-config")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .expect("run")
+    };
+    let shared = |file: &str| {
+        format!("[shared]\nredis_url = \"redis://gw:hunter2@127.0.0.1:1/\"\nkey_secret_file = \"{file}\"\n")
+    };
+    let limit = |route: &str| {
+        format!("[[rate_limit]]\nname = \"l\"\nkey = \"client\"\nroute = \"{route}\"\nrate = 1\nper = \"1s\"\n")
+    };
+    let out = run(shared(&secret.display().to_string()) + &limit("update_contact"));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("redis://***@127.0.0.1:1/"), "{printed}");
+    assert!(!printed.contains("hunter2"));
+
+    let out = run(shared("/nonexistent/key-secret"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("shared.key_secret_file"), "{err}");
+    assert!(!err.contains("hunter2"));
+
+    let out = run(limit("no_such_route"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("rate_limit.route"), "{err}");
+}

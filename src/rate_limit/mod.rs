@@ -71,6 +71,32 @@ pub(crate) fn headline(judged: &[Judged]) -> Option<Judged> {
     })
 }
 
+/// Each limit's route is `*` or a label of the loaded document (`labels[i]` is operation `i`'s):
+/// per limit, its operation's index, or `None` for `*`.
+pub(crate) fn check_routes(
+    configs: &[RateLimitConfig],
+    labels: &[&str],
+) -> Result<Vec<Option<usize>>, String> {
+    configs
+        .iter()
+        .map(|c| {
+            if c.route == "*" {
+                return Ok(None);
+            }
+            labels
+                .iter()
+                .position(|l| *l == c.route)
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                    "rate_limit.route: `{}` (limit `{}`) is no route label of the loaded document",
+                    c.route, c.name
+                )
+                })
+        })
+        .collect()
+}
+
 struct Table {
     tats: HashMap<(usize, u128), u64>,
     /// Prune stale keys when the table reaches this size.
@@ -106,20 +132,14 @@ impl Limiter {
     ) -> Result<Limiter, SetupError> {
         let mut limits = Vec::with_capacity(configs.len());
         let mut by_slot = vec![Vec::new(); labels.len() + 1];
-        for (i, c) in configs.iter().enumerate() {
+        let routes = check_routes(configs, labels).map_err(SetupError::Config)?;
+        for (i, (c, route)) in configs.iter().zip(routes).enumerate() {
             let per = c.per.0.as_secs();
             let policy = HeaderValue::from_str(&format!("\"{}\";q={};w={per}", c.name, c.rate))
                 .map_err(|_| SetupError::Config(format!("rate_limit.name: `{}`", c.name)))?;
-            let slots: Vec<usize> = if c.route == "*" {
-                (0..by_slot.len()).collect()
-            } else {
-                let op = labels.iter().position(|l| *l == c.route).ok_or_else(|| {
-                    SetupError::Config(format!(
-                        "rate_limit.route: `{}` (limit `{}`) is no route label of the loaded document",
-                        c.route, c.name
-                    ))
-                })?;
-                vec![op + 1]
+            let slots: Vec<usize> = match route {
+                None => (0..by_slot.len()).collect(),
+                Some(op) => vec![op + 1],
             };
             for slot in slots {
                 by_slot[slot].push(i);

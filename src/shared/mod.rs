@@ -120,6 +120,18 @@ fn read_secret(path: &Path) -> Result<Vec<u8>, SetupError> {
     Ok(trimmed.to_vec())
 }
 
+/// What `--check-config` checks of `[shared]` beyond the config's own validation: the secret file
+/// and the URL parse, as start-up would (no connection is made).
+pub(crate) fn check(cfg: &SharedConfig, ca_file: Option<&Path>) -> Result<(), String> {
+    let Some(url) = &cfg.redis_url else {
+        return Ok(());
+    };
+    if let Some(path) = &cfg.key_secret_file {
+        read_secret(path).map_err(|e| e.to_string())?;
+    }
+    client(url, ca_file).map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// The redis-rs client for `url`; `rediss://` trusts what the upstream trusts: `ca_file` when
 /// set, else the built-in Mozilla roots. Errors never repeat the URL (it may hold a password).
 fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, SetupError> {
