@@ -33,8 +33,43 @@ impl Redis {
 
     /// Starts on `port` and returns once the server says it accepts connections.
     fn on(port: u16) -> Redis {
+        Redis::with(port, &["--port", &port.to_string()])
+    }
+
+    /// Speaks only TLS on `port`, with `leaf`'s certificate.
+    fn tls(port: u16, pki: &Pki, leaf: &Leaf) -> Redis {
+        let cert = pki.write("redis.pem", leaf.cert_pem.as_bytes());
+        let key = pki.write("redis.key", leaf.key_pem.as_bytes());
+        let ca = pki.ca_file();
+        let (port_arg, cert, key, ca) = (
+            port.to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            ca.display().to_string(),
+        );
+        Redis::with(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port_arg,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+        )
+    }
+
+    fn with(port: u16, args: &[&str]) -> Redis {
         let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -488,4 +523,54 @@ fn check_config_reads_the_secret_checks_limit_routes_and_masks_the_password() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("rate_limit.route"), "{err}");
+}
+
+#[tokio::test]
+async fn rediss_trusts_what_the_upstream_trusts_and_nothing_else() {
+    let pki = Pki::new();
+    let redis = Redis::tls(closed_port().await, &pki, &pki.leaf(&["localhost"]));
+    let dir = Dir::new();
+    let secret = dir.write("key-secret", b"0123456789abcdef0123456789abcdef");
+    let limited = |c: &mut Config| {
+        c.shared.redis_url = Some(format!("rediss://localhost:{}/", redis.port));
+        c.shared.key_secret_file = Some(secret.clone());
+        c.shared.timeout = Dur(Duration::from_millis(500));
+        c.rate_limit = vec![RateLimitConfig {
+            name: "l".into(),
+            key: RateKey::Session,
+            route: "*".into(),
+            rate: 100,
+            per: Dur::secs(60),
+            burst: None,
+        }];
+        c.validate().expect("valid");
+    };
+    // Trusting the store's CA (as upstream.ca_file): the store serves.
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
+    limited(&mut config);
+    let gw = start_gateway(config).await;
+    assert_eq!(send(request(&gw, "tls")).await.status, 200);
+    let ok = "gateway_shared_store_operations_total{op=\"rate\",result=\"ok\"}";
+    assert_eq!(metric(&gw, ok).await, 1.0);
+
+    // Another CA: the handshake fails, the store is never used, and requests still pass.
+    let other = Pki::new();
+    let mock2 = MockUpstream::start(other.leaf(&["localhost"])).await;
+    let mut config = test_config(&mock2.url(""), Some(other.ca_file()));
+    limited(&mut config);
+    let gw2 = start_gateway(config).await;
+    assert_eq!(send(request(&gw2, "tls")).await.status, 200);
+    assert_eq!(metric(&gw2, ok).await, 0.0);
+    let failed = metric(
+        &gw2,
+        "gateway_shared_store_operations_total{op=\"rate\",result=\"error\"}",
+    )
+    .await
+        + metric(
+            &gw2,
+            "gateway_shared_store_operations_total{op=\"rate\",result=\"timeout\"}",
+        )
+        .await;
+    assert_eq!(failed, 1.0);
 }
