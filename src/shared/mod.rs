@@ -137,9 +137,9 @@ pub(crate) fn check(cfg: &SharedConfig, ca_file: Option<&Path>) -> Result<(), St
 fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, SetupError> {
     let bad = |e: redis::RedisError| {
         SetupError::Config(format!(
-            "shared.redis_url `{}`: {}",
+            "shared.redis_url `{}`: {:?}",
             crate::config::mask_url(url),
-            format!("{:?}", e.kind())
+            e.kind()
         ))
     };
     match ca_file {
@@ -183,10 +183,8 @@ impl Store {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(3);
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(|e| {
-                SetupError::Config(format!("shared.redis_url: {}", format!("{:?}", e.kind())))
-            })?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+            .map_err(|e| SetupError::Config(format!("shared.redis_url: {:?}", e.kind())))?;
         metrics.touch_store();
         Ok(Some(Arc::new(Store {
             conn,
