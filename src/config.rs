@@ -31,6 +31,9 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub validation: ValidationConfig,
     pub session: SessionConfig,
+    pub shared: SharedConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limit: Vec<RateLimitConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -242,6 +245,146 @@ impl Default for SessionConfig {
             on_verifier_error: OnVerifierError::Reject,
             token_header: "X-Session-Token".into(),
         }
+    }
+}
+
+/// `[shared]`: the store the replicas share (gateway.md §8). Unset `redis_url`: local only.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedConfig {
+    /// `redis://` or `rediss://`; a password or ACL user in it is a secret (masked).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "masked_opt_url"
+    )]
+    pub redis_url: Option<String>,
+    /// The secret that keys the HMAC of a session token in shared keys (required with the URL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_secret_file: Option<PathBuf>,
+    pub key_prefix: String,
+    /// Bound on one store operation; past it the gateway goes on with local state.
+    pub timeout: Dur,
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_secret_file: None,
+            key_prefix: "cgw:".into(),
+            timeout: Dur(Duration::from_millis(25)),
+        }
+    }
+}
+
+impl SharedConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.redis_url else {
+            return Ok(());
+        };
+        match url.split_once("://") {
+            Some(("redis" | "rediss", rest)) if !rest.is_empty() => {}
+            _ => {
+                return Err(invalid(
+                    "shared.redis_url",
+                    format!("`{}` must be a redis:// or rediss:// URL", mask_url(url)),
+                ))
+            }
+        }
+        if self.key_secret_file.is_none() {
+            return Err(invalid(
+                "shared.key_secret_file",
+                "is required with shared.redis_url",
+            ));
+        }
+        if self.timeout.0.is_zero() {
+            return Err(invalid("shared.timeout", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// What a `[[rate_limit]]` counts requests by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateKey {
+    /// The session (bearer and session token); a request without the token is not counted.
+    Session,
+    /// The client address, after `trusted_proxies`.
+    Client,
+    /// The route alone: one budget for all its callers.
+    Route,
+}
+
+/// One `[[rate_limit]]` table (gateway.md §8). GCRA: `burst` at once, `rate` per `per` sustained.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub name: String,
+    pub key: RateKey,
+    /// A route label of the loaded document, or `*` (checked when the document is loaded).
+    pub route: String,
+    pub rate: u32,
+    pub per: Dur,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl RateLimitConfig {
+    /// `burst`, or `rate` when unset.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.rate)
+    }
+
+    fn validate(limits: &[RateLimitConfig]) -> Result<(), ConfigError> {
+        for (i, l) in limits.iter().enumerate() {
+            let name_ok = !l.name.is_empty()
+                && l.name.len() <= 64
+                && l.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if !name_ok {
+                return Err(invalid(
+                    "rate_limit.name",
+                    format!("`{}`: 1 to 64 letters, digits, `_`, `-` or `.`", l.name),
+                ));
+            }
+            if limits[..i].iter().any(|o| o.name == l.name) {
+                return Err(invalid(
+                    "rate_limit.name",
+                    format!("`{}` names two limits", l.name),
+                ));
+            }
+            if l.rate == 0 {
+                return Err(invalid(
+                    "rate_limit.rate",
+                    format!("`{}`: must be greater than 0", l.name),
+                ));
+            }
+            if l.burst() == 0 {
+                return Err(invalid(
+                    "rate_limit.burst",
+                    format!("`{}`: must be greater than 0", l.name),
+                ));
+            }
+            // RateLimit-Policy's `w` is whole seconds.
+            if l.per.0.is_zero() || l.per.0.subsec_nanos() != 0 {
+                return Err(invalid(
+                    "rate_limit.per",
+                    format!(
+                        "`{}`: must be a whole number of seconds, at least 1s",
+                        l.name
+                    ),
+                ));
+            }
+            if l.route.is_empty() {
+                return Err(invalid(
+                    "rate_limit.route",
+                    format!("`{}`: a route label or `*`", l.name),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -604,6 +747,8 @@ impl Config {
             check_introspect_url(url).map_err(|m| invalid("session.introspect_url", m))?;
         }
         self.token_header()?;
+        self.shared.validate()?;
+        RateLimitConfig::validate(&self.rate_limit)?;
         let b = &self.metrics.buckets;
         if b.is_empty()
             || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
@@ -713,7 +858,7 @@ fn env_section<'a>(var: &str, sections: &'a [String]) -> Option<(&'a str, String
     })
 }
 
-fn mask_url(url: &str) -> String {
+pub(crate) fn mask_url(url: &str) -> String {
     // Mask userinfo and the query, where credentials hide.
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -923,6 +1068,74 @@ mod tests {
                 assert!(err.contains(key), "{key} = {bad}: {err}");
             }
         }
+    }
+
+    #[test]
+    fn shared_and_rate_limits_are_checked_naming_the_key() {
+        let c = load("", &[]).unwrap();
+        assert!(c.shared.redis_url.is_none());
+        assert_eq!(c.shared.key_prefix, "cgw:");
+        assert_eq!(c.shared.timeout.0, Duration::from_millis(25));
+        assert!(c.rate_limit.is_empty());
+        let cases = [
+            ("[shared]\nredis_url = \"http://r:6379\"\nkey_secret_file = \"k\"\n", "shared.redis_url"),
+            ("[shared]\nredis_url = \"redis://r:6379\"\n", "shared.key_secret_file"),
+            (
+                "[shared]\nredis_url = \"redis://r\"\nkey_secret_file = \"k\"\ntimeout = \"0s\"\n",
+                "shared.timeout",
+            ),
+            ("[[rate_limit]]\nname = \"a b\"\nkey = \"client\"\nroute = \"*\"\nrate = 1\nper = \"1s\"\n", "rate_limit.name"),
+            ("[[rate_limit]]\nname = \"a\"\nkey = \"client\"\nroute = \"*\"\nrate = 0\nper = \"1s\"\n", "rate_limit.rate"),
+            ("[[rate_limit]]\nname = \"a\"\nkey = \"client\"\nroute = \"*\"\nrate = 1\nper = \"1500ms\"\n", "rate_limit.per"),
+            ("[[rate_limit]]\nname = \"a\"\nkey = \"client\"\nroute = \"*\"\nrate = 1\nper = \"1s\"\nburst = 0\n", "rate_limit.burst"),
+            (
+                "[[rate_limit]]\nname = \"a\"\nkey = \"client\"\nroute = \"*\"\nrate = 1\nper = \"1s\"\n[[rate_limit]]\nname = \"a\"\nkey = \"route\"\nroute = \"*\"\nrate = 1\nper = \"1s\"\n",
+                "rate_limit.name",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+        let err = load(
+            "[[rate_limit]]\nname = \"a\"\nkey = \"ip\"\nroute = \"*\"\nrate = 1\nper = \"1s\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("key"), "{err}");
+        let c = load(
+            "[[rate_limit]]\nname = \"per-session\"\nkey = \"session\"\nroute = \"update_contact\"\nrate = 10\nper = \"1m\"\n",
+            &[("GATEWAY_SHARED_TIMEOUT", "40ms")],
+        )
+        .unwrap();
+        assert_eq!(c.rate_limit[0].burst(), 10);
+        assert_eq!(c.shared.timeout.0, Duration::from_millis(40));
+        // Printed back, it reads as the same config.
+        let again = load(&c.to_masked_toml(), &[]).unwrap();
+        assert_eq!(again.rate_limit[0].name, "per-session");
+    }
+
+    #[test]
+    fn the_store_password_is_masked_when_printed() {
+        let c = load(
+            "[shared]\nredis_url = \"rediss://gateway:hunter2@redis.example:6380/0\"\nkey_secret_file = \"k\"\n",
+            &[],
+        )
+        .unwrap();
+        let out = c.to_masked_toml();
+        assert!(
+            !out.contains("hunter2") && !out.contains("gateway:"),
+            "{out}"
+        );
+        assert!(out.contains("rediss://***@redis.example:6380/0"), "{out}");
+        let err = load(
+            "[shared]\nredis_url = \"http://u:hunter2@r\"\nkey_secret_file = \"k\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub enum GatewayError {
     ClientOverloaded,
     #[error("session verifier unavailable")]
     SessionUnavailable,
+    /// A `[[rate_limit]]` is exhausted: 429 with `Retry-After` (seconds), and the draft's
+    /// `RateLimit-Policy` and `RateLimit` of the exhausted limit (gateway.md §8).
+    #[error("rate limited")]
+    RateLimited {
+        retry_after: u64,
+        policy: HeaderValue,
+        state: HeaderValue,
+    },
     #[error("upstream {}: {source}", kind.as_str())]
     Upstream {
         kind: UpstreamErrorKind,
@@ -61,6 +69,11 @@ pub enum GatewayError {
     #[error("internal error: the request reached the upstream without its {0} decision")]
     Undecided(&'static str),
 }
+
+/// The IETF httpapi draft's headers (gateway.md §8).
+pub(crate) const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT_POLICY: http::HeaderName =
+    http::HeaderName::from_static("ratelimit-policy");
 
 /// How long a client is asked to wait after a 503.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -165,6 +178,11 @@ impl GatewayError {
                 "session-unavailable",
                 "Session check unavailable",
             ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Rate limited",
+            ),
             Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 ..
@@ -202,6 +220,7 @@ impl GatewayError {
             UnknownRoute => rejected(Reason::UnknownRoute),
             InvalidRequest(v) => rejected(stage5_reason(v)),
             InvalidSession => rejected(Reason::SessionInvalid),
+            RateLimited { .. } => rejected(Reason::RateLimited),
             Overloaded | ClientOverloaded => Outcome {
                 kind: OutcomeKind::Shed,
                 reason: None,
@@ -255,6 +274,9 @@ impl GatewayError {
                 "this client has as many requests in flight as it may; retry later".into()
             }
             SessionUnavailable => "the session could not be checked; retry later".into(),
+            RateLimited { retry_after, .. } => {
+                format!("a rate limit is exhausted; retry in {retry_after} s")
+            }
             Upstream { kind, .. } => match kind {
                 UpstreamErrorKind::Connect => "the upstream could not be reached".into(),
                 UpstreamErrorKind::Tls => "the upstream's TLS handshake failed".into(),
@@ -314,6 +336,15 @@ impl GatewayError {
             | GatewayError::ClientOverloaded
             | GatewayError::SessionUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            GatewayError::RateLimited {
+                retry_after,
+                policy,
+                state,
+            } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+                headers.insert(RATELIMIT_POLICY, policy.clone());
+                headers.insert(RATELIMIT, state.clone());
             }
             // After framing abuse nothing more is read from the connection (hyper drops this
             // header on h2).
@@ -512,6 +543,23 @@ mod tests {
             .collect();
         let owned = |s: &str| Some(s.to_owned());
         assert_eq!(items, vec![(owned("q"), None), (None, owned("X-A"))]);
+    }
+
+    #[tokio::test]
+    async fn a_429_carries_retry_after_and_the_limit_headers() {
+        let err = GatewayError::RateLimited {
+            retry_after: 7,
+            policy: HeaderValue::from_static("\"burst\";q=10;w=60"),
+            state: HeaderValue::from_static("\"burst\";r=0;t=7"),
+        };
+        assert_eq!(err.outcome(), Outcome::rejected(Reason::RateLimited));
+        let (res, body) = problem(err).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[RETRY_AFTER], "7");
+        assert_eq!(res.headers()["ratelimit-policy"], "\"burst\";q=10;w=60");
+        assert_eq!(res.headers()["ratelimit"], "\"burst\";r=0;t=7");
+        assert_eq!(body["type"], "urn:companies-gateway:problem:rate-limited");
+        assert_eq!(body["status"], 429);
     }
 
     #[tokio::test]

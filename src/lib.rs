@@ -37,11 +37,13 @@ pub mod preflight;
 pub mod problem;
 #[cfg(target_os = "linux")]
 pub(crate) mod process;
+pub(crate) mod rate_limit;
 pub(crate) mod reload;
 pub mod request_id;
 pub mod route;
 pub(crate) mod server;
 pub mod session;
+pub(crate) mod shared;
 pub(crate) mod shed;
 pub(crate) mod shed_client;
 pub mod stack;

@@ -83,6 +83,56 @@ pub(crate) enum VerdictLabel {
     Error,
 }
 
+/// `op` label of a shared store operation (gateway.md §3, §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreOp {
+    Get,
+    Set,
+    Publish,
+    Rate,
+}
+
+impl StoreOp {
+    pub(crate) const ALL: [StoreOp; 4] =
+        [StoreOp::Get, StoreOp::Set, StoreOp::Publish, StoreOp::Rate];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Get => "get",
+            StoreOp::Set => "set",
+            StoreOp::Publish => "publish",
+            StoreOp::Rate => "rate",
+        }
+    }
+}
+
+/// `result` label of a shared store operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreResult {
+    Ok,
+    Miss,
+    Error,
+    Timeout,
+}
+
+impl StoreResult {
+    pub(crate) const ALL: [StoreResult; 4] = [
+        StoreResult::Ok,
+        StoreResult::Miss,
+        StoreResult::Error,
+        StoreResult::Timeout,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            StoreResult::Ok => "ok",
+            StoreResult::Miss => "miss",
+            StoreResult::Error => "error",
+            StoreResult::Timeout => "timeout",
+        }
+    }
+}
+
 /// A handle on the gateway's metrics: cloning it is one reference count, so requests share it.
 #[derive(Clone)]
 pub struct Metrics(Arc<MetricSet>);
@@ -121,6 +171,11 @@ pub struct MetricSet {
     /// 1 after start-up and after a reload that took effect, 0 after one that failed.
     pub(crate) config_last_reload_successful: IntGauge,
     pub(crate) config_last_reload_success_timestamp: IntGauge,
+    // Shared store and rate limits (gateway.md §8).
+    pub(crate) rate_limited: IntCounterVec,
+    pub(crate) shared_store_operations: IntCounterVec,
+    pub(crate) shared_store_duration: HistogramVec,
+    pub(crate) session_revocations_received: IntCounter,
     /// Handles of the per-request series with closed label sets, resolved once rather than by
     /// hashing the label values on every request.
     resolved: Resolved,
@@ -278,6 +333,25 @@ impl Metrics {
                 "gateway_config_last_reload_success_timestamp_seconds",
                 "When the configuration last loaded successfully (start-up or reload), Unix seconds.",
             )?,
+            rate_limited: counter(
+                "gateway_rate_limited_total",
+                "Requests refused with 429 by a [[rate_limit]], by route and limit name.",
+                &["route", "limit"],
+            )?,
+            shared_store_operations: counter(
+                "gateway_shared_store_operations_total",
+                "Operations on the shared store, by op and result.",
+                &["op", "result"],
+            )?,
+            shared_store_duration: histogram(
+                "gateway_shared_store_duration_seconds",
+                "Shared store operation latency (bounded by shared.timeout).",
+                &["op"],
+            )?,
+            session_revocations_received: plain_counter(
+                "gateway_session_revocations_received_total",
+                "Session revocations received from other replicas (and this one) over the store.",
+            )?,
             registry: registry.clone(),
             resolved: Resolved {
                 other: RouteSeries::new(std::iter::empty()),
@@ -379,6 +453,29 @@ impl MetricSet {
                 self.contract_violations.with_label_values(&[field, code]);
             }
         }
+    }
+
+    /// Creates the store's series at zero, once a store is configured.
+    pub(crate) fn touch_store(&self) {
+        for op in StoreOp::ALL {
+            for result in StoreResult::ALL {
+                self.shared_store_operations
+                    .with_label_values(&[op.as_str(), result.as_str()]);
+            }
+            self.shared_store_duration.with_label_values(&[op.as_str()]);
+        }
+    }
+
+    pub(crate) fn store_op(&self, op: StoreOp, result: StoreResult) {
+        self.shared_store_operations
+            .with_label_values(&[op.as_str(), result.as_str()])
+            .inc();
+    }
+
+    pub(crate) fn store_duration(&self, op: StoreOp, secs: f64) {
+        self.shared_store_duration
+            .with_label_values(&[op.as_str()])
+            .observe(secs);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -53,10 +53,11 @@ pub enum Reason {
     Framing,
     Expectation,
     Timeout,
+    RateLimited,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Authorization,
         Reason::SessionToken,
         Reason::ContentType,
@@ -70,6 +71,7 @@ impl Reason {
         Reason::Framing,
         Reason::Expectation,
         Reason::Timeout,
+        Reason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +89,7 @@ impl Reason {
             Reason::Framing => "framing",
             Reason::Expectation => "expectation",
             Reason::Timeout => "timeout",
+            Reason::RateLimited => "rate_limited",
         }
     }
 }

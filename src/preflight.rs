@@ -41,6 +41,10 @@ pub enum LoadError {
     /// The OpenAPI document does not compile; `message` names the key and the place in it.
     #[error("{message}")]
     Document { key: &'static str, message: String },
+    /// A part of the stack cannot be set up from the config (a `[[rate_limit]]` on a route the
+    /// document lacks, the store's URL or secret); `message` names the key.
+    #[error("{message}")]
+    Setup { key: &'static str, message: String },
 }
 
 impl LoadError {
@@ -49,7 +53,9 @@ impl LoadError {
         match self {
             LoadError::Config(ConfigError::Invalid { key, .. }) => Some(key),
             LoadError::Config(_) => None,
-            LoadError::File { key, .. } | LoadError::Document { key, .. } => Some(key),
+            LoadError::File { key, .. }
+            | LoadError::Document { key, .. }
+            | LoadError::Setup { key, .. } => Some(key),
         }
     }
 }
@@ -112,8 +118,9 @@ pub fn check(config: &Config) -> Result<Report, LoadError> {
     check_document(config)
 }
 
-/// Compiles the document `validation.openapi` names (or the built-in one) and its router, as
-/// start-up does.
+/// Compiles the document `validation.openapi` names (or the built-in one) and its router, and
+/// checks what depends on it (each `[[rate_limit]]` route) and `[shared]` (its secret file read,
+/// its URL parsed, no connection made), as start-up does.
 fn check_document(config: &Config) -> Result<Report, LoadError> {
     let doc_error = |message: String| LoadError::Document {
         key: "validation.openapi",
@@ -126,6 +133,15 @@ fn check_document(config: &Config) -> Result<Report, LoadError> {
             .map(|op| (op.method(), op.template())),
     )
     .map_err(|e| doc_error(format!("validation.openapi: {e}")))?;
+    let labels: Vec<&str> = api.operations().iter().map(|op| op.label()).collect();
+    crate::rate_limit::check_routes(&config.rate_limit, &labels).map_err(|message| {
+        LoadError::Setup {
+            key: "rate_limit.route",
+            message,
+        }
+    })?;
+    crate::shared::check(&config.shared, config.upstream.ca_file.as_deref())
+        .map_err(|(key, message)| LoadError::Setup { key, message })?;
     let source = match &config.validation.openapi {
         Some(path) => path.display().to_string(),
         None => "the built-in document".to_string(),

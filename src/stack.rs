@@ -16,11 +16,13 @@ use crate::metrics::Metrics;
 use crate::observe::ObserveLayer;
 use crate::pool::build_pool;
 use crate::problem::ProblemLayer;
+use crate::rate_limit::{Limiter, RateLimitLayer};
 use crate::request_id::RequestIdLayer;
 use crate::session::cache::{Clock, SessionCache, SystemClock, Ttls};
 use crate::session::introspect::Introspector;
 use crate::session::jwt::JwtKey;
 use crate::session::{Session, SessionLayer};
+use crate::shared::Store;
 use crate::shed::ShedLayer;
 use crate::shed_client::ShedClientLayer;
 use crate::upstream::{root_store, tls_config, SetupError, UpstreamTls};
@@ -54,6 +56,7 @@ pub struct Parts {
     pub contract: ContractLayer,
     pub edge: EdgeLayer,
     pub session: SessionLayer,
+    pub rate_limit: RateLimitLayer,
     pub shed: ShedLayer,
     pub shed_client: ShedClientLayer,
     pub forward: Forward,
@@ -111,11 +114,29 @@ pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Pa
         max_body_bytes: config.limits.max_body_bytes,
         body_read_timeout: config.limits.body_read_timeout.0,
     };
+    // The store's client (and its revocations subscription) belongs to this build: a rebuild
+    // makes its own, and dropping the old stack ends the old subscription.
+    let store = Store::new(&config.shared, config.upstream.ca_file.as_deref(), metrics)?;
     let session = build_session(
         &config.session,
         config.upstream.ca_file.as_deref(),
+        store.clone(),
         metrics,
         options,
+    )?;
+    let labels: Vec<&str> = routes
+        .api()
+        .operations()
+        .iter()
+        .map(|op| op.label())
+        .collect();
+    let limiter = Limiter::new(
+        &config.rate_limit,
+        &labels,
+        store,
+        &config.listener.trusted_proxies,
+        compile_options(config)?.token_header,
+        metrics,
     )?;
     Ok(Parts {
         context: ContextLayer::new(routes.clone()),
@@ -123,6 +144,7 @@ pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Pa
         contract: ContractLayer::new(contract, metrics.clone()),
         edge: EdgeLayer::new(config.validation.unknown_routes),
         session: SessionLayer::new(session, compile_options(config)?.token_header),
+        rate_limit: RateLimitLayer::new(Some(Arc::new(limiter))),
         shed: ShedLayer::new(config.limits.max_concurrent_requests),
         shed_client: ShedClientLayer::new(
             config.limits.max_concurrent_requests_per_client,
@@ -170,6 +192,8 @@ pub fn build(
         .layer(parts.contract)
         // Stage 6, for operations that require the session token, once the contract passed.
         .layer(parts.session)
+        // [[rate_limit]]: only a request that passed every check spends budget.
+        .layer(parts.rate_limit)
         // Innermost: refuses what was not decided, rewrites for the upstream and sends.
         .service(parts.forward);
     Ok((service, parts.upstream_tls))
@@ -179,6 +203,7 @@ pub fn build(
 fn build_session(
     cfg: &SessionConfig,
     ca_file: Option<&std::path::Path>,
+    store: Option<Arc<Store>>,
     metrics: &Metrics,
     options: &Options,
 ) -> Result<Arc<Session>, SetupError> {
@@ -204,8 +229,12 @@ fn build_session(
         invalid: cfg.invalid_ttl.0,
         stale_if_error: cfg.stale_if_error.0,
     };
+    let mut cache = SessionCache::new(cfg.cache_capacity, ttls, options.clock.clone());
+    if let Some(store) = store {
+        cache = cache.with_store(cfg.cache_capacity, store);
+    }
     Ok(Arc::new(Session {
-        cache: SessionCache::new(cfg.cache_capacity, ttls, options.clock.clone()),
+        cache,
         jwt,
         introspector,
         leeway: cfg.leeway.0,

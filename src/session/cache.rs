@@ -120,6 +120,12 @@ impl Default for KeyHasher {
 }
 
 impl KeyHasher {
+    /// A hasher with these keys: replicas that share a store derive the same ones from its
+    /// secret, so that a revocation names a session by the key every replica has.
+    pub(crate) fn with_keys(k0: u64, k1: u64) -> Self {
+        KeyHasher { k0, k1 }
+    }
+
     pub fn key(&self, bearer: &[u8], session: &[u8]) -> Key {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         // Length-prefixed, so (ab, c) and (a, bc) differ.
@@ -213,6 +219,8 @@ pub struct SessionCache {
     pub clock: Arc<dyn Clock>,
     pub ttls: Ttls,
     pub hasher: KeyHasher,
+    /// The store's tier (gateway.md §8), when `[shared]` names a store.
+    pub(crate) shared: Option<Arc<super::shared::SharedTier>>,
 }
 
 impl SessionCache {
@@ -229,6 +237,26 @@ impl SessionCache {
             clock,
             ttls,
             hasher: KeyHasher::default(),
+            shared: None,
+        }
+    }
+
+    /// The same cache as a tier in front of `store`: keys derived from the store's secret, and
+    /// valid verdicts that can be cleared at once (after a gap in the revocations).
+    pub(crate) fn with_store(self, capacity: u64, store: Arc<crate::shared::Store>) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .eviction_policy(EvictionPolicy::lru())
+            .support_invalidation_closures()
+            .build_with_hasher(KeyBits);
+        let (k0, k1) = store.derived_keys("companies-gateway session cache key");
+        let shared = super::shared::SharedTier::start(store, cache.clone(), self.ttls);
+        SessionCache {
+            cache,
+            clock: self.clock,
+            ttls: self.ttls,
+            hasher: KeyHasher::with_keys(k0, k1),
+            shared: Some(Arc::new(shared)),
         }
     }
 

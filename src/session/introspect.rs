@@ -121,6 +121,11 @@ impl Introspector {
         }
     }
 
+    /// `introspect_timeout`: also how long another replica's lock on the same session is awaited.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Asks about the session, within `introspect_timeout` for the whole exchange.
     pub(crate) async fn check(
         &self,

@@ -6,6 +6,7 @@
 pub mod cache;
 pub(crate) mod introspect;
 pub mod jwt;
+pub(crate) mod shared;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -140,9 +141,25 @@ impl Session {
             self.cache.cache.invalidate(&key).await;
         }
 
+        let tier = self.cache.shared.as_deref();
         let Some(introspector) = &self.introspector else {
-            // Nothing else to ask: valid until the upstream says otherwise.
             self.metrics.cache_lookup(CacheResult::Miss);
+            // The store may know the session was revoked at another replica.
+            if let Some(tier) = tier {
+                let id = tier.id(authorization, session);
+                if let Some(shared::Lookup::Found { valid, expires_ms }) =
+                    tier.lookup(&id, None).await
+                {
+                    if let Some(entry) =
+                        shared::local_entry(&self.cache.ttls, valid, expires_ms, now)
+                    {
+                        self.cache.cache.insert(key, entry.into()).await;
+                        self.update_gauge();
+                        return Self::answer(entry.verdict).map(|()| key);
+                    }
+                }
+            }
+            // Nothing else to ask: valid until the upstream says otherwise.
             let entry = self.cache.ttls.valid_entry(now, None, exp);
             self.cache.cache.insert(key, entry.into()).await;
             self.update_gauge();
@@ -157,6 +174,36 @@ impl Session {
             .entry(key)
             .or_try_insert_with(async {
                 ran.store(true, Ordering::Relaxed);
+                // The store first: another replica's verdict, or the lock to make it for all.
+                let mut held = None;
+                if let Some(tier) = tier {
+                    let id = tier.id(authorization, session);
+                    let wait = introspector.timeout();
+                    let found = match tier.lookup(&id, Some(wait)).await {
+                        Some(shared::Lookup::Found { valid, expires_ms }) => {
+                            Some((valid, expires_ms))
+                        }
+                        Some(shared::Lookup::Locked) => tier.wait(&id, wait).await,
+                        Some(shared::Lookup::Acquired) => {
+                            held = Some((id, true));
+                            None
+                        }
+                        _ => {
+                            held = Some((id, false));
+                            None
+                        }
+                    };
+                    let now = self.cache.now();
+                    if let Some(entry) = found.and_then(|(valid, ms)| {
+                        shared::local_entry(&self.cache.ttls, valid, ms, now)
+                    }) {
+                        return Ok(Packed::from(entry));
+                    }
+                    if held.is_none() {
+                        // Waited in vain (the holder died or is slow): ask, without the lock.
+                        held = Some((tier.id(authorization, session), false));
+                    }
+                }
                 let started = Instant::now();
                 let result = introspector
                     .check(authorization.clone(), session.clone())
@@ -175,6 +222,9 @@ impl Session {
                             Verdict::Valid => self.cache.ttls.valid_entry(now, remote.max_age, exp),
                             Verdict::Invalid => self.cache.ttls.invalid_entry(now),
                         };
+                        if let (Some(tier), Some((id, lock))) = (tier, held) {
+                            tier.put(id, entry, now, lock, key);
+                        }
                         Ok(Packed::from(entry))
                     }
                     Err(e) => {
@@ -210,10 +260,15 @@ impl Session {
         }
     }
 
-    /// An upstream 401 to a forwarded request: remember the session as invalid.
-    pub(crate) async fn learn_invalid(&self, key: Key) {
-        let entry = self.cache.ttls.invalid_entry(self.cache.now());
+    /// An upstream 401 to a forwarded request: remember the session as invalid (and, with a
+    /// store, tell every replica).
+    pub(crate) async fn learn_invalid(&self, key: Key, tokens: Option<(HeaderValue, HeaderValue)>) {
+        let now = self.cache.now();
+        let entry = self.cache.ttls.invalid_entry(now);
         self.cache.cache.insert(key, entry.into()).await;
+        if let (Some(tier), Some((authorization, session))) = (&self.cache.shared, tokens) {
+            tier.put(tier.id(&authorization, &session), entry, now, false, key);
+        }
         self.metrics
             .session_check(VerdictSource::Upstream, VerdictLabel::Invalid);
         self.update_gauge();
@@ -275,6 +330,7 @@ where
                 state: State::Calling {
                     fut: self.inner.call(req),
                     key: None,
+                    tokens: None,
                 },
                 session: self.session.clone(),
             };
@@ -291,6 +347,7 @@ where
                 state: State::Calling {
                     fut: self.inner.call(req),
                     key: None,
+                    tokens: None,
                 },
                 session: self.session.clone(),
             };
@@ -304,6 +361,12 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let session = self.session.clone();
+        // Kept only to tell the store about an upstream 401 (its key is an HMAC of both).
+        let tokens = session
+            .cache
+            .shared
+            .is_some()
+            .then(|| (authorization.clone(), token.clone()));
         let deciding: Deciding =
             Box::pin(async move { session.decide(&authorization, &token).await });
         ResponseFuture {
@@ -311,6 +374,7 @@ where
                 deciding,
                 req: Some(req),
                 inner: Some(inner),
+                tokens,
             },
             session: self.session.clone(),
         }
@@ -320,8 +384,8 @@ where
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<Request<Body>>> {
-        Deciding { deciding: Deciding, req: Option<Request<Body>>, inner: Option<S> },
-        Calling { #[pin] fut: S::Future, key: Option<Key> },
+        Deciding { deciding: Deciding, req: Option<Request<Body>>, inner: Option<S>, tokens: Option<(HeaderValue, HeaderValue)> },
+        Calling { #[pin] fut: S::Future, key: Option<Key>, tokens: Option<(HeaderValue, HeaderValue)> },
         Learning { learning: Pin<Box<dyn Future<Output = ()> + Send>>, res: Option<Response<Body>> },
     }
 }
@@ -348,6 +412,7 @@ where
                     deciding,
                     req,
                     inner,
+                    tokens,
                 } => {
                     let key = ready!(deciding.as_mut().poll(cx))?;
                     let (Some(mut req), Some(mut inner)) = (req.take(), inner.take()) else {
@@ -361,9 +426,10 @@ where
                     State::Calling {
                         fut: inner.call(req),
                         key: Some(key),
+                        tokens: tokens.take(),
                     }
                 }
-                StateProj::Calling { fut, key } => {
+                StateProj::Calling { fut, key, tokens } => {
                     let res = ready!(fut.poll(cx))?;
                     match key {
                         Some(key)
@@ -372,8 +438,11 @@ where
                         {
                             let session = this.session.clone();
                             let key = *key;
+                            let tokens = tokens.take();
                             State::Learning {
-                                learning: Box::pin(async move { session.learn_invalid(key).await }),
+                                learning: Box::pin(async move {
+                                    session.learn_invalid(key, tokens).await
+                                }),
                                 res: Some(res),
                             }
                         }

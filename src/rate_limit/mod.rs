@@ -1,0 +1,597 @@
+//! `[[rate_limit]]` (gateway.md §8): GCRA per key (`session`, `client` or `route`), on the
+//! store's clock across replicas when `[shared]` names one, else per replica.
+//!
+//! The layer runs innermost, just before Forward: only a request that passed the contract and
+//! its session check spends budget, so a 400 or 401 costs none of the upstream-facing limits.
+//! With the store, a request costs one round trip (one script for every limit it meets); when
+//! the store fails the per-replica table decides (limits fail open to per-replica, never closed).
+
+pub(crate) mod gcra;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue, Request, Response};
+use ipnet::IpNet;
+use pin_project_lite::pin_project;
+use siphasher::sip128::{Hasher128, SipHasher13};
+use tower::{Layer, Service};
+
+use crate::config::{RateKey, RateLimitConfig};
+use crate::context::RequestCtx;
+use crate::error::{GatewayError, RATELIMIT, RATELIMIT_POLICY};
+use crate::metrics::Metrics;
+use crate::shared::Store;
+use crate::upstream::SetupError;
+use crate::Body;
+use gcra::{decide, Decision, Rule};
+
+/// Keys the per-replica table holds at most; past it new keys are not tracked (fail open).
+const MAX_LOCAL_KEYS: usize = 1_000_000;
+
+struct Limit {
+    name: String,
+    key: RateKey,
+    rule: Rule,
+    /// `RateLimit-Policy: "<name>";q=<rate>;w=<per>`.
+    policy: HeaderValue,
+}
+
+/// Which limit said what about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Judged {
+    pub(crate) limit: usize,
+    pub(crate) decision: Decision,
+}
+
+/// Of a request's decisions, the one its headers name: a refusing one (the longest wait), else
+/// the one closest to exhaustion. `None` for no decisions. Pure.
+pub(crate) fn headline(judged: &[Judged]) -> Option<Judged> {
+    let refused = judged
+        .iter()
+        .filter(|j| !j.decision.allowed)
+        .max_by_key(|j| j.decision.reset_secs);
+    refused.copied().or_else(|| {
+        judged
+            .iter()
+            .min_by_key(|j| {
+                (
+                    j.decision.remaining,
+                    std::cmp::Reverse(j.decision.reset_secs),
+                )
+            })
+            .copied()
+    })
+}
+
+/// Each limit's route is `*` or a label of the loaded document (`labels[i]` is operation `i`'s):
+/// per limit, its operation's index, or `None` for `*`.
+pub(crate) fn check_routes(
+    configs: &[RateLimitConfig],
+    labels: &[&str],
+) -> Result<Vec<Option<usize>>, String> {
+    configs
+        .iter()
+        .map(|c| {
+            if c.route == "*" {
+                return Ok(None);
+            }
+            labels
+                .iter()
+                .position(|l| *l == c.route)
+                .map(Some)
+                .ok_or_else(|| {
+                    format!(
+                    "rate_limit.route: `{}` (limit `{}`) is no route label of the loaded document",
+                    c.route, c.name
+                )
+                })
+        })
+        .collect()
+}
+
+struct Table {
+    tats: HashMap<(usize, u128), u64>,
+    /// Prune stale keys when the table reaches this size.
+    prune_at: usize,
+}
+
+/// Every limit, which routes each applies to, and the per-replica state.
+pub(crate) struct Limiter {
+    limits: Vec<Limit>,
+    /// Per route slot (0 is `other`), the limits that apply.
+    by_slot: Vec<Vec<usize>>,
+    table: Mutex<Table>,
+    epoch: Instant,
+    /// SipHash keys of the per-replica table (random per process).
+    k0: u64,
+    k1: u64,
+    store: Option<Arc<Store>>,
+    trusted_proxies: Vec<IpNet>,
+    token_header: HeaderName,
+    metrics: Metrics,
+}
+
+impl Limiter {
+    /// Compiles the limits against the loaded document's route labels (`labels[i]` is operation
+    /// `i`'s): a limit on a route the document does not have is refused, naming the key.
+    pub(crate) fn new(
+        configs: &[RateLimitConfig],
+        labels: &[&str],
+        store: Option<Arc<Store>>,
+        trusted_proxies: &[IpNet],
+        token_header: HeaderName,
+        metrics: &Metrics,
+    ) -> Result<Limiter, SetupError> {
+        let mut limits = Vec::with_capacity(configs.len());
+        let mut by_slot = vec![Vec::new(); labels.len() + 1];
+        let routes = check_routes(configs, labels).map_err(SetupError::Config)?;
+        for (i, (c, route)) in configs.iter().zip(routes).enumerate() {
+            let per = c.per.0.as_secs();
+            let policy = HeaderValue::from_str(&format!("\"{}\";q={};w={per}", c.name, c.rate))
+                .map_err(|_| SetupError::Config(format!("rate_limit.name: `{}`", c.name)))?;
+            let slots: Vec<usize> = match route {
+                None => (0..by_slot.len()).collect(),
+                Some(op) => vec![op + 1],
+            };
+            for slot in slots {
+                by_slot[slot].push(i);
+                let label = if slot == 0 { "other" } else { labels[slot - 1] };
+                metrics.rate_limited.with_label_values(&[label, &c.name]);
+            }
+            limits.push(Limit {
+                name: c.name.clone(),
+                key: c.key,
+                rule: Rule::new(c.rate, c.per.0.as_micros() as u64, c.burst()),
+                policy,
+            });
+        }
+        let seed = |n: u8| std::collections::hash_map::RandomState::new().hash_one(n);
+        Ok(Limiter {
+            limits,
+            by_slot,
+            table: Mutex::new(Table {
+                tats: HashMap::new(),
+                prune_at: 1024,
+            }),
+            epoch: Instant::now(),
+            k0: seed(0),
+            k1: seed(1),
+            store,
+            trusted_proxies: trusted_proxies.to_vec(),
+            token_header,
+            metrics: metrics.clone(),
+        })
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// What a request is keyed by under `limit`, or `None` when it has nothing to key on.
+    fn material(&self, limit: &Limit, req: &Request<Body>, ctx: &RequestCtx) -> Option<Material> {
+        match limit.key {
+            RateKey::Session => {
+                let token = req.headers().get(&self.token_header)?;
+                let bearer = req.headers().get(AUTHORIZATION);
+                Some(Material::Session(
+                    bearer.map(|b| b.as_bytes().to_vec()).unwrap_or_default(),
+                    token.as_bytes().to_vec(),
+                ))
+            }
+            RateKey::Client => {
+                let conn = ctx.conn.as_ref()?;
+                let ip = crate::shed_client::client_ip(conn, &self.trusted_proxies, req.headers());
+                Some(Material::Client(match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                    IpAddr::V6(v6) => v6.octets(),
+                }))
+            }
+            RateKey::Route => Some(Material::Route((ctx.route_slot() as u64).to_le_bytes())),
+        }
+    }
+
+    /// The per-replica key of `material` under limit `i`.
+    fn local_key(&self, i: usize, material: &Material) -> u128 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write_usize(i);
+        material.feed(|b| {
+            h.write_usize(b.len());
+            h.write(b);
+        });
+        h.finish128().as_u128()
+    }
+
+    /// Decides on the per-replica table, all or nothing. Pure but for the table.
+    fn decide_local(&self, keys: &[(usize, Material)]) -> Vec<Judged> {
+        let now = self.now_us();
+        let local: Vec<(usize, u128)> = keys
+            .iter()
+            .map(|(i, m)| (*i, self.local_key(*i, m)))
+            .collect();
+        let Ok(mut table) = self.table.lock() else {
+            // A panic elsewhere poisoned the table: fail open, as during a store outage.
+            return Vec::new();
+        };
+        let judged: Vec<Judged> = local
+            .iter()
+            .map(|k| Judged {
+                limit: k.0,
+                decision: decide(self.limits[k.0].rule, table.tats.get(k).copied(), now),
+            })
+            .collect();
+        if judged.iter().all(|j| j.decision.allowed) {
+            if table.tats.len() >= table.prune_at {
+                // A key whose TAT has passed is as good as new: drop it.
+                table.tats.retain(|_, tat| *tat > now);
+                table.prune_at = (table.tats.len() * 2).max(1024);
+            }
+            for (k, j) in local.iter().zip(&judged) {
+                if table.tats.len() < MAX_LOCAL_KEYS || table.tats.contains_key(k) {
+                    table.tats.insert(*k, j.decision.new_tat);
+                }
+            }
+        }
+        judged
+    }
+
+    /// Decides on the store, on its clock, or `None` when the store did not answer.
+    async fn decide_shared(
+        &self,
+        store: &Store,
+        keys: &[(usize, Material)],
+    ) -> Option<Vec<Judged>> {
+        let mut names = Vec::with_capacity(keys.len());
+        let mut rules = Vec::with_capacity(keys.len());
+        for (i, m) in keys {
+            let limit = &self.limits[*i];
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(2);
+            m.feed(|b| parts.push(b));
+            let id = store.hmac_hex(&parts);
+            names.push(store.key("rl", &format!("{}:{id}", limit.name)));
+            rules.push((limit.rule.interval_us, limit.rule.tolerance_us));
+        }
+        let (now, tats) = store.rate(&names, &rules).await.ok()?;
+        Some(
+            keys.iter()
+                .zip(tats)
+                .map(|((i, _), tat)| Judged {
+                    limit: *i,
+                    decision: decide(self.limits[*i].rule, Some(tat), now),
+                })
+                .collect(),
+        )
+    }
+
+    /// The response headers, or the 429, for a request's decisions.
+    fn verdict(&self, judged: &[Judged], route: &str) -> Result<Option<Headers>, GatewayError> {
+        let Some(head) = headline(judged) else {
+            return Ok(None);
+        };
+        let limit = &self.limits[head.limit];
+        let state = HeaderValue::from_str(&format!(
+            "\"{}\";r={};t={}",
+            limit.name, head.decision.remaining, head.decision.reset_secs
+        ))
+        .unwrap_or(HeaderValue::from_static(""));
+        if head.decision.allowed {
+            return Ok(Some(Headers {
+                policy: limit.policy.clone(),
+                state,
+            }));
+        }
+        self.metrics
+            .rate_limited
+            .with_label_values(&[route, &limit.name])
+            .inc();
+        Err(GatewayError::RateLimited {
+            retry_after: head.decision.reset_secs,
+            policy: limit.policy.clone(),
+            state,
+        })
+    }
+}
+
+/// What a limit keys a request by.
+enum Material {
+    /// The bearer and the session token.
+    Session(Vec<u8>, Vec<u8>),
+    /// The client's address, IPv4 mapped into IPv6.
+    Client([u8; 16]),
+    /// The route's slot.
+    Route([u8; 8]),
+}
+
+impl Material {
+    fn feed<'a>(&'a self, mut f: impl FnMut(&'a [u8])) {
+        match self {
+            Material::Session(bearer, token) => {
+                f(bearer);
+                f(token);
+            }
+            Material::Client(ip) => f(ip),
+            Material::Route(slot) => f(slot),
+        }
+    }
+}
+
+/// The headers a request within its limits carries.
+#[derive(Clone)]
+struct Headers {
+    policy: HeaderValue,
+    state: HeaderValue,
+}
+
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limiter: Option<Arc<Limiter>>,
+}
+
+impl RateLimitLayer {
+    /// `None` when no `[[rate_limit]]` is configured: the layer passes everything on.
+    pub(crate) fn new(limiter: Option<Arc<Limiter>>) -> Self {
+        RateLimitLayer {
+            limiter: limiter.filter(|l| !l.limits.is_empty()),
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimitService<S> {
+    inner: S,
+    limiter: Option<Arc<Limiter>>,
+}
+
+type Deciding = Pin<Box<dyn Future<Output = Result<Option<Headers>, GatewayError>> + Send>>;
+
+pin_project! {
+    #[project = ResponseProj]
+    pub enum ResponseFuture<S: Service<Request<Body>>> {
+        /// Decided (or nothing to decide): the inner call, and the headers to add.
+        Passing { #[pin] fut: S::Future, headers: Option<Headers> },
+        Refused { err: Option<GatewayError> },
+        /// Deciding on the store; then the request goes on to `inner`.
+        Deciding { deciding: Deciding, req: Option<Request<Body>>, inner: Option<S> },
+    }
+}
+
+impl<S> Future for ResponseFuture<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>,
+{
+    type Output = Result<Response<Body>, GatewayError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project() {
+                ResponseProj::Passing { fut, headers } => {
+                    let res = std::task::ready!(fut.poll(cx));
+                    return Poll::Ready(res.map(|r| with_headers(r, headers.take())));
+                }
+                ResponseProj::Refused { err } => {
+                    return Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                        GatewayError::Internal("rate limit future reused".into())
+                    })))
+                }
+                ResponseProj::Deciding {
+                    deciding,
+                    req,
+                    inner,
+                } => {
+                    let headers = std::task::ready!(deciding.as_mut().poll(cx))?;
+                    let (Some(req), Some(mut inner)) = (req.take(), inner.take()) else {
+                        return Poll::Ready(Err(GatewayError::Internal(
+                            "rate limit future reused".into(),
+                        )));
+                    };
+                    ResponseFuture::Passing {
+                        fut: inner.call(req),
+                        headers,
+                    }
+                }
+            };
+            self.set(next);
+        }
+    }
+}
+
+fn with_headers(mut res: Response<Body>, headers: Option<Headers>) -> Response<Body> {
+    if let Some(h) = headers {
+        res.headers_mut().insert(RATELIMIT_POLICY, h.policy);
+        res.headers_mut().insert(RATELIMIT, h.state);
+    }
+    res
+}
+
+impl<S> Service<Request<Body>> for RateLimitService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ResponseFuture<S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let pass = |inner: &mut S, req| ResponseFuture::Passing {
+            fut: inner.call(req),
+            headers: None,
+        };
+        let Some(limiter) = &self.limiter else {
+            return pass(&mut self.inner, req);
+        };
+        let Some(ctx) = req.extensions().get::<RequestCtx>() else {
+            return pass(&mut self.inner, req);
+        };
+        let applicable = limiter
+            .by_slot
+            .get(ctx.route_slot())
+            .map_or(&[][..], Vec::as_slice);
+        let keys: Vec<(usize, Material)> = applicable
+            .iter()
+            .filter_map(|&i| Some((i, limiter.material(&limiter.limits[i], &req, ctx)?)))
+            .collect();
+        if keys.is_empty() {
+            return pass(&mut self.inner, req);
+        }
+        let route = ctx.label().to_owned();
+        let Some(store) = limiter.store.clone() else {
+            return match limiter.verdict(&limiter.decide_local(&keys), &route) {
+                Ok(headers) => ResponseFuture::Passing {
+                    fut: self.inner.call(req),
+                    headers,
+                },
+                Err(e) => ResponseFuture::Refused { err: Some(e) },
+            };
+        };
+        let limiter = limiter.clone();
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::Deciding {
+            deciding: Box::pin(async move {
+                let judged = match limiter.decide_shared(&store, &keys).await {
+                    Some(judged) => judged,
+                    // The store failed: this replica's own budget decides.
+                    None => limiter.decide_local(&keys),
+                };
+                limiter.verdict(&judged, &route)
+            }),
+            req: Some(req),
+            inner: Some(inner),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(limit: usize, allowed: bool, remaining: u64, reset_secs: u64) -> Judged {
+        Judged {
+            limit,
+            decision: Decision {
+                allowed,
+                remaining,
+                reset_secs,
+                new_tat: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn the_headers_name_the_refusing_limit_else_the_closest_to_exhaustion() {
+        assert_eq!(headline(&[]), None);
+        let a = judged(0, true, 5, 0);
+        let b = judged(1, true, 1, 0);
+        let c = judged(2, true, 1, 3);
+        assert_eq!(headline(&[a, b]), Some(b));
+        assert_eq!(headline(&[a, b, c]), Some(c));
+        let x = judged(3, false, 0, 2);
+        let y = judged(4, false, 0, 9);
+        assert_eq!(headline(&[a, x, b, y]), Some(y));
+    }
+
+    fn limiter(configs: &[RateLimitConfig]) -> Result<Limiter, SetupError> {
+        let metrics = Metrics::new(&[1.0]).unwrap();
+        Limiter::new(
+            configs,
+            &["update_contact", "get_company"],
+            None,
+            &[],
+            HeaderName::from_static("x-session-token"),
+            &metrics,
+        )
+    }
+
+    fn config(name: &str, route: &str, rate: u32, burst: Option<u32>) -> RateLimitConfig {
+        RateLimitConfig {
+            name: name.into(),
+            key: RateKey::Session,
+            route: route.into(),
+            rate,
+            per: crate::config::Dur::secs(60),
+            burst,
+        }
+    }
+
+    #[test]
+    fn a_limit_on_a_route_the_document_lacks_is_refused_at_load() {
+        let err = limiter(&[config("x", "nope", 1, None)])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("rate_limit.route"), "{err}");
+        let l = limiter(&[
+            config("all", "*", 1, None),
+            config("one", "get_company", 1, None),
+        ])
+        .unwrap();
+        assert_eq!(l.by_slot, vec![vec![0], vec![0], vec![0, 1]]);
+    }
+
+    #[test]
+    fn the_local_table_counts_all_limits_or_none() {
+        // "wide" allows 3 at once, "narrow" 1: the second request is refused by "narrow" and
+        // spends nothing of "wide".
+        let l = limiter(&[config("wide", "*", 3, None), config("narrow", "*", 1, None)]).unwrap();
+        let keys = || {
+            vec![
+                (0, Material::Session(b"b".to_vec(), b"s".to_vec())),
+                (1, Material::Session(b"b".to_vec(), b"s".to_vec())),
+            ]
+        };
+        let first = l.decide_local(&keys());
+        assert!(first.iter().all(|j| j.decision.allowed));
+        let ok = l.verdict(&first, "update_contact").unwrap().unwrap();
+        assert_eq!(ok.state, "\"narrow\";r=0;t=60");
+        assert_eq!(ok.policy, "\"narrow\";q=1;w=60");
+        for _ in 0..3 {
+            let refused = l.decide_local(&keys());
+            let Err(GatewayError::RateLimited {
+                retry_after, state, ..
+            }) = l.verdict(&refused, "update_contact")
+            else {
+                panic!("not refused");
+            };
+            assert_eq!(retry_after, 60);
+            assert_eq!(state, "\"narrow\";r=0;t=60");
+        }
+        // "wide" alone still has 2 left: the refusals spent none of it.
+        let wide_only = l.decide_local(&keys()[..1]);
+        assert_eq!(wide_only[0].decision.remaining, 1);
+        assert_eq!(
+            l.metrics
+                .rate_limited
+                .with_label_values(&["update_contact", "narrow"])
+                .get(),
+            3
+        );
+        // Another session has its own budget.
+        let other = l.decide_local(&[(1, Material::Session(b"b".to_vec(), b"t".to_vec()))]);
+        assert!(other[0].decision.allowed);
+    }
+}
