@@ -26,6 +26,7 @@ pub mod config;
 pub(crate) mod context;
 pub mod contract;
 pub mod edge;
+pub(crate) mod endpoints;
 pub mod error;
 pub mod forward;
 pub mod headers;
@@ -36,8 +37,10 @@ pub(crate) mod pool;
 pub mod problem;
 #[cfg(target_os = "linux")]
 pub(crate) mod process;
+pub(crate) mod proxy;
 pub(crate) mod reload;
 pub mod request_id;
+pub(crate) mod retry;
 pub mod route;
 pub(crate) mod server;
 pub mod session;
@@ -48,6 +51,7 @@ pub mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 pub(crate) mod validate;
+pub(crate) mod x509;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
