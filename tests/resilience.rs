@@ -436,3 +436,30 @@ async fn a_mismatched_client_key_is_refused_at_start_naming_the_key() {
     let text = err.to_string();
     assert!(text.contains("upstream.client_key"), "{text}");
 }
+
+#[tokio::test]
+async fn a_new_client_certificate_is_picked_up_by_a_reload() {
+    let pki = Pki::new();
+    let clients = Pki::new();
+    let stranger = Pki::new();
+    let a = Mock::start([127, 0, 0, 1], &pki, Some(&clients.ca_pem)).await;
+    // First a certificate the upstream does not trust.
+    let wrong = stranger.leaf(&["gateway-client"]);
+    let cert = pki.write("client.pem", wrong.cert_pem.as_bytes());
+    let key = pki.write("client-key.pem", wrong.key_pem.as_bytes());
+    let mut c = config(&pki, &[&a]);
+    c.upstream.retries = 0;
+    c.upstream.client_cert = Some(cert.clone());
+    c.upstream.client_key = Some(key.clone());
+    let gw = start_gateway(c).await;
+    assert_eq!(get_status(&gw, "/companies/v2/rs/1").await, 502);
+    assert_eq!(a.attempts(), 0);
+
+    // The renewed pair, as a Secret rotation writes it.
+    let right = clients.leaf(&["gateway-client"]);
+    std::fs::write(&cert, right.cert_pem.as_bytes()).unwrap();
+    std::fs::write(&key, right.key_pem.as_bytes()).unwrap();
+    assert_eq!(gw.reload().upstream_ca, Some(true));
+    assert_eq!(get_status(&gw, "/companies/v2/rs/1").await, 200);
+    assert_eq!(a.attempts(), 1);
+}
