@@ -12,10 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use companies_gateway::config::Dur;
 use http_body_util::Full;
+use rustls::pki_types::pem::PemObject;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use rustls::pki_types::pem::PemObject;
 use tokio::sync::watch;
 
 /// The URL's host: never resolved, the addresses come from `upstream.resolve`.
@@ -61,10 +61,12 @@ impl Mock {
                 for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
                     roots.add(c.unwrap()).unwrap();
                 }
-                let verifier =
-                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                        .build()
-                        .unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots.into(),
+                    provider,
+                )
+                .build()
+                .unwrap();
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -245,7 +247,11 @@ async fn a_killed_address_is_ejected_and_no_client_sees_an_error() {
     b.kill();
     let before = a.attempts();
     for i in 0..40 {
-        assert_eq!(get_status(&gw, "/companies/v2/rs/1").await, 200, "request {i}");
+        assert_eq!(
+            get_status(&gw, "/companies/v2/rs/1").await,
+            200,
+            "request {i}"
+        );
     }
     // Every request got its answer from the address left.
     assert_eq!(a.attempts() - before, 40);
@@ -262,7 +268,10 @@ async fn a_killed_address_is_ejected_and_no_client_sees_an_error() {
     // pooled connection it reset), each retried elsewhere.
     let not_sent = metric(&gw, "gateway_upstream_retries_total{reason=\"not_sent\"}").await;
     let reset = metric(&gw, "gateway_upstream_retries_total{reason=\"idempotent\"}").await;
-    assert!((1.0..=3.0).contains(&not_sent), "{not_sent} not_sent retries");
+    assert!(
+        (1.0..=3.0).contains(&not_sent),
+        "{not_sent} not_sent retries"
+    );
     assert!(reset <= 1.0, "{reset} idempotent retries");
 }
 
@@ -421,7 +430,11 @@ async fn mutual_tls_is_accepted_with_the_client_certificate_and_refused_without(
         metric(&gw, "gateway_upstream_errors_total{kind=\"tls\"}").await,
         1.0
     );
-    assert_eq!(a.attempts(), 1, "no request was served without the certificate");
+    assert_eq!(
+        a.attempts(),
+        1,
+        "no request was served without the certificate"
+    );
 }
 
 #[tokio::test]
