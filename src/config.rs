@@ -91,6 +91,27 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: Dur,
     pub pool_max_idle_per_host: usize,
     pub http2: bool,
+    // Resilience (gateway.md section 9).
+    /// Addresses for the URL's host instead of DNS; TLS still checks the URL's host name.
+    pub resolve: Vec<SocketAddr>,
+    pub dns_refresh: Dur,
+    /// Cap on open upstream connections; beyond it requests wait within `request_timeout`.
+    pub max_connections: usize,
+    pub retries: u32,
+    /// In any 10-second window, retries <= this share of requests + 10.
+    pub retry_budget: f64,
+    pub outlier_failures: u32,
+    pub outlier_ejection: Dur,
+    /// `http://[user:password@]host:port`; its credentials are a secret.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "masked_opt_url"
+    )]
+    pub proxy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -103,7 +124,53 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: Dur::secs(50),
             pool_max_idle_per_host: 256,
             http2: false,
+            resolve: Vec::new(),
+            dns_refresh: Dur::secs(30),
+            max_connections: 1024,
+            retries: 2,
+            retry_budget: 0.2,
+            outlier_failures: 5,
+            outlier_ejection: Dur::secs(30),
+            proxy: None,
+            client_cert: None,
+            client_key: None,
         }
+    }
+}
+
+impl UpstreamConfig {
+    /// The section 9 keys: ranges, the client certificate pair and the proxy URL.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let non_zero = [
+            ("upstream.dns_refresh", self.dns_refresh.0.is_zero()),
+            (
+                "upstream.outlier_ejection",
+                self.outlier_ejection.0.is_zero(),
+            ),
+            ("upstream.max_connections", self.max_connections == 0),
+            ("upstream.outlier_failures", self.outlier_failures == 0),
+        ];
+        for (key, zero) in non_zero {
+            if zero {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.retry_budget) {
+            return Err(invalid(
+                "upstream.retry_budget",
+                "must be a share between 0 and 1",
+            ));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(invalid(
+                "upstream.client_cert",
+                "client_cert and client_key must be set together",
+            ));
+        }
+        if let Some(proxy) = &self.proxy {
+            crate::proxy::ProxyUrl::parse(proxy).map_err(|m| invalid("upstream.proxy", m))?;
+        }
+        Ok(())
     }
 }
 
@@ -686,6 +753,7 @@ impl Config {
                 "the admin listener needs its own port, not the public one",
             ));
         }
+        self.upstream.validate()?;
         let non_zero: [(&'static str, Duration); 5] = [
             ("upstream.connect_timeout", self.upstream.connect_timeout.0),
             ("upstream.request_timeout", self.upstream.request_timeout.0),
@@ -922,13 +990,10 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_their_name_and_line() {
-        let err = load(
-            "[upstream]\nurl = \"https://a.example\"\nretries = 3\n",
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("retries"), "{err}");
+        let err = load("[upstream]\nurl = \"https://a.example\"\nretrys = 3\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retrys"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         let err = load("[upstrem]\n", &[]).unwrap_err().to_string();
         assert!(err.contains("upstrem"), "{err}");

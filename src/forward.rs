@@ -145,6 +145,14 @@ impl Service<Request<Body>> for Forward {
         let state = match prepared {
             Ok(req) => {
                 let cfg = &self.cfg;
+                // The whole body, when known, so that an idempotent request can be replayed.
+                let whole = if req.body().is_end_stream() {
+                    Some(bytes::Bytes::new())
+                } else {
+                    req.extensions()
+                        .get::<crate::retry::Buffered>()
+                        .map(|b| b.0.clone())
+                };
                 // A body still to come is watched; the timer starts when it has been sent.
                 let (req, body, first) = if req.body().is_end_stream() {
                     (req, None, cfg.request_timeout)
@@ -155,7 +163,7 @@ impl Service<Request<Body>> for Forward {
                     (req, Some(rx), cfg.body_read_timeout + cfg.request_timeout)
                 };
                 State::Sending {
-                    fut: self.pool.send(req),
+                    fut: self.pool.send(req, whole),
                     timer: tokio::time::sleep(first),
                     body,
                     request_timeout: cfg.request_timeout,

@@ -176,6 +176,13 @@ pub struct MetricSet {
     pub(crate) shared_store_operations: IntCounterVec,
     pub(crate) shared_store_duration: HistogramVec,
     pub(crate) session_revocations_received: IntCounter,
+    // Upstream resilience (gateway.md §9): resolved handles, one per label value.
+    /// `gateway_upstream_retries_total` by `retry::Reason` (`not_sent`, `idempotent`).
+    pub(crate) upstream_retries: [IntCounter; 2],
+    pub(crate) upstream_retry_budget_exhausted: IntCounter,
+    /// `gateway_upstream_endpoints` by state: `healthy`, `ejected`.
+    pub(crate) upstream_endpoints: [IntGauge; 2],
+    pub(crate) upstream_ejections: IntCounter,
     /// Handles of the per-request series with closed label sets, resolved once rather than by
     /// hashing the label values on every request.
     resolved: Resolved,
@@ -230,6 +237,22 @@ impl Metrics {
             "Session verdicts by source and verdict.",
             &["source", "verdict"],
         )?;
+        let upstream_retries = counter(
+            "gateway_upstream_retries_total",
+            "Upstream attempts made again, by reason.",
+            &["reason"],
+        )?;
+        let upstream_endpoints = {
+            let g = IntGaugeVec::new(
+                Opts::new(
+                    "gateway_upstream_endpoints",
+                    "Upstream addresses by state (healthy, ejected).",
+                ),
+                &["state"],
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        };
         let metrics = MetricSet {
             requests: counter(
                 "gateway_requests_total",
@@ -351,6 +374,23 @@ impl Metrics {
             session_revocations_received: plain_counter(
                 "gateway_session_revocations_received_total",
                 "Session revocations received from other replicas (and this one) over the store.",
+            )?,
+            upstream_retries: {
+                let [a, b] = crate::retry::Reason::ALL
+                    .map(|r| upstream_retries.get_metric_with_label_values(&[r.as_str()]));
+                [a?, b?]
+            },
+            upstream_retry_budget_exhausted: plain_counter(
+                "gateway_upstream_retry_budget_exhausted_total",
+                "Retries refused because the retry budget was spent.",
+            )?,
+            upstream_endpoints: [
+                upstream_endpoints.get_metric_with_label_values(&["healthy"])?,
+                upstream_endpoints.get_metric_with_label_values(&["ejected"])?,
+            ],
+            upstream_ejections: plain_counter(
+                "gateway_upstream_ejections_total",
+                "Upstream addresses ejected as outliers.",
             )?,
             registry: registry.clone(),
             resolved: Resolved {

@@ -16,10 +16,18 @@
 //! Every connection carries the trust generation it was made under (`upstream.rs`); one from an
 //! older generation is never reused: idle ones close when the trust changes, busy ones when their
 //! response ends.
+//!
+//! Section 9: each connection belongs to one address (`endpoints.rs`); a request picks an
+//! address, then reuses one of its idle connections or opens one. Open connections are capped at
+//! `upstream.max_connections` (each holds a permit until its task ends) and at most
+//! `CONNECTS_AT_ONCE` are being set up at a time; a request beyond the cap waits for a permit or
+//! a returned connection, bounded by the forwarder's `request_timeout`. `send` runs the attempts
+//! and retries where `retry.rs` allows; `Inner::attempt` is one attempt.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -27,18 +35,25 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Parts, PathAndQuery};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
-use prometheus::IntCounter;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{UpstreamConfig, UpstreamTarget};
+use crate::endpoints::{Endpoint, EndpointMetrics, Endpoints, InFlight, OutlierSettings, Source};
+use crate::metrics::MetricSet;
 use crate::outcome::UpstreamErrorKind;
+use crate::retry::{self, Failure, Replay, RetryBudget, RetryPolicy};
 use crate::upstream::{ConnectError, Connector, SetupError, UpstreamTls};
 use crate::Body;
+
+/// Connections being set up at once, whatever the cap: a burst after an outage does not open
+/// hundreds of TLS handshakes together.
+const CONNECTS_AT_ONCE: usize = 32;
 
 /// Sending a request upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,10 +67,12 @@ pub enum PoolError {
 }
 
 impl PoolError {
-    /// Sorts the error into its metric `kind` by its type, never by its message.
+    /// Sorts the error into its metric `kind` by its type, never by its message. A TLS alert on
+    /// the first read after the handshake (a refused client certificate under TLS 1.3) is `tls`.
     pub fn kind(&self) -> UpstreamErrorKind {
         match self {
             PoolError::Connect(e) => e.kind(),
+            PoolError::Send(e) if tls_failure(e) => UpstreamErrorKind::Tls,
             PoolError::Send(e) if e.is_timeout() => UpstreamErrorKind::Timeout,
             PoolError::Send(e) if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() => {
                 UpstreamErrorKind::Protocol
@@ -63,6 +80,26 @@ impl PoolError {
             PoolError::Send(_) => UpstreamErrorKind::Reset,
         }
     }
+}
+
+/// Whether rustls's own error is in the chain: an alert from the upstream, or a TLS failure.
+fn tls_failure(e: &hyper::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// How long idle connections are kept, and how many.
@@ -73,6 +110,10 @@ pub struct PoolSettings {
     pub max_idle: usize,
     /// h2 is offered by ALPN: connects are serialised until the upstream has answered once.
     pub http2: bool,
+    /// `upstream.max_connections`.
+    pub max_connections: usize,
+    /// `upstream.dns_refresh`.
+    pub dns_refresh: Duration,
 }
 
 impl PoolSettings {
@@ -84,18 +125,80 @@ impl PoolSettings {
 }
 
 /// Builds the connection pool for `[upstream]`, and the handle that reloads its trust anchors.
-pub fn build_pool(
+/// The egress proxy comes from `upstream.proxy` or the process's `HTTPS_PROXY`/`NO_PROXY`.
+pub(crate) fn build_pool(
     cfg: &UpstreamConfig,
     target: &UpstreamTarget,
-    opened: IntCounter,
+    metrics: &MetricSet,
 ) -> Result<(Pool, UpstreamTls), SetupError> {
-    let (connector, reload) = Connector::new(cfg, &target.authority, opened)?;
+    let host = target.authority.host();
+    let proxy = crate::proxy::select(cfg.proxy.as_deref(), |k| std::env::var(k).ok(), host)
+        .map_err(SetupError::Config)?;
+    let source = address_source(cfg, target, proxy.as_ref());
+    if let Some(proxy) = &proxy {
+        tracing::info!(%proxy, "upstream connections go through the egress proxy");
+    }
+    let (connector, reload) = Connector::new(
+        cfg,
+        &target.authority,
+        proxy,
+        metrics.upstream_connections_opened.clone(),
+    )?;
     let settings = PoolSettings {
         idle_timeout: cfg.pool_idle_timeout.0,
         max_idle: cfg.pool_max_idle_per_host,
         http2: cfg.http2,
+        max_connections: cfg.max_connections,
+        dns_refresh: cfg.dns_refresh.0,
     };
-    Ok((Pool::new(connector, target, settings), reload))
+    let endpoints = Endpoints::new(
+        source,
+        OutlierSettings {
+            failures: cfg.outlier_failures,
+            ejection: cfg.outlier_ejection.0,
+        },
+        EndpointMetrics {
+            healthy: metrics.upstream_endpoints[0].clone(),
+            ejected: metrics.upstream_endpoints[1].clone(),
+            ejections: metrics.upstream_ejections.clone(),
+        },
+    );
+    let retry = RetryPolicy {
+        retries: cfg.retries,
+        budget: RetryBudget::new(cfg.retry_budget),
+        counted: metrics.upstream_retries.clone(),
+        exhausted: metrics.upstream_retry_budget_exhausted.clone(),
+    };
+    let pool = Pool::new(connector, target, settings, endpoints, retry);
+    Ok((pool, reload))
+}
+
+/// Where addresses come from: the proxy's host when there is a proxy (it resolves the
+/// upstream's), else `upstream.resolve`, else the URL's host (an IP literal as it is).
+fn address_source(
+    cfg: &UpstreamConfig,
+    target: &UpstreamTarget,
+    proxy: Option<&crate::proxy::ProxyUrl>,
+) -> Source {
+    let (host, port) = match proxy {
+        Some(p) => (p.host.as_str(), p.port),
+        None if !cfg.resolve.is_empty() => return Source::Fixed(cfg.resolve.clone()),
+        None => (
+            target
+                .authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']'),
+            target.authority.port_u16().unwrap_or(443),
+        ),
+    };
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Source::Fixed(vec![SocketAddr::new(ip, port)]),
+        Err(_) => Source::Dns {
+            host: Arc::from(host),
+            port,
+        },
+    }
 }
 
 /// A cheap handle on the pool; every clone shares the same connections.
@@ -118,6 +221,14 @@ struct Inner {
     /// ALPN picked HTTP/1 once: no h2 to wait for.
     h2_refused: AtomicBool,
     reaper_started: AtomicBool,
+    endpoints: Endpoints,
+    /// One permit per open connection, `max_connections` in all.
+    open: Arc<Semaphore>,
+    connecting: Semaphore,
+    /// Requests waiting at the cap, and the signal that a connection came back idle.
+    waiting: AtomicUsize,
+    returned: Notify,
+    retry: RetryPolicy,
 }
 
 struct SharedH2 {
@@ -151,19 +262,46 @@ struct Idle {
     tx: http1::SendRequest<Body>,
     since: Instant,
     generation: u64,
+    ep: Arc<Endpoint>,
 }
 
 impl Idle {
-    /// Not idle past `timeout`, made under the current trust, and not closed meanwhile.
+    /// Not idle past `timeout`, made under the current trust, to an address still resolved,
+    /// and not closed meanwhile.
     fn usable(&self, timeout: Duration, generation: u64) -> bool {
-        self.generation == generation && self.since.elapsed() < timeout && !self.tx.is_closed()
+        self.generation == generation
+            && !self.ep.removed()
+            && self.since.elapsed() < timeout
+            && !self.tx.is_closed()
     }
 }
 
 /// Whether a connection coming back from a finished response goes on the idle stack: the pure
-/// decision of `checkin`.
+/// decision of `checkin`. `reusable`: open, and its address still resolved.
 fn keep_on_checkin(reusable: bool, generation: u64, current: u64, idle: usize, cap: usize) -> bool {
     reusable && generation == current && idle < cap
+}
+
+/// A failed attempt: the error, and the request when none of it was written.
+struct AttemptError {
+    error: PoolError,
+    unsent: Option<Request<Body>>,
+}
+
+impl AttemptError {
+    fn unsent(error: PoolError, req: Request<Body>) -> Self {
+        AttemptError {
+            error,
+            unsent: Some(req),
+        }
+    }
+
+    fn sent(error: PoolError) -> Self {
+        AttemptError {
+            error,
+            unsent: None,
+        }
+    }
 }
 
 enum Conn {
@@ -174,7 +312,13 @@ enum Conn {
 pub type SendFuture = Pin<Box<dyn Future<Output = Result<Response<PooledBody>, PoolError>> + Send>>;
 
 impl Pool {
-    pub fn new(connector: Connector, target: &UpstreamTarget, settings: PoolSettings) -> Self {
+    pub(crate) fn new(
+        connector: Connector,
+        target: &UpstreamTarget,
+        settings: PoolSettings,
+        endpoints: Endpoints,
+        retry: RetryPolicy,
+    ) -> Self {
         let origin = Uri::builder()
             .scheme(target.scheme.clone())
             .authority(target.authority.clone())
@@ -197,13 +341,21 @@ impl Pool {
                 h2_connect: tokio::sync::Mutex::new(()),
                 h2_refused: AtomicBool::new(false),
                 reaper_started: AtomicBool::new(false),
+                endpoints,
+                open: Arc::new(Semaphore::new(settings.max_connections)),
+                connecting: Semaphore::new(CONNECTS_AT_ONCE.min(settings.max_connections)),
+                waiting: AtomicUsize::new(0),
+                returned: Notify::new(),
+                retry,
             }),
         }
     }
 
-    /// Sends `req` (origin-form URI) on a pooled connection, or a new one.
-    pub fn send(&self, req: Request<Body>) -> SendFuture {
-        Box::pin(self.inner.clone().send(req))
+    /// Sends `req` (origin-form URI) on a pooled connection, or a new one, retrying where
+    /// section 9 allows. `body`: the request's whole body when it is known (empty, or the
+    /// validated route's buffered one), so that an idempotent request can be replayed.
+    pub(crate) fn send(&self, req: Request<Body>, body: Option<Bytes>) -> SendFuture {
+        Box::pin(self.inner.clone().send(req, body))
     }
 }
 
@@ -213,13 +365,14 @@ impl Pool {
 struct Lease {
     pool: Weak<Inner>,
     generation: u64,
+    ep: Arc<Endpoint>,
 }
 
 impl Lease {
     /// The response ended cleanly: the connection may serve the next request.
     fn release(mut self, tx: http1::SendRequest<Body>) {
         if let Some(pool) = std::mem::take(&mut self.pool).upgrade() {
-            pool.checkin(Some(tx), self.generation);
+            pool.checkin(Some(tx), self.generation, &self.ep);
         }
     }
 }
@@ -227,43 +380,142 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(None, self.generation);
+            pool.checkin(None, self.generation, &self.ep);
         }
     }
 }
 
 impl Inner {
+    /// The attempts: one, and more where section 9 allows, each to an address not tried yet
+    /// where there is one, after a jittered backoff, within the retry budget. The forwarder's
+    /// timer bounds the whole (`request_timeout`).
     async fn send(
         self: Arc<Self>,
-        mut req: Request<Body>,
+        req: Request<Body>,
+        body: Option<Bytes>,
     ) -> Result<Response<PooledBody>, PoolError> {
+        self.retry.budget.record_request();
+        let list = self.endpoints.current().await.map_err(|source| {
+            PoolError::Connect(ConnectError::Resolve {
+                authority: self.connector.authority().clone(),
+                source,
+            })
+        })?;
+        let method = req.method().clone();
+        // A copy only for a request that may be sent again after being written.
+        let replay = if self.retry.retries > 0 {
+            Replay::of(&req, body)
+        } else {
+            None
+        };
+        let mut req = req;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut retries = 0;
+        loop {
+            let ep = self.endpoints.pick(&list, &tried);
+            let (failure, unsent, last) = match self.attempt(&ep, req).await {
+                Ok(res) => {
+                    let status = res.status();
+                    if is_outlier_status(status) {
+                        self.endpoints.failure(&ep);
+                    } else {
+                        self.endpoints.success(&ep);
+                    }
+                    if status != StatusCode::BAD_GATEWAY
+                        && status != StatusCode::SERVICE_UNAVAILABLE
+                    {
+                        return Ok(res);
+                    }
+                    (Failure::Unavailable, None, Ok(res))
+                }
+                Err(AttemptError { error, unsent }) => {
+                    if matches!(
+                        error.kind(),
+                        UpstreamErrorKind::Connect | UpstreamErrorKind::Tls
+                    ) {
+                        self.endpoints.failure(&ep);
+                    }
+                    let failure = match (&unsent, error.kind()) {
+                        (Some(_), _) => Failure::NotSent,
+                        (None, UpstreamErrorKind::Reset | UpstreamErrorKind::Tls) => Failure::Reset,
+                        (None, _) => Failure::Other,
+                    };
+                    (failure, unsent, Err(error))
+                }
+            };
+            let Some(reason) = retry::decide(&method, failure, replay.is_some()) else {
+                return last;
+            };
+            if retries >= self.retry.retries {
+                return last;
+            }
+            if !self.retry.budget.try_retry() {
+                self.retry.exhausted.inc();
+                return last;
+            }
+            let next = match (unsent, &replay) {
+                (Some(req), _) => req,
+                (None, Some(replay)) => replay.request(),
+                (None, None) => return last,
+            };
+            // The failed response (a 502/503) closes its connection when dropped.
+            drop(last);
+            self.retry.count(reason);
+            retries += 1;
+            tried.push(ep.addr);
+            tokio::time::sleep(retry::backoff(retries, crate::endpoints::random())).await;
+            req = next;
+        }
+    }
+
+    /// One attempt: one address, one connection, one request, up to the response head. (The
+    /// upstream CLIENT span belongs around this.) A pooled connection found closed before the
+    /// request was written hands it back, and the next idle one is tried within the attempt.
+    async fn attempt(
+        self: &Arc<Self>,
+        ep: &Arc<Endpoint>,
+        mut req: Request<Body>,
+    ) -> Result<Response<PooledBody>, AttemptError> {
+        let in_flight = InFlight::new(ep);
         if let Some(tx) = self.h2() {
-            return send_h2(tx, &self.origin, req).await;
+            return send_h2(tx, &self.origin, req, in_flight).await;
         }
         // The most recently used idle connection first; one closed meanwhile hands the
         // request back unsent, and the next one is tried.
-        while let Some((lease, mut tx)) = self.checkout() {
+        while let Some((lease, mut tx)) = self.checkout(Some(ep)) {
             if tx.ready().await.is_err() {
                 continue;
             }
             self.set_host(&mut req);
             match tx.try_send_request(req).await {
-                Ok(res) => return Ok(self.pooled(res, lease, tx)),
+                Ok(res) => return Ok(self.pooled(res, lease, tx, in_flight)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(PoolError::Send(e.into_error())),
+                    None => return Err(AttemptError::sent(PoolError::Send(e.into_error()))),
                 },
             }
         }
         // Boxed, so that the reuse path's future stays small.
-        match Box::pin(self.connect()).await? {
+        let conn = match Box::pin(self.connect(ep)).await {
+            Ok(conn) => conn,
+            Err(e) => return Err(AttemptError::unsent(e, req)),
+        };
+        match conn {
             Conn::H1(lease, mut tx) => {
-                tx.ready().await.map_err(PoolError::Send)?;
+                if let Err(e) = tx.ready().await {
+                    return Err(AttemptError::unsent(PoolError::Send(e), req));
+                }
                 self.set_host(&mut req);
-                let res = tx.send_request(req).await.map_err(PoolError::Send)?;
-                Ok(self.pooled(res, lease, tx))
+                match tx.try_send_request(req).await {
+                    Ok(res) => Ok(self.pooled(res, lease, tx, in_flight)),
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        let error = PoolError::Send(e.into_error());
+                        Err(AttemptError { error, unsent })
+                    }
+                }
             }
-            Conn::H2(tx) => send_h2(tx, &self.origin, req).await,
+            Conn::H2(tx) => send_h2(tx, &self.origin, req, in_flight).await,
         }
     }
 
@@ -293,25 +545,47 @@ impl Inner {
         }
     }
 
-    fn checkout(self: &Arc<Self>) -> Option<(Lease, http1::SendRequest<Body>)> {
+    /// The most recently returned usable idle connection to `ep` (to any address when `ep` is
+    /// `None`: at the cap, a connection elsewhere beats waiting). Unusable ones met on the way
+    /// are dropped (closed) after the lock.
+    fn checkout(
+        self: &Arc<Self>,
+        ep: Option<&Arc<Endpoint>>,
+    ) -> Option<(Lease, http1::SendRequest<Body>)> {
         let generation = self.connector.generation();
-        let mut state = self.state()?;
-        while let Some(entry) = state.idle.pop() {
-            if entry.usable(self.settings.idle_timeout, generation) {
-                state.lease();
-                let lease = Lease {
-                    pool: Arc::downgrade(self),
-                    generation: entry.generation,
-                };
-                return Some((lease, entry.tx));
+        let mut stale = Vec::new();
+        let found = {
+            let mut state = self.state()?;
+            let mut i = state.idle.len();
+            let mut found = None;
+            while i > 0 {
+                i -= 1;
+                if ep.is_some_and(|ep| !Arc::ptr_eq(ep, &state.idle[i].ep)) {
+                    continue;
+                }
+                let entry = state.idle.remove(i);
+                if entry.usable(self.settings.idle_timeout, generation) {
+                    state.lease();
+                    found = Some(entry);
+                    break;
+                }
+                stale.push(entry);
             }
-        }
-        None
+            found
+        };
+        drop(stale);
+        let entry = found?;
+        let lease = Lease {
+            pool: Arc::downgrade(self),
+            generation: entry.generation,
+            ep: entry.ep,
+        };
+        Some((lease, entry.tx))
     }
 
     /// A connection comes back (`tx`), or one leased is gone (`None`). Closing happens by
     /// dropping `tx`, outside the lock.
-    fn checkin(&self, tx: Option<http1::SendRequest<Body>>, generation: u64) {
+    fn checkin(&self, tx: Option<http1::SendRequest<Body>>, generation: u64, ep: &Arc<Endpoint>) {
         let current = self.connector.generation();
         let Some(mut state) = self.state() else {
             return;
@@ -319,12 +593,18 @@ impl Inner {
         state.in_use = state.in_use.saturating_sub(1);
         let Some(tx) = tx else { return };
         let cap = state.idle_cap(self.settings.max_idle);
-        if keep_on_checkin(!tx.is_closed(), generation, current, state.idle.len(), cap) {
+        let reusable = !tx.is_closed() && !ep.removed();
+        if keep_on_checkin(reusable, generation, current, state.idle.len(), cap) {
             state.idle.push(Idle {
                 tx,
                 since: Instant::now(),
                 generation,
+                ep: ep.clone(),
             });
+            drop(state);
+            if self.waiting.load(Ordering::Acquire) != 0 {
+                self.returned.notify_one();
+            }
         } else {
             drop(state);
             drop(tx);
@@ -364,11 +644,13 @@ impl Inner {
         res: Response<Incoming>,
         lease: Lease,
         tx: http1::SendRequest<Body>,
+        in_flight: InFlight,
     ) -> Response<PooledBody> {
         let (parts, body) = res.into_parts();
         let mut body = PooledBody {
             inner: body,
             checkin: Some(Checkin { lease, tx }),
+            _in_flight: in_flight,
         };
         if body.inner.is_end_stream() {
             give_back(&mut body.checkin);
@@ -376,8 +658,39 @@ impl Inner {
         Response::from_parts(parts, body)
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<Conn, PoolError> {
+    /// A permit for one more open connection, or, at the cap, an idle connection to any
+    /// address; else waits for either.
+    async fn capacity(self: &Arc<Self>) -> Result<OwnedSemaphorePermit, Conn> {
+        if let Ok(permit) = self.open.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
+        loop {
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            // Registered before looking, so that a connection returned meanwhile wakes it.
+            returned.as_mut().enable();
+            if let Some((lease, tx)) = self.checkout(None) {
+                return Err(Conn::H1(lease, tx));
+            }
+            tokio::select! {
+                permit = self.open.clone().acquire_owned() => {
+                    if let Ok(permit) = permit {
+                        return Ok(permit);
+                    }
+                }
+                () = &mut returned => {}
+            }
+        }
+    }
+
+    async fn connect(self: &Arc<Self>, ep: &Arc<Endpoint>) -> Result<Conn, PoolError> {
         self.start_reaper();
+        let permit = match self.capacity().await {
+            Ok(permit) => permit,
+            Err(reused) => return Ok(reused),
+        };
         // Until the upstream has answered ALPN once, one connect at a time: with h2, the
         // first connection serves everyone.
         let _guard = if self.settings.http2 && !self.h2_refused.load(Ordering::Relaxed) {
@@ -389,7 +702,10 @@ impl Inner {
         } else {
             None
         };
-        let connected = self.connector.connect().await?;
+        let connected = {
+            let _connecting = self.connecting.acquire().await;
+            self.connector.connect(ep.addr).await?
+        };
         let generation = connected.generation;
         if connected.h2 {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
@@ -397,7 +713,7 @@ impl Inner {
                 .handshake(connected.io)
                 .await
                 .map_err(PoolError::Send)?;
-            drive(conn, "h2");
+            drive(conn, "h2", permit);
             if let Ok(mut shared) = self.shared_h2.lock() {
                 *shared = Some(SharedH2 {
                     tx: tx.clone(),
@@ -411,13 +727,14 @@ impl Inner {
                 .handshake(connected.io)
                 .await
                 .map_err(PoolError::Send)?;
-            drive(conn, "http/1.1");
+            drive(conn, "http/1.1", permit);
             if let Some(mut state) = self.state() {
                 state.lease();
             }
             let lease = Lease {
                 pool: Arc::downgrade(self),
                 generation,
+                ep: ep.clone(),
             };
             Ok(Conn::H1(lease, tx))
         }
@@ -432,6 +749,24 @@ impl Inner {
         let pool = Arc::downgrade(self);
         let period = self.settings.reaper_period();
         let mut trust_changed = self.connector.subscribe();
+        let refresh_pool = pool.clone();
+        let refresh = self.settings.dns_refresh;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = refresh_pool.upgrade() else {
+                    return;
+                };
+                if let Err(e) = pool.endpoints.refresh().await {
+                    tracing::warn!(error = %e, "upstream re-resolution failed; keeping the addresses in use");
+                }
+                // Connections to vanished addresses close now when idle, after their response
+                // when busy.
+                pool.reap(false);
+            }
+        });
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -460,7 +795,8 @@ impl Inner {
 }
 
 /// Runs a connection's task until the connection ends; how it ended is only worth a debug line.
-fn drive<C>(conn: C, protocol: &'static str)
+/// The connection's permit (`max_connections`) is held until then.
+fn drive<C>(conn: C, protocol: &'static str, permit: OwnedSemaphorePermit)
 where
     C: Future<Output = hyper::Result<()>> + Send + 'static,
 {
@@ -468,7 +804,22 @@ where
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, protocol, "upstream connection ended");
         }
+        drop(permit);
     });
+}
+
+/// Counts a request waiting at the cap while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// 502, 503 and 504 count against an address for outlier ejection.
+fn is_outlier_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
 }
 
 /// h2 takes the authority from the URI (`:authority`); a `host` header as well makes some
@@ -477,7 +828,8 @@ async fn send_h2(
     mut tx: http2::SendRequest<Body>,
     origin: &Uri,
     mut req: Request<Body>,
-) -> Result<Response<PooledBody>, PoolError> {
+    in_flight: InFlight,
+) -> Result<Response<PooledBody>, AttemptError> {
     let mut parts = Parts::default();
     parts.scheme = origin.scheme().cloned();
     parts.authority = origin.authority().cloned();
@@ -491,14 +843,24 @@ async fn send_h2(
         *req.uri_mut() = uri;
     }
     req.headers_mut().remove(HOST);
-    tx.ready().await.map_err(PoolError::Send)?;
-    let res = tx.send_request(req).await.map_err(PoolError::Send)?;
+    if let Err(e) = tx.ready().await {
+        return Err(AttemptError::unsent(PoolError::Send(e), req));
+    }
+    let res = match tx.try_send_request(req).await {
+        Ok(res) => res,
+        Err(mut e) => {
+            let unsent = e.take_message();
+            let error = PoolError::Send(e.into_error());
+            return Err(AttemptError { error, unsent });
+        }
+    };
     let (parts, body) = res.into_parts();
     Ok(Response::from_parts(
         parts,
         PooledBody {
             inner: body,
             checkin: None,
+            _in_flight: in_flight,
         },
     ))
 }
@@ -516,6 +878,8 @@ pin_project! {
         #[pin]
         inner: Incoming,
         checkin: Option<Checkin>,
+        // The request counts as in flight on its address until its body is dropped.
+        _in_flight: InFlight,
     }
 
     impl PinnedDrop for PooledBody {

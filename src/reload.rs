@@ -1,4 +1,4 @@
-//! Re-reads the listener certificate and `[upstream] ca_file` on SIGHUP and when the files change
+//! Re-reads the listener certificate and `[upstream] ca_file`, `client_cert`, `client_key` on SIGHUP and when the files change
 //! on disk (Kubernetes swaps mounted Secrets without a signal). A bad new file is refused and
 //! logged; the old one stays in force.
 
@@ -58,20 +58,23 @@ impl Reloader {
     }
 
     pub fn reload_upstream_ca(&self) -> Option<bool> {
-        self.upstream.ca_file()?;
+        if self.upstream.paths().is_empty() {
+            return None;
+        }
         Some(match self.upstream.reload() {
             Ok(true) => {
                 tracing::info!(
-                    "upstream ca_file reloaded; connections made under the old trust are retired"
+                    client_cert_not_after = self.upstream.client_cert_expiry(),
+                    "upstream ca_file or client certificate reloaded; connections made under the old trust are retired"
                 );
                 true
             }
             Ok(false) => {
-                tracing::info!("upstream ca_file unchanged");
+                tracing::info!("upstream ca_file and client certificate unchanged");
                 true
             }
             Err(e) => {
-                tracing::warn!(error = %e, "new upstream ca_file refused; keeping the old one");
+                tracing::warn!(error = %e, "new upstream trust refused; keeping the old one");
                 false
             }
         })
@@ -95,9 +98,9 @@ impl Reloader {
         let cert_paths = self.cert_paths();
         let ca_paths: Vec<PathBuf> = self
             .upstream
-            .ca_file()
-            .map(Path::to_path_buf)
+            .paths()
             .into_iter()
+            .map(Path::to_path_buf)
             .collect();
         let cert_digest = digest(&cert_paths);
         let ca_digest = digest(&ca_paths);

@@ -104,11 +104,7 @@ pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Pa
         request_timeout: config.upstream.request_timeout.0,
         body_read_timeout: config.limits.body_read_timeout.0,
     };
-    let (pool, upstream_tls) = build_pool(
-        &config.upstream,
-        &forward.target,
-        metrics.upstream_connections_opened.clone(),
-    )?;
+    let (pool, upstream_tls) = build_pool(&config.upstream, &forward.target, metrics)?;
     let contract = ContractConfig {
         mode: config.validation.mode,
         max_body_bytes: config.limits.max_body_bytes,

@@ -1,10 +1,13 @@
-//! Connecting to the upstream: TCP (resolved here, so that an error names the address it failed
-//! on), then TLS with tokio-rustls on the ring provider, all within `connect_timeout`, counted once
-//! established. `pool.rs` keeps the connections; this module knows nothing of the pool.
+//! Connecting to the upstream: TCP to the address the pool picked (`endpoints.rs`), through the
+//! egress proxy's CONNECT tunnel when there is one (`proxy.rs`), then TLS with tokio-rustls on the
+//! ring provider, verifying the URL's host name whatever the address, all within
+//! `connect_timeout`, counted once established. `pool.rs` keeps the connections; this module knows
+//! nothing of the pool.
 //!
-//! Trust anchors can be swapped (`UpstreamTls::reload`). Each swap that changes them starts a new
-//! trust generation; every connection carries the generation it was made under, so that the pool
-//! can retire connections made under the old trust (gateway.md §6).
+//! Trust anchors and the client certificate can be swapped (`UpstreamTls::reload`). Each swap
+//! that changes them starts a new trust generation; every connection carries the generation it
+//! was made under, so that the pool can retire connections made under the old trust (gateway.md
+//! §6).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,7 +20,7 @@ use http::uri::Authority;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
@@ -25,12 +28,19 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamConfig;
 use crate::outcome::UpstreamErrorKind;
+use crate::proxy::{ProxyUrl, TunnelError};
 
-/// Setting up the client failed: a bad `ca_file`.
+/// Setting up the client failed: a bad `ca_file` or client certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("upstream.ca_file {path}: {message}")]
     CaFile { path: String, message: String },
+    #[error("upstream.{key} {path}: {message}")]
+    ClientCert {
+        key: &'static str,
+        path: String,
+        message: String,
+    },
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
     #[error("{0}")]
@@ -49,13 +59,20 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
-    /// TCP connect refused or unreachable; `others` more addresses failed before this one.
-    #[error("connect {addr}: {source}{}", others_failed(*.others))]
+    /// TCP connect refused or unreachable.
+    #[error("connect {addr}: {source}")]
     Tcp {
         addr: SocketAddr,
-        others: usize,
         #[source]
         source: std::io::Error,
+    },
+    /// The egress proxy at `addr` refused or broke the CONNECT tunnel. `proxy` is masked.
+    #[error("proxy {proxy} at {addr}: {source}")]
+    Proxy {
+        proxy: String,
+        addr: SocketAddr,
+        #[source]
+        source: TunnelError,
     },
     /// The TLS handshake failed: the certificate's name, issuer or dates, or an alert.
     #[error("TLS handshake with {authority} at {addr}: {source}")]
@@ -73,18 +90,13 @@ pub enum ConnectError {
     },
 }
 
-fn others_failed(n: usize) -> String {
-    match n {
-        0 => String::new(),
-        n => format!(" (and {n} other address(es) before it)"),
-    }
-}
-
 impl ConnectError {
     /// The metric `kind`, by variant.
     pub fn kind(&self) -> UpstreamErrorKind {
         match self {
-            ConnectError::Resolve { .. } | ConnectError::Tcp { .. } => UpstreamErrorKind::Connect,
+            ConnectError::Resolve { .. }
+            | ConnectError::Tcp { .. }
+            | ConnectError::Proxy { .. } => UpstreamErrorKind::Connect,
             ConnectError::Tls { .. } => UpstreamErrorKind::Tls,
             ConnectError::Timeout { .. } => UpstreamErrorKind::Timeout,
         }
@@ -105,6 +117,10 @@ struct Trust {
     config: Arc<rustls::ClientConfig>,
     /// The CA file's bytes it was built from (`None`: Mozilla's roots), to tell a change.
     ca_pem: Option<Vec<u8>>,
+    /// The client certificate and key files' bytes, to tell a change.
+    client_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The client certificate's `notAfter`, in Unix seconds.
+    client_expiry: Option<i64>,
 }
 
 /// Shared by the connector, the pool and the reload handle.
@@ -121,9 +137,9 @@ struct TrustState {
 pub struct Connector {
     trust: Arc<TrustState>,
     authority: Authority,
-    /// The host without IPv6 brackets, for DNS.
-    host: Arc<str>,
-    port: u16,
+    /// `host:port` for the proxy's CONNECT.
+    connect_target: Arc<str>,
+    proxy: Option<Arc<ProxyUrl>>,
     server_name: ServerName<'static>,
     timeout: Duration,
     opened: IntCounter,
@@ -138,10 +154,11 @@ impl fmt::Debug for Connector {
 }
 
 impl Connector {
-    /// A connector to `authority` (an https URL's), with the trust of `cfg`.
-    pub fn new(
+    /// A connector to `authority` (an https URL's), with the trust of `cfg`, through `proxy`.
+    pub(crate) fn new(
         cfg: &UpstreamConfig,
         authority: &Authority,
+        proxy: Option<ProxyUrl>,
         opened: IntCounter,
     ) -> Result<(Connector, UpstreamTls), SetupError> {
         let host = authority
@@ -160,8 +177,12 @@ impl Connector {
         let connector = Connector {
             trust: state.clone(),
             authority: authority.clone(),
-            host: Arc::from(host),
-            port: authority.port_u16().unwrap_or(443),
+            connect_target: Arc::from(format!(
+                "{}:{}",
+                authority.host(),
+                authority.port_u16().unwrap_or(443)
+            )),
+            proxy: proxy.map(Arc::new),
             server_name,
             timeout: cfg.connect_timeout.0,
             opened,
@@ -171,6 +192,11 @@ impl Connector {
             cfg: cfg.clone(),
         };
         Ok((connector, reload))
+    }
+
+    /// The URL's authority, for errors.
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     /// The trust generation new connections are made under.
@@ -183,8 +209,9 @@ impl Connector {
         self.trust.changed.subscribe()
     }
 
-    /// TCP + TLS within `connect_timeout`.
-    pub async fn connect(&self) -> Result<Connected, ConnectError> {
+    /// TCP to `addr` (the proxy's, when there is one; then the tunnel) + TLS, within
+    /// `connect_timeout`.
+    pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<Connected, ConnectError> {
         // The generation is read with the configuration it belongs to.
         let (config, generation) = {
             let current = match self.trust.current.read() {
@@ -194,7 +221,7 @@ impl Connector {
             (current.config.clone(), self.generation())
         };
         let attempt = async {
-            let (tcp, addr) = self.tcp().await?;
+            let tcp = self.tcp(addr).await?;
             let tls = TlsConnector::from(config)
                 .connect(self.server_name.clone(), tcp)
                 .await
@@ -220,43 +247,26 @@ impl Connector {
         })
     }
 
-    /// The first address that accepts, in the resolver's order.
-    async fn tcp(&self) -> Result<(TcpStream, SocketAddr), ConnectError> {
-        let addrs: Vec<SocketAddr> = match self.host.parse::<std::net::IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, self.port)],
-            Err(_) => tokio::net::lookup_host((&*self.host, self.port))
+    async fn tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+        let mut tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ConnectError::Tcp { addr, source })?;
+        // Requests are written whole; Nagle would only delay them.
+        let _ = tcp.set_nodelay(true);
+        if let Some(proxy) = &self.proxy {
+            crate::proxy::tunnel(&mut tcp, proxy, &self.connect_target)
                 .await
-                .map_err(|source| ConnectError::Resolve {
-                    authority: self.authority.clone(),
+                .map_err(|source| ConnectError::Proxy {
+                    proxy: proxy.to_string(),
+                    addr,
                     source,
-                })?
-                .collect(),
-        };
-        let mut failed: Option<ConnectError> = None;
-        for (others, addr) in addrs.into_iter().enumerate() {
-            match TcpStream::connect(addr).await {
-                Ok(tcp) => {
-                    // Requests are written whole; Nagle would only delay them.
-                    let _ = tcp.set_nodelay(true);
-                    return Ok((tcp, addr));
-                }
-                Err(source) => {
-                    failed = Some(ConnectError::Tcp {
-                        addr,
-                        others,
-                        source,
-                    })
-                }
-            }
+                })?;
         }
-        Err(failed.unwrap_or_else(|| ConnectError::Resolve {
-            authority: self.authority.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
-        }))
+        Ok(tcp)
     }
 }
 
-/// Re-reads `[upstream] ca_file` into the connector.
+/// Re-reads `[upstream] ca_file`, `client_cert` and `client_key` into the connector.
 #[derive(Clone)]
 pub struct UpstreamTls {
     trust: Arc<TrustState>,
@@ -272,7 +282,7 @@ impl UpstreamTls {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if current.ca_pem == fresh.ca_pem {
+        if current.ca_pem == fresh.ca_pem && current.client_pem == fresh.client_pem {
             return Ok(false);
         }
         *current = Arc::new(fresh);
@@ -284,6 +294,28 @@ impl UpstreamTls {
 
     pub fn ca_file(&self) -> Option<&Path> {
         self.cfg.ca_file.as_deref()
+    }
+
+    /// Every file the upstream's trust is read from: `ca_file`, `client_cert`, `client_key`.
+    pub(crate) fn paths(&self) -> Vec<&Path> {
+        [
+            &self.cfg.ca_file,
+            &self.cfg.client_cert,
+            &self.cfg.client_key,
+        ]
+        .into_iter()
+        .filter_map(|p| p.as_deref())
+        .collect()
+    }
+
+    /// The client certificate in force: its `notAfter` as Unix seconds, for
+    /// `gateway_certificate_expiry_timestamp_seconds{certificate="upstream_client"}`. `None`
+    /// without mutual TLS. Follows reloads.
+    pub(crate) fn client_cert_expiry(&self) -> Option<i64> {
+        match self.trust.current.read() {
+            Ok(t) => t.client_expiry,
+            Err(poisoned) => poisoned.into_inner().client_expiry,
+        }
     }
 }
 
@@ -340,7 +372,49 @@ pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, 
         .with_no_client_auth())
 }
 
-/// The upstream's TLS configuration: its anchors, and ALPN (h2 only when `http2` is on).
+/// The client certificate pair: the chain, the key, both files' bytes and the leaf's expiry.
+type ClientAuth = (
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    (Vec<u8>, Vec<u8>),
+    Option<i64>,
+);
+
+fn load_client_auth(cert: &Path, key: &Path) -> Result<ClientAuth, SetupError> {
+    let err = |k: &'static str, p: &Path, message: String| SetupError::ClientCert {
+        key: k,
+        path: p.display().to_string(),
+        message,
+    };
+    let cert_pem = std::fs::read(cert).map_err(|e| err("client_cert", cert, e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("client_cert", cert, e.to_string()))?;
+    let Some(leaf) = chain.first() else {
+        return Err(err("client_cert", cert, "holds no PEM certificate".into()));
+    };
+    let expiry = crate::x509::not_after(leaf);
+    let key_pem = std::fs::read(key).map_err(|e| err("client_key", key, e.to_string()))?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| err("client_key", key, e.to_string()))?;
+    // Refuses a key that does not match the certificate, as the listener's does.
+    rustls::sign::CertifiedKey::from_der(
+        chain.clone(),
+        private.clone_key(),
+        &rustls::crypto::ring::default_provider(),
+    )
+    .map_err(|e| {
+        err(
+            "client_key",
+            key,
+            format!("does not match the certificate: {e}"),
+        )
+    })?;
+    Ok((chain, private, (cert_pem, key_pem), expiry))
+}
+
+/// The upstream's TLS configuration: its anchors, the client certificate for mutual TLS, and
+/// ALPN (h2 only when `http2` is on).
 fn load_trust(cfg: &UpstreamConfig) -> Result<Trust, SetupError> {
     let (roots, ca_pem) = match cfg.ca_file.as_deref() {
         None => (mozilla_roots(), None),
@@ -349,7 +423,19 @@ fn load_trust(cfg: &UpstreamConfig) -> Result<Trust, SetupError> {
             (parse_roots(path, &pem)?, Some(pem))
         }
     };
-    let mut config = tls_config(roots)?;
+    let (mut config, client_pem, client_expiry) =
+        match (cfg.client_cert.as_deref(), cfg.client_key.as_deref()) {
+            (Some(cert), Some(key)) => {
+                let (chain, private, pem, expiry) = load_client_auth(cert, key)?;
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_client_auth_cert(chain, private)?;
+                (config, Some(pem), expiry)
+            }
+            _ => (tls_config(roots)?, None, None),
+        };
     config.alpn_protocols = if cfg.http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
@@ -358,6 +444,8 @@ fn load_trust(cfg: &UpstreamConfig) -> Result<Trust, SetupError> {
     Ok(Trust {
         config: Arc::new(config),
         ca_pem,
+        client_pem,
+        client_expiry,
     })
 }
 
@@ -365,21 +453,34 @@ fn load_trust(cfg: &UpstreamConfig) -> Result<Trust, SetupError> {
 mod tests {
     use super::*;
 
-    fn refused(others: usize) -> ConnectError {
+    fn refused() -> ConnectError {
         ConnectError::Tcp {
             addr: "127.0.0.1:443".parse().unwrap(),
-            others,
             source: std::io::Error::from_raw_os_error(111),
         }
     }
 
     #[test]
     fn a_connect_error_names_the_address_and_the_os_error() {
-        let text = refused(0).to_string();
+        let text = refused().to_string();
         assert!(text.starts_with("connect 127.0.0.1:443: "), "{text}");
         assert!(text.contains("os error 111"), "{text}");
-        assert!(refused(1).to_string().contains("1 other address"));
-        assert_eq!(refused(0).kind(), UpstreamErrorKind::Connect);
+        assert_eq!(refused().kind(), UpstreamErrorKind::Connect);
+    }
+
+    #[test]
+    fn a_proxy_error_names_the_proxy_without_its_credentials() {
+        let proxy = ProxyUrl::parse("http://user:hunter2@proxy.corp:3128").unwrap();
+        let err = ConnectError::Proxy {
+            proxy: proxy.to_string(),
+            addr: "192.0.2.7:3128".parse().unwrap(),
+            source: TunnelError::Refused("HTTP/1.1 407 Proxy Authentication Required".into()),
+        };
+        let text = err.to_string();
+        assert!(text.contains("http://***@proxy.corp:3128"), "{text}");
+        assert!(text.contains("407"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert_eq!(err.kind(), UpstreamErrorKind::Connect);
     }
 
     #[test]

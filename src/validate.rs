@@ -303,6 +303,12 @@ where
                     };
                     match judge.judge(&mut parts, result) {
                         Ok(bytes) => {
+                            // Kept beside an idempotent request, so that it can be replayed.
+                            if crate::retry::idempotent(&parts.method) {
+                                parts
+                                    .extensions
+                                    .insert(crate::retry::Buffered(bytes.clone()));
+                            }
                             let req = Request::from_parts(parts, full_body(bytes));
                             State::Calling {
                                 fut: inner.call(req),

@@ -59,6 +59,7 @@ BIG_CACHE=${BIG_CACHE:-0}
 BIG_CACHE_SESSIONS=${BIG_CACHE_SESSIONS:-1000000}
 BUILD=${BUILD:-1}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/companies-gateway}
+export -n GATEWAY_BIN   # the gateway reads GATEWAY_* variables as config overrides
 FLOOR=${FLOOR:-1}
 FLOOR_TARGET_DIR=${FLOOR_TARGET_DIR:-$ROOT/target/floor}
 FLOOR_BIN=${FLOOR_BIN:-$FLOOR_TARGET_DIR/release/floor}
