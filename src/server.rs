@@ -142,6 +142,9 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         started: Instant::now(),
     };
     let public = tokio::spawn(serving.run(public_listener, stack, stop_rx.clone()));
+    // Ready before the admin listener serves: a probe that connects as soon as the port is bound
+    // must not see 503 (under load, the reloader's file reads below left that window open).
+    readiness.set(true);
     let admin = tokio::spawn(serve_admin(
         admin_listener,
         admin::service(metrics.clone(), readiness.clone()),
@@ -149,7 +152,6 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         Arc::new(http_builder(&config.limits)),
     ));
     tokio::spawn(reloader.clone().run(options.reload_poll, stop_rx));
-    readiness.set(true);
     tracing::info!(%public_addr, %admin_addr, tls = reloader.cert.is_some(), "companies-gateway listening");
     Ok(Running {
         public_addr,
