@@ -145,13 +145,16 @@ impl Service<Request<Body>> for Forward {
         let state = match prepared {
             Ok(req) => {
                 let cfg = &self.cfg;
-                // The whole body, when known, so that an idempotent request can be replayed.
+                // The whole body, when known, so that an idempotent request can be replayed
+                // (never looked up for PATCH or POST, which are not).
                 let whole = if req.body().is_end_stream() {
                     Some(bytes::Bytes::new())
-                } else {
+                } else if crate::retry::idempotent(req.method()) {
                     req.extensions()
                         .get::<crate::retry::Buffered>()
                         .map(|b| b.0.clone())
+                } else {
+                    None
                 };
                 // A body still to come is watched; the timer starts when it has been sent.
                 let (req, body, first) = if req.body().is_end_stream() {
