@@ -28,6 +28,7 @@ use crate::config::{RateKey, RateLimitConfig};
 use crate::context::RequestCtx;
 use crate::error::{GatewayError, RATELIMIT, RATELIMIT_POLICY};
 use crate::metrics::Metrics;
+use crate::session::cache::KeyBits;
 use crate::shared::Store;
 use crate::upstream::SetupError;
 use crate::Body;
@@ -98,7 +99,8 @@ pub(crate) fn check_routes(
 }
 
 struct Table {
-    tats: HashMap<(usize, u128), u64>,
+    /// By `local_key` (which mixes in the limit): uniform already, so not hashed again.
+    tats: HashMap<u128, u64, KeyBits>,
     /// Prune stale keys when the table reaches this size.
     prune_at: usize,
 }
@@ -158,7 +160,7 @@ impl Limiter {
             limits,
             by_slot,
             table: Mutex::new(Table {
-                tats: HashMap::new(),
+                tats: HashMap::with_hasher(KeyBits),
                 prune_at: 1024,
             }),
             epoch: Instant::now(),
@@ -179,12 +181,14 @@ impl Limiter {
     fn material(&self, limit: &Limit, req: &Request<Body>, ctx: &RequestCtx) -> Option<Material> {
         match limit.key {
             RateKey::Session => {
-                let token = req.headers().get(&self.token_header)?;
-                let bearer = req.headers().get(AUTHORIZATION);
-                Some(Material::Session(
-                    bearer.map(|b| b.as_bytes().to_vec()).unwrap_or_default(),
-                    token.as_bytes().to_vec(),
-                ))
+                // Clones of parsed header values share their bytes: no copy.
+                let token = req.headers().get(&self.token_header)?.clone();
+                let bearer = req
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static(""));
+                Some(Material::Session(bearer, token))
             }
             RateKey::Client => {
                 let conn = ctx.conn.as_ref()?;
@@ -212,19 +216,17 @@ impl Limiter {
     /// Decides on the per-replica table, all or nothing. Pure but for the table.
     fn decide_local(&self, keys: &[(usize, Material)]) -> Vec<Judged> {
         let now = self.now_us();
-        let local: Vec<(usize, u128)> = keys
-            .iter()
-            .map(|(i, m)| (*i, self.local_key(*i, m)))
-            .collect();
+        let local: Vec<u128> = keys.iter().map(|(i, m)| self.local_key(*i, m)).collect();
         let Ok(mut table) = self.table.lock() else {
             // A panic elsewhere poisoned the table: fail open, as during a store outage.
             return Vec::new();
         };
-        let judged: Vec<Judged> = local
+        let judged: Vec<Judged> = keys
             .iter()
-            .map(|k| Judged {
-                limit: k.0,
-                decision: decide(self.limits[k.0].rule, table.tats.get(k).copied(), now),
+            .zip(&local)
+            .map(|((i, _), k)| Judged {
+                limit: *i,
+                decision: decide(self.limits[*i].rule, table.tats.get(k).copied(), now),
             })
             .collect();
         if judged.iter().all(|j| j.decision.allowed) {
@@ -302,7 +304,7 @@ impl Limiter {
 /// What a limit keys a request by.
 enum Material {
     /// The bearer and the session token.
-    Session(Vec<u8>, Vec<u8>),
+    Session(HeaderValue, HeaderValue),
     /// The client's address, IPv4 mapped into IPv6.
     Client([u8; 16]),
     /// The route's slot.
@@ -313,8 +315,8 @@ impl Material {
     fn feed<'a>(&'a self, mut f: impl FnMut(&'a [u8])) {
         match self {
             Material::Session(bearer, token) => {
-                f(bearer);
-                f(token);
+                f(bearer.as_bytes());
+                f(token.as_bytes());
             }
             Material::Client(ip) => f(ip),
             Material::Route(slot) => f(slot),
@@ -458,9 +460,8 @@ where
         if keys.is_empty() {
             return pass(&mut self.inner, req);
         }
-        let route = ctx.label().to_owned();
         let Some(store) = limiter.store.clone() else {
-            return match limiter.verdict(&limiter.decide_local(&keys), &route) {
+            return match limiter.verdict(&limiter.decide_local(&keys), ctx.label()) {
                 Ok(headers) => ResponseFuture::Passing {
                     fut: self.inner.call(req),
                     headers,
@@ -468,6 +469,7 @@ where
                 Err(e) => ResponseFuture::Refused { err: Some(e) },
             };
         };
+        let route = ctx.label().to_owned();
         let limiter = limiter.clone();
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
@@ -560,8 +562,14 @@ mod tests {
         let l = limiter(&[config("wide", "*", 3, None), config("narrow", "*", 1, None)]).unwrap();
         let keys = || {
             vec![
-                (0, Material::Session(b"b".to_vec(), b"s".to_vec())),
-                (1, Material::Session(b"b".to_vec(), b"s".to_vec())),
+                (
+                    0,
+                    Material::Session(HeaderValue::from_static("b"), HeaderValue::from_static("s")),
+                ),
+                (
+                    1,
+                    Material::Session(HeaderValue::from_static("b"), HeaderValue::from_static("s")),
+                ),
             ]
         };
         let first = l.decide_local(&keys());
@@ -591,7 +599,10 @@ mod tests {
             3
         );
         // Another session has its own budget.
-        let other = l.decide_local(&[(1, Material::Session(b"b".to_vec(), b"t".to_vec()))]);
+        let other = l.decide_local(&[(
+            1,
+            Material::Session(HeaderValue::from_static("b"), HeaderValue::from_static("t")),
+        )]);
         assert!(other[0].decision.allowed);
     }
 }
