@@ -10,6 +10,8 @@
 #
 # Environment: GATEWAY_BIN [target/release/companies-gateway], N [2000], WARMUP_N [300],
 # CG_OUT [] a directory to keep the two dumps in (callgrind_annotate CG_OUT/forward.out).
+# EXTRA_CONF [] a TOML file appended to the gateway's config, to price a feature against the same run
+# without it (e.g. EXTRA_CONF=benches/load/conf/rate-limit.toml).
 # Prints one line per path: "forward <Ir/request>" (valid PATCH, 200 from the upstream) and
 # "reject <Ir/request>" (body breaking the contract, 400 answered locally). Needs valgrind, nginx,
 # python3, openssl. 127.0.0.1 only; the temp dir is removed on exit.
@@ -86,6 +88,7 @@ CONF="$TMP/gateway.toml"
 python3 "$HELPERS" render "$HERE/conf/gateway.toml.in" "$CONF" \
   "PORT=$PORT" "ADMIN_PORT=$ADMIN" "UPSTREAM_PORT=$UP_H1" "CA=$PKI/ca.pem" \
   "HTTP2=false" "CACHE_CAPACITY=100000" "VALID_TTL=60s"
+if [[ -n ${EXTRA_CONF:-} ]]; then cat "$EXTRA_CONF" >>"$CONF"; fi
 if ! "$GATEWAY_BIN" --check-config --config "$CONF" >/dev/null 2>&1; then
   # An older gateway without per-client caps: drop that section (caps off either way).
   python3 - "$CONF" <<'EOF'

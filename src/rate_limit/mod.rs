@@ -22,16 +22,21 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use siphasher::sip128::{Hasher128, SipHasher13};
+use smallvec::SmallVec;
 use tower::{Layer, Service};
 
 use crate::config::{RateKey, RateLimitConfig};
 use crate::context::RequestCtx;
-use crate::error::{GatewayError, RATELIMIT, RATELIMIT_POLICY};
+use crate::error::{GatewayError, RATELIMIT};
 use crate::metrics::Metrics;
+use crate::session::cache::KeyBits;
 use crate::shared::Store;
 use crate::upstream::SetupError;
 use crate::Body;
 use gcra::{decide, Decision, Rule};
+
+/// A request's keys or decisions: up to four limits without a heap allocation.
+type Few<T> = SmallVec<[T; 4]>;
 
 /// Keys the per-replica table holds at most; past it new keys are not tracked (fail open).
 const MAX_LOCAL_KEYS: usize = 1_000_000;
@@ -42,7 +47,13 @@ struct Limit {
     rule: Rule,
     /// `RateLimit-Policy: "<name>";q=<rate>;w=<per>`.
     policy: HeaderValue,
+    /// `RateLimit: "<name>";r=<i>;t=0` for the first remaining counts, made once: a request within
+    /// its limits then clones one (a reference count) instead of writing and allocating it.
+    states: Vec<HeaderValue>,
 }
+
+/// How many `RateLimit` values each limit keeps ready.
+const READY_STATES: u64 = 256;
 
 /// Which limit said what about a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +109,8 @@ pub(crate) fn check_routes(
 }
 
 struct Table {
-    tats: HashMap<(usize, u128), u64>,
+    /// By `local_key` (which mixes in the limit): uniform already, so not hashed again.
+    tats: HashMap<u128, u64, KeyBits>,
     /// Prune stale keys when the table reaches this size.
     prune_at: usize,
 }
@@ -146,11 +158,13 @@ impl Limiter {
                 let label = if slot == 0 { "other" } else { labels[slot - 1] };
                 metrics.rate_limited.with_label_values(&[label, &c.name]);
             }
+            let ready = u64::from(c.burst()).min(READY_STATES);
             limits.push(Limit {
                 name: c.name.clone(),
                 key: c.key,
                 rule: Rule::new(c.rate, c.per.0.as_micros() as u64, c.burst()),
                 policy,
+                states: (0..ready).map(|r| state_header(&c.name, r, 0)).collect(),
             });
         }
         let seed = |n: u8| std::collections::hash_map::RandomState::new().hash_one(n);
@@ -158,7 +172,7 @@ impl Limiter {
             limits,
             by_slot,
             table: Mutex::new(Table {
-                tats: HashMap::new(),
+                tats: HashMap::with_hasher(KeyBits),
                 prune_at: 1024,
             }),
             epoch: Instant::now(),
@@ -179,12 +193,14 @@ impl Limiter {
     fn material(&self, limit: &Limit, req: &Request<Body>, ctx: &RequestCtx) -> Option<Material> {
         match limit.key {
             RateKey::Session => {
-                let token = req.headers().get(&self.token_header)?;
-                let bearer = req.headers().get(AUTHORIZATION);
-                Some(Material::Session(
-                    bearer.map(|b| b.as_bytes().to_vec()).unwrap_or_default(),
-                    token.as_bytes().to_vec(),
-                ))
+                // Clones of parsed header values share their bytes: no copy.
+                let token = req.headers().get(&self.token_header)?.clone();
+                let bearer = req
+                    .headers()
+                    .get(AUTHORIZATION)
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static(""));
+                Some(Material::Session(bearer, token))
             }
             RateKey::Client => {
                 let conn = ctx.conn.as_ref()?;
@@ -210,21 +226,19 @@ impl Limiter {
     }
 
     /// Decides on the per-replica table, all or nothing. Pure but for the table.
-    fn decide_local(&self, keys: &[(usize, Material)]) -> Vec<Judged> {
+    fn decide_local(&self, keys: &[(usize, Material)]) -> Few<Judged> {
         let now = self.now_us();
-        let local: Vec<(usize, u128)> = keys
-            .iter()
-            .map(|(i, m)| (*i, self.local_key(*i, m)))
-            .collect();
+        let local: Few<u128> = keys.iter().map(|(i, m)| self.local_key(*i, m)).collect();
         let Ok(mut table) = self.table.lock() else {
             // A panic elsewhere poisoned the table: fail open, as during a store outage.
-            return Vec::new();
+            return Few::new();
         };
-        let judged: Vec<Judged> = local
+        let judged: Few<Judged> = keys
             .iter()
-            .map(|k| Judged {
-                limit: k.0,
-                decision: decide(self.limits[k.0].rule, table.tats.get(k).copied(), now),
+            .zip(&local)
+            .map(|((i, _), k)| Judged {
+                limit: *i,
+                decision: decide(self.limits[*i].rule, table.tats.get(k).copied(), now),
             })
             .collect();
         if judged.iter().all(|j| j.decision.allowed) {
@@ -247,7 +261,7 @@ impl Limiter {
         &self,
         store: &Store,
         keys: &[(usize, Material)],
-    ) -> Option<Vec<Judged>> {
+    ) -> Option<Few<Judged>> {
         let mut names = Vec::with_capacity(keys.len());
         let mut rules = Vec::with_capacity(keys.len());
         for (i, m) in keys {
@@ -270,22 +284,23 @@ impl Limiter {
         )
     }
 
-    /// The response headers, or the 429, for a request's decisions.
-    fn verdict(&self, judged: &[Judged], route: &str) -> Result<Option<Headers>, GatewayError> {
+    /// The `RateLimit` of a request within its limits, or the 429, for its decisions.
+    fn verdict(&self, judged: &[Judged], route: &str) -> Result<Option<HeaderValue>, GatewayError> {
         let Some(head) = headline(judged) else {
             return Ok(None);
         };
         let limit = &self.limits[head.limit];
-        let state = HeaderValue::from_str(&format!(
-            "\"{}\";r={};t={}",
-            limit.name, head.decision.remaining, head.decision.reset_secs
-        ))
-        .unwrap_or(HeaderValue::from_static(""));
-        if head.decision.allowed {
-            return Ok(Some(Headers {
-                policy: limit.policy.clone(),
-                state,
-            }));
+        let d = head.decision;
+        let ready = (d.reset_secs == 0)
+            .then(|| usize::try_from(d.remaining).ok())
+            .flatten()
+            .and_then(|r| limit.states.get(r));
+        let state = match ready {
+            Some(state) => state.clone(),
+            None => state_header(&limit.name, d.remaining, d.reset_secs),
+        };
+        if d.allowed {
+            return Ok(Some(state));
         }
         self.metrics
             .rate_limited
@@ -299,10 +314,36 @@ impl Limiter {
     }
 }
 
+/// `"<name>";r=<remaining>;t=<reset>`, written without `fmt` (on every limited request).
+fn state_header(name: &str, remaining: u64, reset: u64) -> HeaderValue {
+    fn digits(out: &mut Vec<u8>, mut n: u64) {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&buf[i..]);
+    }
+    let mut out = Vec::with_capacity(name.len() + 48);
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\";r=");
+    digits(&mut out, remaining);
+    out.extend_from_slice(b";t=");
+    digits(&mut out, reset);
+    // The name was checked at load (letters, digits, `_-.`), so this cannot fail.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or(HeaderValue::from_static(""))
+}
+
 /// What a limit keys a request by.
 enum Material {
     /// The bearer and the session token.
-    Session(Vec<u8>, Vec<u8>),
+    Session(HeaderValue, HeaderValue),
     /// The client's address, IPv4 mapped into IPv6.
     Client([u8; 16]),
     /// The route's slot.
@@ -313,20 +354,13 @@ impl Material {
     fn feed<'a>(&'a self, mut f: impl FnMut(&'a [u8])) {
         match self {
             Material::Session(bearer, token) => {
-                f(bearer);
-                f(token);
+                f(bearer.as_bytes());
+                f(token.as_bytes());
             }
             Material::Client(ip) => f(ip),
             Material::Route(slot) => f(slot),
         }
     }
-}
-
-/// The headers a request within its limits carries.
-#[derive(Clone)]
-struct Headers {
-    policy: HeaderValue,
-    state: HeaderValue,
 }
 
 #[derive(Clone)]
@@ -359,13 +393,13 @@ pub struct RateLimitService<S> {
     limiter: Option<Arc<Limiter>>,
 }
 
-type Deciding = Pin<Box<dyn Future<Output = Result<Option<Headers>, GatewayError>> + Send>>;
+type Deciding = Pin<Box<dyn Future<Output = Result<Option<HeaderValue>, GatewayError>> + Send>>;
 
 pin_project! {
     #[project = ResponseProj]
     pub enum ResponseFuture<S: Service<Request<Body>>> {
         /// Decided (or nothing to decide): the inner call, and the headers to add.
-        Passing { #[pin] fut: S::Future, headers: Option<Headers> },
+        Passing { #[pin] fut: S::Future, headers: Option<HeaderValue> },
         Refused { err: Option<GatewayError> },
         /// Deciding on the store; then the request goes on to `inner`.
         Deciding { deciding: Deciding, req: Option<Request<Body>>, inner: Option<S> },
@@ -412,10 +446,11 @@ where
     }
 }
 
-fn with_headers(mut res: Response<Body>, headers: Option<Headers>) -> Response<Body> {
-    if let Some(h) = headers {
-        res.headers_mut().insert(RATELIMIT_POLICY, h.policy);
-        res.headers_mut().insert(RATELIMIT, h.state);
+/// A response within its limits carries `RateLimit` (not `RateLimit-Policy`, which §8 leaves
+/// optional there: one header fewer on every forwarded response; a 429 carries both).
+fn with_headers(mut res: Response<Body>, state: Option<HeaderValue>) -> Response<Body> {
+    if let Some(state) = state {
+        res.headers_mut().insert(RATELIMIT, state);
     }
     res
 }
@@ -451,16 +486,15 @@ where
             .by_slot
             .get(ctx.route_slot())
             .map_or(&[][..], Vec::as_slice);
-        let keys: Vec<(usize, Material)> = applicable
+        let keys: Few<(usize, Material)> = applicable
             .iter()
             .filter_map(|&i| Some((i, limiter.material(&limiter.limits[i], &req, ctx)?)))
             .collect();
         if keys.is_empty() {
             return pass(&mut self.inner, req);
         }
-        let route = ctx.label().to_owned();
         let Some(store) = limiter.store.clone() else {
-            return match limiter.verdict(&limiter.decide_local(&keys), &route) {
+            return match limiter.verdict(&limiter.decide_local(&keys), ctx.label()) {
                 Ok(headers) => ResponseFuture::Passing {
                     fut: self.inner.call(req),
                     headers,
@@ -468,6 +502,7 @@ where
                 Err(e) => ResponseFuture::Refused { err: Some(e) },
             };
         };
+        let route = ctx.label().to_owned();
         let limiter = limiter.clone();
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
@@ -500,6 +535,18 @@ mod tests {
                 new_tat: 0,
             },
         }
+    }
+
+    #[test]
+    fn the_state_header_is_written_as_the_draft_spells_it() {
+        assert_eq!(
+            state_header("per-session", 0, 12),
+            "\"per-session\";r=0;t=12"
+        );
+        assert_eq!(
+            state_header("a", u64::MAX, 10),
+            format!("\"a\";r={};t=10", u64::MAX).as_str()
+        );
     }
 
     #[test]
@@ -560,15 +607,26 @@ mod tests {
         let l = limiter(&[config("wide", "*", 3, None), config("narrow", "*", 1, None)]).unwrap();
         let keys = || {
             vec![
-                (0, Material::Session(b"b".to_vec(), b"s".to_vec())),
-                (1, Material::Session(b"b".to_vec(), b"s".to_vec())),
+                (
+                    0,
+                    Material::Session(HeaderValue::from_static("b"), HeaderValue::from_static("s")),
+                ),
+                (
+                    1,
+                    Material::Session(HeaderValue::from_static("b"), HeaderValue::from_static("s")),
+                ),
             ]
         };
         let first = l.decide_local(&keys());
         assert!(first.iter().all(|j| j.decision.allowed));
         let ok = l.verdict(&first, "update_contact").unwrap().unwrap();
-        assert_eq!(ok.state, "\"narrow\";r=0;t=60");
-        assert_eq!(ok.policy, "\"narrow\";q=1;w=60");
+        assert_eq!(ok, "\"narrow\";r=0;t=60");
+        // The ready-made values are the written ones.
+        let wide = &l.limits[0];
+        assert_eq!(wide.states.len(), 3);
+        for (r, v) in wide.states.iter().enumerate() {
+            assert_eq!(v, &state_header("wide", r as u64, 0));
+        }
         for _ in 0..3 {
             let refused = l.decide_local(&keys());
             let Err(GatewayError::RateLimited {
@@ -591,7 +649,10 @@ mod tests {
             3
         );
         // Another session has its own budget.
-        let other = l.decide_local(&[(1, Material::Session(b"b".to_vec(), b"t".to_vec()))]);
+        let other = l.decide_local(&[(
+            1,
+            Material::Session(HeaderValue::from_static("b"), HeaderValue::from_static("t")),
+        )]);
         assert!(other[0].decision.allowed);
     }
 }

@@ -250,7 +250,7 @@ impl SessionCache {
             .support_invalidation_closures()
             .build_with_hasher(KeyBits);
         let (k0, k1) = store.derived_keys("companies-gateway session cache key");
-        let shared = super::shared::SharedTier::start(store, cache.clone(), self.ttls);
+        let shared = super::shared::SharedTier::start(store, cache.clone());
         SessionCache {
             cache,
             clock: self.clock,

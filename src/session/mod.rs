@@ -179,19 +179,15 @@ impl Session {
                 if let Some(tier) = tier {
                     let id = tier.id(authorization, session);
                     let wait = introspector.timeout();
-                    let found = match tier.lookup(&id, Some(wait)).await {
+                    let (found, lock) = match tier.lookup(&id, Some(wait)).await {
                         Some(shared::Lookup::Found { valid, expires_ms }) => {
-                            Some((valid, expires_ms))
+                            (Some((valid, expires_ms)), false)
                         }
-                        Some(shared::Lookup::Locked) => tier.wait(&id, wait).await,
-                        Some(shared::Lookup::Acquired) => {
-                            held = Some((id, true));
-                            None
-                        }
-                        _ => {
-                            held = Some((id, false));
-                            None
-                        }
+                        // Another replica is asking; past its lock's timeout (a holder that
+                        // died, or is slow), ask without the lock.
+                        Some(shared::Lookup::Locked) => (tier.wait(&id, wait).await, false),
+                        Some(shared::Lookup::Acquired) => (None, true),
+                        _ => (None, false),
                     };
                     let now = self.cache.now();
                     if let Some(entry) = found.and_then(|(valid, ms)| {
@@ -199,10 +195,7 @@ impl Session {
                     }) {
                         return Ok(Packed::from(entry));
                     }
-                    if held.is_none() {
-                        // Waited in vain (the holder died or is slow): ask, without the lock.
-                        held = Some((tier.id(authorization, session), false));
-                    }
+                    held = Some((id, lock));
                 }
                 let started = Instant::now();
                 let result = introspector
@@ -262,12 +255,12 @@ impl Session {
 
     /// An upstream 401 to a forwarded request: remember the session as invalid (and, with a
     /// store, tell every replica).
-    pub(crate) async fn learn_invalid(&self, key: Key, tokens: Option<(HeaderValue, HeaderValue)>) {
+    pub(crate) async fn learn_invalid(&self, key: Key, tokens: Option<Tokens>) {
         let now = self.cache.now();
         let entry = self.cache.ttls.invalid_entry(now);
         self.cache.cache.insert(key, entry.into()).await;
-        if let (Some(tier), Some((authorization, session))) = (&self.cache.shared, tokens) {
-            tier.put(tier.id(&authorization, &session), entry, now, false, key);
+        if let (Some(tier), Some(tokens)) = (&self.cache.shared, tokens) {
+            tier.put(tier.id(&tokens.0, &tokens.1), entry, now, false, key);
         }
         self.metrics
             .session_check(VerdictSource::Upstream, VerdictLabel::Invalid);
@@ -311,6 +304,10 @@ pub struct SessionService<S> {
 }
 
 type Deciding = Pin<Box<dyn Future<Output = Result<Key, GatewayError>> + Send>>;
+
+/// A request's bearer and session token, kept (boxed, so that the future stays small) only with a
+/// store, to name the session there after an upstream 401.
+type Tokens = Box<(HeaderValue, HeaderValue)>;
 
 impl<S> Service<Request<Body>> for SessionService<S>
 where
@@ -366,7 +363,7 @@ where
             .cache
             .shared
             .is_some()
-            .then(|| (authorization.clone(), token.clone()));
+            .then(|| Box::new((authorization.clone(), token.clone())));
         let deciding: Deciding =
             Box::pin(async move { session.decide(&authorization, &token).await });
         ResponseFuture {
@@ -384,8 +381,8 @@ where
 pin_project! {
     #[project = StateProj]
     enum State<S: Service<Request<Body>>> {
-        Deciding { deciding: Deciding, req: Option<Request<Body>>, inner: Option<S>, tokens: Option<(HeaderValue, HeaderValue)> },
-        Calling { #[pin] fut: S::Future, key: Option<Key>, tokens: Option<(HeaderValue, HeaderValue)> },
+        Deciding { deciding: Deciding, req: Option<Request<Body>>, inner: Option<S>, tokens: Option<Tokens> },
+        Calling { #[pin] fut: S::Future, key: Option<Key>, tokens: Option<Tokens> },
         Learning { learning: Pin<Box<dyn Future<Output = ()> + Send>>, res: Option<Response<Body>> },
     }
 }

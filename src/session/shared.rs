@@ -43,11 +43,7 @@ pub(crate) fn local_entry(
 impl SharedTier {
     /// Subscribes to revocations: a revoked session's valid verdict leaves `cache`; after a gap
     /// in the subscription every valid verdict does.
-    pub(crate) fn start(
-        store: Arc<Store>,
-        cache: Cache<Key, Packed, KeyBits>,
-        _ttls: Ttls,
-    ) -> Self {
+    pub(crate) fn start(store: Arc<Store>, cache: Cache<Key, Packed, KeyBits>) -> Self {
         let on_revoked = cache.clone();
         let subscription = subscribe(
             store.clone(),

@@ -178,6 +178,12 @@ impl Store {
         let Some(url) = &cfg.redis_url else {
             return Ok(None);
         };
+        // The connection manager and the subscription run on the gateway's runtime.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SetupError::Config(
+                "shared.redis_url: the store needs the gateway's tokio runtime".into(),
+            ));
+        }
         let path = cfg
             .key_secret_file
             .as_deref()
@@ -479,6 +485,52 @@ mod tests {
         );
         assert_eq!(parse_lookup(&Value::Nil), None);
         assert_eq!(parse_lookup(&Value::Array(vec![Value::Int(1)])), None);
+    }
+
+    fn store(secret: &str) -> Arc<Store> {
+        let dir = std::env::temp_dir().join(format!("cgw-store-{}-{secret}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, secret).unwrap();
+        let cfg = SharedConfig {
+            // Nothing listens there; the client connects lazily, so nothing is tried.
+            redis_url: Some("redis://127.0.0.1:1/".into()),
+            key_secret_file: Some(file),
+            ..SharedConfig::default()
+        };
+        let metrics = Metrics::new(&[1.0]).unwrap();
+        let store = Store::new(&cfg, None, &metrics).unwrap().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn replicas_with_one_secret_agree_on_keys_and_no_token_shows() {
+        let (a, b) = (store("0123456789abcdef-one"), store("0123456789abcdef-one"));
+        let other = store("0123456789abcdef-two");
+        let id = a.hmac_hex(&[b"Bearer t", b"session-token"]);
+        assert_eq!(id.len(), 32);
+        assert_eq!(id, b.hmac_hex(&[b"Bearer t", b"session-token"]));
+        assert_ne!(id, other.hmac_hex(&[b"Bearer t", b"session-token"]));
+        assert_ne!(id, a.hmac_hex(&[b"Bearer ts", b"ession-token"]));
+        assert!(!id.contains("session"));
+        assert_eq!(a.derived_keys("x"), b.derived_keys("x"));
+        assert_ne!(a.derived_keys("x"), a.derived_keys("y"));
+        assert_ne!(a.derived_keys("x"), other.derived_keys("x"));
+        assert_eq!(a.key("s", &id), format!("cgw:s:{id}"));
+        assert_eq!(a.channel(), "cgw:revoked");
+    }
+
+    #[test]
+    fn without_a_runtime_the_store_is_refused_not_a_panic() {
+        let cfg = SharedConfig {
+            redis_url: Some("redis://127.0.0.1:1/".into()),
+            key_secret_file: Some("/nonexistent".into()),
+            ..SharedConfig::default()
+        };
+        let metrics = Metrics::new(&[1.0]).unwrap();
+        let err = Store::new(&cfg, None, &metrics).err().unwrap().to_string();
+        assert!(err.starts_with("shared.redis_url"), "{err}");
     }
 
     #[test]
