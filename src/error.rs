@@ -329,6 +329,9 @@ impl GatewayError {
         }
         response.extensions_mut().insert(outcome);
         response
+            .extensions_mut()
+            .insert(crate::outcome::ProblemSlug(slug));
+        response
     }
 
     /// An upstream error of `kind`.

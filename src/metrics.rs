@@ -108,6 +108,10 @@ pub struct MetricSet {
     pub(crate) session_introspection_duration: Histogram,
     pub(crate) session_coalesced: IntCounter,
     pub(crate) build_info: IntGaugeVec,
+    /// Tracing and the access log (gateway.md §3, §7).
+    pub(crate) trace_spans_dropped: IntCounter,
+    pub(crate) trace_export_errors: IntCounter,
+    pub(crate) access_log_dropped: IntCounter,
     /// Handles of the per-request series with closed label sets, resolved once rather than by
     /// hashing the label values on every request.
     resolved: Resolved,
@@ -236,6 +240,18 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            trace_spans_dropped: plain_counter(
+                "gateway_trace_spans_dropped_total",
+                "Finished spans dropped because the export queue was full.",
+            )?,
+            trace_export_errors: plain_counter(
+                "gateway_trace_export_errors_total",
+                "Span batches the collector did not accept (unreachable, refused, timed out).",
+            )?,
+            access_log_dropped: plain_counter(
+                "gateway_access_log_dropped_total",
+                "Access-log lines dropped because the writer's queue was full.",
+            )?,
             registry: registry.clone(),
             resolved: Resolved {
                 other: RouteSeries::new(std::iter::empty()),
@@ -611,6 +627,9 @@ mod tests {
             "gateway_session_introspection_duration_seconds_bucket",
             "gateway_session_coalesced_total",
             "gateway_build_info",
+            "gateway_trace_spans_dropped_total",
+            "gateway_trace_export_errors_total",
+            "gateway_access_log_dropped_total",
             "process_resident_memory_bytes",
         ] {
             assert!(text.contains(name), "{name} missing");
