@@ -181,77 +181,76 @@ impl Shared {
 pub(crate) fn write_text(buf: &mut Vec<u8>, l: &Line<'_>, now: SystemTime) {
     write_timestamp(buf, now);
     buf.extend_from_slice(b"  INFO access:");
-    let key = |buf: &mut Vec<u8>, k: &str| {
-        buf.push(b' ');
-        buf.extend_from_slice(k.as_bytes());
-        buf.push(b'=');
-    };
+    // Each key is one static slice with its leading space and `=`.
+    let key = |buf: &mut Vec<u8>, k: &[u8]| buf.extend_from_slice(k);
     if let Some(v) = l.request_id {
-        key(buf, "request_id");
+        key(buf, b" request_id=");
         quoted(buf, v.as_bytes(), Escape::Text);
     }
     if let Some(v) = l.trace_id {
-        key(buf, "trace_id");
+        key(buf, b" trace_id=");
         hex(buf, &v);
     }
     if let Some(v) = l.span_id {
-        key(buf, "span_id");
+        key(buf, b" span_id=");
         hex(buf, &v);
     }
-    key(buf, "method");
+    key(buf, b" method=");
     buf.extend_from_slice(l.method.as_bytes());
-    key(buf, "route");
+    key(buf, b" route=");
     buf.extend_from_slice(l.route.as_bytes());
     if let Some(v) = l.path {
-        key(buf, "path");
+        key(buf, b" path=");
         quoted(buf, v.as_bytes(), Escape::Text);
     }
     if let Some(v) = l.protocol {
-        key(buf, "protocol");
+        key(buf, b" protocol=");
         buf.extend_from_slice(v.as_bytes());
     }
     if let Some(v) = l.authority {
-        key(buf, "authority");
+        key(buf, b" authority=");
         quoted(buf, v, Escape::Text);
     }
-    key(buf, "status");
+    key(buf, b" status=");
     int(buf, l.status.into());
-    key(buf, "outcome");
+    key(buf, b" outcome=");
     buf.extend_from_slice(l.outcome.as_bytes());
     if let Some(v) = l.reason {
-        key(buf, "reason");
+        key(buf, b" reason=");
         buf.extend_from_slice(v.as_bytes());
     }
     if let Some(v) = l.upstream_status {
-        key(buf, "upstream_status");
+        key(buf, b" upstream_status=");
         int(buf, v.into());
     }
     if let Some(v) = l.upstream_addr {
-        key(buf, "upstream_addr");
+        key(buf, b" upstream_addr=");
         socket_addr(buf, v);
     }
-    key(buf, "duration_us");
+    key(buf, b" duration_us=");
     int(buf, l.duration_us);
-    for (k, v) in [
-        ("upstream_us", l.upstream_us),
-        ("bytes_in", l.bytes_in),
-        ("bytes_out", l.bytes_out),
-    ] {
-        if let Some(v) = v {
-            key(buf, k);
-            int(buf, v);
-        }
+    if let Some(v) = l.upstream_us {
+        key(buf, b" upstream_us=");
+        int(buf, v);
+    }
+    if let Some(v) = l.bytes_in {
+        key(buf, b" bytes_in=");
+        int(buf, v);
+    }
+    if let Some(v) = l.bytes_out {
+        key(buf, b" bytes_out=");
+        int(buf, v);
     }
     if let Some(v) = l.client {
-        key(buf, "client");
+        key(buf, b" client=");
         ip(buf, v);
     }
     if let Some(v) = l.peer {
-        key(buf, "peer");
+        key(buf, b" peer=");
         socket_addr(buf, v);
     }
     if let Some(v) = l.user_agent {
-        key(buf, "user_agent");
+        key(buf, b" user_agent=");
         quoted(buf, &v[..v.len().min(MAX_USER_AGENT)], Escape::Text);
     }
     buf.push(b'\n');
@@ -356,13 +355,14 @@ enum Escape {
 fn quoted(buf: &mut Vec<u8>, v: &[u8], esc: Escape) {
     buf.push(b'"');
     let mut start = 0;
-    for (i, &b) in v.iter().enumerate() {
-        let plain = (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
-        if plain {
+    let mut i = clean_prefix(v);
+    while i < v.len() {
+        let b = v[i];
+        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+            i += 1;
             continue;
         }
         buf.extend_from_slice(&v[start..i]);
-        start = i + 1;
         match b {
             b'"' | b'\\' => buf.extend_from_slice(&[b'\\', b]),
             _ => {
@@ -373,9 +373,35 @@ fn quoted(buf: &mut Vec<u8>, v: &[u8], esc: Escape) {
                 hex(buf, &[b]);
             }
         }
+        i += 1;
+        start = i;
     }
     buf.extend_from_slice(&v[start..]);
     buf.push(b'"');
+}
+
+/// How many leading bytes of `v` need no escape, eight at a time: a word passes when none of its
+/// bytes is below 0x20, above 0x7e, `"` or `\\`.
+fn clean_prefix(v: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+    let mut i = 0;
+    for chunk in v.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        // Below 0x20, or 0x7f and above (adding 1 sets the high bit of 0x7f; 0x80+ has it).
+        let low = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        let high = (w.wrapping_add(ONES) | w) & HIGHS;
+        let special =
+            has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\')));
+        if low | high | special != 0 {
+            break;
+        }
+        i += 8;
+    }
+    i
 }
 
 fn hex(buf: &mut Vec<u8>, bytes: &[u8]) {
@@ -386,18 +412,8 @@ fn hex(buf: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-fn int(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
+fn int(buf: &mut Vec<u8>, n: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `n` with at least `width` digits.
@@ -443,10 +459,38 @@ fn socket_addr(buf: &mut Vec<u8>, addr: SocketAddr) {
     int(buf, addr.port().into());
 }
 
-/// RFC 3339 in UTC with microseconds: `2026-12-03T14:13:07.123456Z`.
+/// RFC 3339 in UTC with microseconds: `2026-12-03T14:13:07.123456Z`. The part up to the second
+/// is formatted once a second per thread.
 fn write_timestamp(buf: &mut Vec<u8>, now: SystemTime) {
+    thread_local! {
+        static LAST: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    let (at, mut prefix) = LAST.get();
+    if at != secs {
+        let mut b = Vec::with_capacity(19);
+        date_time(&mut b, secs);
+        if b.len() == 19 {
+            prefix.copy_from_slice(&b);
+            LAST.set((secs, prefix));
+        } else {
+            // A year past 9999: not cached.
+            buf.extend_from_slice(&b);
+            buf.push(b'.');
+            padded(buf, since.subsec_micros().into(), 6);
+            buf.push(b'Z');
+            return;
+        }
+    }
+    buf.extend_from_slice(&prefix);
+    buf.push(b'.');
+    padded(buf, since.subsec_micros().into(), 6);
+    buf.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the epoch.
+fn date_time(buf: &mut Vec<u8>, secs: u64) {
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     padded(buf, y as u64, 4);
@@ -460,9 +504,6 @@ fn write_timestamp(buf: &mut Vec<u8>, now: SystemTime) {
     padded(buf, rem / 60 % 60, 2);
     buf.push(b':');
     padded(buf, rem % 60, 2);
-    buf.push(b'.');
-    padded(buf, since.subsec_micros().into(), 6);
-    buf.push(b'Z');
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`.
@@ -585,6 +626,23 @@ mod tests {
         let s = String::from_utf8(b).unwrap();
         assert!(!s.contains("=\"\""), "{s}");
         assert!(!s.contains("trace_id"), "{s}");
+    }
+
+    #[test]
+    fn the_word_at_a_time_scan_stops_at_every_byte_that_needs_an_escape() {
+        for bad in [0u8, 0x1f, b'"', b'\\', 0x7f, 0x80, 0xff] {
+            for at in 0..20 {
+                let mut v = vec![b'a'; 20];
+                v[at] = bad;
+                assert!(clean_prefix(&v) <= at, "{bad:#x} at {at}");
+                let mut out = Vec::new();
+                quoted(&mut out, &v, Escape::Json);
+                let s: String = serde_json::from_slice(&out).unwrap();
+                assert_eq!(s.chars().nth(at).unwrap() as u32, u32::from(bad));
+            }
+        }
+        let clean: Vec<u8> = (0x20..0x7f).filter(|b| *b != b'"' && *b != b'\\').collect();
+        assert_eq!(clean_prefix(&clean), clean.len() / 8 * 8);
     }
 
     #[test]

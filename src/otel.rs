@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError};
+use opentelemetry_http::{HeaderExtractor, HttpClient, HttpError};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -138,12 +138,29 @@ fn traces_url(base: &str) -> String {
     format!("{}/v1/traces", base.trim_end_matches('/'))
 }
 
-/// The tracer and its provider; cloning shares them. The last clone dropped shuts the provider
-/// down, which exports what is queued.
+/// The tracer and its provider; cloning shares them. The last clone dropped (the stack's, at
+/// shutdown or after a reload) shuts the provider down, which exports what is queued.
 #[derive(Clone, Debug)]
 pub(crate) struct Telemetry {
     tracer: SdkTracer,
-    _provider: SdkTracerProvider,
+    _provider: Arc<ShutDown>,
+}
+
+/// Shuts the provider down off the runtime: the shutdown waits for the last export, which runs on
+/// the runtime, so waiting on a worker thread (the only one, with `worker_threads = 1`) would hold
+/// both up until the SDK's timeout.
+#[derive(Debug)]
+struct ShutDown(SdkTracerProvider);
+
+impl Drop for ShutDown {
+    fn drop(&mut self) {
+        let provider = self.0.clone();
+        let _ = std::thread::Builder::new()
+            .name("otel-shutdown".into())
+            .spawn(move || {
+                let _ = provider.shutdown();
+            });
+    }
 }
 
 /// The gateway's tracer, carried in a request's trace context so that whatever runs within it
@@ -228,14 +245,14 @@ impl Telemetry {
         let provider = provider.build();
         Telemetry {
             tracer: provider.tracer("companies-gateway"),
-            _provider: provider,
+            _provider: Arc::new(ShutDown(provider)),
         }
     }
 
     /// Exports what is queued now (tests; shutdown does it on drop).
     #[cfg(test)]
     pub(crate) fn flush(&self) {
-        let _ = self._provider.force_flush();
+        let _ = self._provider.0.force_flush();
     }
 
     /// Starts the SERVER span of a request: a valid incoming `traceparent` (and `tracestate`) is
@@ -386,9 +403,27 @@ impl ClientSpan {
     }
 
     /// Sets `traceparent` (and `tracestate`) to this span, replacing what the client sent.
+    /// Written by hand: the propagator's `format!`s cost more than the rest of an unsampled span.
     pub(crate) fn inject(&self, headers: &mut HeaderMap) {
-        headers.remove("tracestate");
-        TraceContextPropagator::new().inject_context(&self.0, &mut HeaderInjector(headers));
+        let span = self.0.span();
+        let sc = span.span_context();
+        let mut tp = [0u8; 55];
+        tp[..3].copy_from_slice(b"00-");
+        hex_into(&mut tp[3..35], &sc.trace_id().to_bytes());
+        tp[35] = b'-';
+        hex_into(&mut tp[36..52], &sc.span_id().to_bytes());
+        tp[52] = b'-';
+        hex_into(&mut tp[53..55], &[sc.trace_flags().to_u8()]);
+        headers.remove(&TRACESTATE);
+        if let Ok(v) = HeaderValue::from_bytes(&tp) {
+            headers.insert(TRACEPARENT.clone(), v);
+        }
+        let state = sc.trace_state().header();
+        if !state.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&state) {
+                headers.insert(TRACESTATE.clone(), v);
+            }
+        }
     }
 
     /// The peer answered with `status`.
@@ -415,6 +450,18 @@ impl ClientSpan {
             span.set_status(Status::error(""));
         }
         span.end();
+    }
+}
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
 }
 
