@@ -64,6 +64,7 @@ BIG_CACHE=${BIG_CACHE:-0}
 BIG_CACHE_SESSIONS=${BIG_CACHE_SESSIONS:-1000000}
 BUILD=${BUILD:-1}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/companies-gateway}
+export -n GATEWAY_BIN   # the gateway reads GATEWAY_* variables as config overrides
 FLOOR=${FLOOR:-1}
 LOGGED=${LOGGED:-1}
 TRACED=${TRACED:-1}
