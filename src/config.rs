@@ -36,6 +36,7 @@ pub struct Config {
     pub rate_limit: Vec<RateLimitConfig>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -526,6 +527,89 @@ pub fn parse_log_filter(text: &str) -> Result<tracing_subscriber::EnvFilter, Str
     tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string())
 }
 
+/// `tracing.protocol`: how spans are exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// `[tracing]` (gateway.md §1, §7). A key left unset falls back to the standard `OTEL_*`
+/// variable, then to the default; no endpoint anywhere: tracing is off.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The collector's base URL (`http://collector:4318`); `/v1/traces` is appended for
+    /// http/protobuf, as for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "masked_opt_url"
+    )]
+    pub otlp_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OtlpProtocol>,
+    /// For requests that arrive without a sampling decision; default 0.05.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Sent with each export; values are secrets (API keys), masked when printed.
+    #[serde(serialize_with = "masked_values")]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl TracingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.otlp_endpoint {
+            let uri: Uri = url.parse().map_err(|e| {
+                invalid(
+                    "tracing.otlp_endpoint",
+                    format!("`{}` is not a URL: {e}", mask_url(url)),
+                )
+            })?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(invalid(
+                    "tracing.otlp_endpoint",
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
+        }
+        if let Some(r) = self.sample_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(invalid("tracing.sample_ratio", "must be between 0 and 1"));
+            }
+        }
+        if self.service_name.as_deref() == Some("") {
+            return Err(invalid("tracing.service_name", "must not be empty"));
+        }
+        for (k, v) in &self.headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes()).is_ok();
+            if !name || http::HeaderValue::from_str(v).is_err() {
+                return Err(invalid(
+                    "tracing.headers",
+                    format!("`{k}` is not a header name with a valid value"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn masked_values<S: Serializer>(
+    map: &std::collections::BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(map.len()))?;
+    for k in map.keys() {
+        m.serialize_entry(k, "***")?;
+    }
+    m.end()
+}
+
 /// A duration written as `"250ms"`, `"3s"`, `"5m"`, `"1h"` (or `"0"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Dur(pub Duration);
@@ -828,6 +912,7 @@ impl Config {
             ));
         }
         parse_log_filter(&self.log.level).map_err(|m| invalid("log.level", m))?;
+        self.tracing.validate()?;
         Ok(())
     }
 
@@ -1293,5 +1378,45 @@ mod tests {
         let c = load("", &[("GATEWAY_LOG_LEVEL", "debug")]).unwrap();
         assert!(c.log.level_set);
         assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn tracing_keys_parse_are_checked_and_headers_are_masked() {
+        let c = load("", &[]).unwrap();
+        assert!(
+            c.tracing.otlp_endpoint.is_none(),
+            "tracing is off by default"
+        );
+        let c = load(
+            "[tracing]\notlp_endpoint = \"http://collector:4318\"\nprotocol = \"http/protobuf\"\n\
+             sample_ratio = 0.25\nservice_name = \"gw\"\nheaders = { x-api-key = \"hunter2\" }\n",
+            &[("GATEWAY_TRACING_SAMPLE_RATIO", "1.0")],
+        )
+        .unwrap();
+        assert_eq!(c.tracing.protocol, Some(OtlpProtocol::HttpProtobuf));
+        assert_eq!(c.tracing.sample_ratio, Some(1.0));
+        assert_eq!(c.tracing.headers["x-api-key"], "hunter2");
+        let out = c.to_masked_toml();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(out.contains("x-api-key = \"***\""), "{out}");
+        for (text, key) in [
+            ("[tracing]\nsample_ratio = 1.5\n", "tracing.sample_ratio"),
+            (
+                "[tracing]\notlp_endpoint = \"ftp://c\"\n",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "[tracing]\nheaders = { \"a b\" = \"c\" }\n",
+                "tracing.headers",
+            ),
+            ("[tracing]\nservice_name = \"\"\n", "tracing.service_name"),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = load("[tracing]\nprotocol = \"http/json\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("protocol"), "{err}");
     }
 }

@@ -70,6 +70,8 @@ pub struct RequestCtx {
     pub conn: Option<ConnInfo>,
     contract: ContractState,
     session: Option<SessionVerdict>,
+    /// The SERVER span's context when tracing is on: the upstream CLIENT span's parent.
+    pub(crate) trace: Option<opentelemetry::Context>,
 }
 
 impl RequestCtx {
@@ -82,6 +84,7 @@ impl RequestCtx {
             conn: req.extensions().get::<ConnInfo>().copied(),
             contract: ContractState::Unchecked,
             session: None,
+            trace: None,
         }
     }
 

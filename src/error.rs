@@ -355,6 +355,9 @@ impl GatewayError {
         }
         response.extensions_mut().insert(outcome);
         response
+            .extensions_mut()
+            .insert(crate::outcome::ProblemSlug(slug));
+        response
     }
 
     /// An upstream error of `kind`.

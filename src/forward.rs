@@ -26,6 +26,7 @@ use crate::config::UpstreamTarget;
 use crate::context::{ContractState, RequestCtx};
 use crate::error::GatewayError;
 use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_overrides, ConnInfo};
+use crate::otel::ClientSpan;
 use crate::outcome::{Outcome, UpstreamErrorKind, UpstreamTiming};
 use crate::pool::{Pool, PoolError, PooledBody, SendFuture};
 use crate::{box_body, Body, BoxError};
@@ -124,6 +125,10 @@ impl Service<Request<Body>> for Forward {
             .extensions()
             .get::<RequestCtx>()
             .map(|ctx| (ctx.undecided(), ctx.conn, ctx.contract()));
+        let trace = req
+            .extensions()
+            .get::<RequestCtx>()
+            .and_then(|ctx| ctx.trace.clone());
         let (prepared, validated) = match decided {
             // Fail closed: whatever the order of the layers above, a request on an operation
             // goes out only with the contract's decision and, where required, a session verdict.
@@ -142,8 +147,9 @@ impl Service<Request<Body>> for Forward {
             },
             None => (Err(GatewayError::Undecided("route")), false),
         };
+        let mut span = None;
         let state = match prepared {
-            Ok(req) => {
+            Ok(mut req) => {
                 let cfg = &self.cfg;
                 // The whole body, when known, so that an idempotent request can be replayed
                 // (never looked up for PATCH or POST, which are not).
@@ -156,6 +162,16 @@ impl Service<Request<Body>> for Forward {
                 } else {
                     None
                 };
+                // One upstream attempt starts here: its CLIENT span, the parent of the
+                // `traceparent` the upstream gets (an invalid one from the client is replaced).
+                span = trace.as_ref().and_then(|parent| {
+                    let target = &cfg.target;
+                    let port = target.authority.port_u16().unwrap_or(443);
+                    ClientSpan::start(parent, req.method(), target.authority.host(), port)
+                });
+                if let Some(span) = &span {
+                    span.inject(req.headers_mut());
+                }
                 // A body still to come is watched; the timer starts when it has been sent.
                 let (req, body, first) = if req.body().is_end_stream() {
                     (req, None, cfg.request_timeout)
@@ -178,6 +194,7 @@ impl Service<Request<Body>> for Forward {
             state,
             started: Instant::now(),
             validated,
+            span,
         }
     }
 }
@@ -202,6 +219,8 @@ pin_project! {
         state: State,
         started: Instant,
         validated: bool,
+        // The attempt's CLIENT span, ended with the response head or the error.
+        span: Option<ClientSpan>,
     }
 }
 
@@ -236,7 +255,30 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match this.state.project() {
+        let result = ready!(poll_state(this.state, this.started, *this.validated, cx));
+        if let Some(span) = this.span.take() {
+            match &result {
+                Ok(res) => span.answered(res.status()),
+                Err(e) => span.failed(
+                    e.outcome()
+                        .upstream_error
+                        .map_or_else(|| e.status().1, |k| k.as_str()),
+                ),
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Drives one attempt: the send, the body's end and the timer.
+fn poll_state(
+    state: Pin<&mut State>,
+    started: &Instant,
+    validated: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<Body>, GatewayError>> {
+    {
+        match state.project() {
             StateProj::Failed { err } => Poll::Ready(Err(err
                 .take()
                 .unwrap_or_else(|| GatewayError::Internal("polled after completion".into())))),
@@ -260,8 +302,8 @@ impl Future for ResponseFuture {
                         Ok(res) => {
                             let timing = UpstreamTiming {
                                 status: res.status(),
-                                elapsed: this.started.elapsed(),
-                                validated: *this.validated,
+                                elapsed: started.elapsed(),
+                                validated,
                             };
                             let mut res = client_response(res);
                             res.extensions_mut().insert(Outcome::forwarded(timing));

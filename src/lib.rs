@@ -19,6 +19,7 @@
 //! The other modules are private; an item is made `pub` only when one of those users needs it.
 #![forbid(unsafe_code)]
 
+pub(crate) mod access_log;
 pub(crate) mod admin;
 pub(crate) mod body;
 pub mod cli;
@@ -32,6 +33,7 @@ pub mod forward;
 pub mod headers;
 pub mod metrics;
 pub(crate) mod observe;
+pub(crate) mod otel;
 pub(crate) mod outcome;
 pub(crate) mod pool;
 pub mod preflight;

@@ -183,6 +183,10 @@ pub struct MetricSet {
     /// `gateway_upstream_endpoints` by state: `healthy`, `ejected`.
     pub(crate) upstream_endpoints: [IntGauge; 2],
     pub(crate) upstream_ejections: IntCounter,
+    /// Tracing and the access log (gateway.md §3, §7).
+    pub(crate) trace_spans_dropped: IntCounter,
+    pub(crate) trace_export_errors: IntCounter,
+    pub(crate) access_log_dropped: IntCounter,
     /// Handles of the per-request series with closed label sets, resolved once rather than by
     /// hashing the label values on every request.
     resolved: Resolved,
@@ -391,6 +395,18 @@ impl Metrics {
             upstream_ejections: plain_counter(
                 "gateway_upstream_ejections_total",
                 "Upstream addresses ejected as outliers.",
+            )?,
+            trace_spans_dropped: plain_counter(
+                "gateway_trace_spans_dropped_total",
+                "Finished spans dropped because the export queue was full.",
+            )?,
+            trace_export_errors: plain_counter(
+                "gateway_trace_export_errors_total",
+                "Span batches the collector did not accept (unreachable, refused, timed out).",
+            )?,
+            access_log_dropped: plain_counter(
+                "gateway_access_log_dropped_total",
+                "Access-log lines dropped because the writer's queue was full.",
             )?,
             registry: registry.clone(),
             resolved: Resolved {
@@ -802,6 +818,9 @@ mod tests {
             "gateway_session_introspection_duration_seconds_bucket",
             "gateway_session_coalesced_total",
             "gateway_build_info",
+            "gateway_trace_spans_dropped_total",
+            "gateway_trace_export_errors_total",
+            "gateway_access_log_dropped_total",
             "process_resident_memory_bytes",
         ] {
             assert!(text.contains(name), "{name} missing");

@@ -1,30 +1,51 @@
-//! The observer: every request once in the metrics and once in the access log, whoever answered
-//! it. Only closed label sets are used (gateway.md §3), and no header value is ever logged.
+//! The observer: every request once in the metrics, once in the access log and once as a SERVER
+//! span, whoever answered it. Only closed label sets are used (gateway.md §3); the only header
+//! values logged are `Host` and `User-Agent` (§7), never a token, a query string or a body.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use http::{Request, Response, StatusCode};
+use http::header::{HOST, USER_AGENT};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body::Body as HttpBody;
+use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::access_log::{AccessLog, Line};
 use crate::context::{RequestCtx, Routes};
 use crate::headers::ConnInfo;
 use crate::metrics::{method_index, method_name, Metrics};
-use crate::outcome::{Outcome, OutcomeKind};
+use crate::otel::{self, ServerEnd, ServerRequest, Telemetry};
+use crate::outcome::{Outcome, OutcomeKind, ProblemSlug};
 use crate::request_id::RequestId;
+use crate::shed_client::client_ip;
 
 #[derive(Clone)]
 pub struct ObserveLayer {
     metrics: Metrics,
+    access: Option<AccessLog>,
+    telemetry: Option<Telemetry>,
+    trusted_proxies: Arc<[IpNet]>,
 }
 
 impl ObserveLayer {
-    pub fn new(metrics: Metrics) -> Self {
-        ObserveLayer { metrics }
+    pub(crate) fn new(
+        metrics: Metrics,
+        access: Option<AccessLog>,
+        telemetry: Option<Telemetry>,
+        trusted_proxies: &[IpNet],
+    ) -> Self {
+        ObserveLayer {
+            metrics,
+            access,
+            telemetry,
+            trusted_proxies: trusted_proxies.into(),
+        }
     }
 }
 
@@ -33,7 +54,7 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ObserveService {
             inner,
-            metrics: self.metrics.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -41,7 +62,17 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone)]
 pub struct ObserveService<S> {
     inner: S,
-    metrics: Metrics,
+    layer: ObserveLayer,
+}
+
+/// What the access line needs beyond the metrics; kept only when the log is on.
+struct Logged {
+    log: AccessLog,
+    path: String,
+    version: Version,
+    authority: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    bytes_in: Option<u64>,
 }
 
 /// What is known of a request before it is answered.
@@ -54,13 +85,22 @@ struct Pending {
     /// Index into `METHOD_LABELS`.
     method: usize,
     request_id: Option<RequestId>,
-    /// Kept only when the access log is on.
-    path: Option<String>,
     client: Option<ConnInfo>,
+    client_ip: Option<IpAddr>,
+    logged: Option<Box<Logged>>,
+    /// The SERVER span's context.
+    trace: Option<opentelemetry::Context>,
+}
+
+/// What the response told, beyond its status and outcome.
+#[derive(Default)]
+struct Answered {
+    problem: Option<&'static str>,
+    bytes_out: Option<u64>,
 }
 
 impl Pending {
-    fn finish(self, status: StatusCode, outcome: Outcome) {
+    fn finish(self, status: StatusCode, outcome: Outcome, answered: Answered) {
         // An aborted request is 499 (nginx's "client closed request") whether it was dropped
         // unanswered or answered to a client already gone mid-body.
         let status = match outcome.kind {
@@ -98,28 +138,61 @@ impl Pending {
                 );
             }
         }
-        if let Some(path) = self.path {
-            tracing::info!(
-                target: "access",
-                request_id = self.request_id.as_ref().map(|r| r.as_str()).unwrap_or(""),
-                method = method_name(self.method),
-                route,
-                path = path.as_str(),
-                status = status.as_u16(),
-                outcome = outcome.kind.as_str(),
-                reason = outcome.reason.map(|r| r.as_str()).unwrap_or(""),
-                upstream_status = upstream.map(|t| t.status.as_u16()).unwrap_or(0),
-                duration_us = elapsed.as_micros() as u64,
-                upstream_us = upstream.map(|t| t.elapsed.as_micros() as u64).unwrap_or(0),
-                client = %self.client.map(|c| c.peer.to_string()).unwrap_or_default(),
+        if let Some(cx) = &self.trace {
+            otel::end_server(
+                cx,
+                &ServerEnd {
+                    status,
+                    outcome: outcome.kind.as_str(),
+                    reason: outcome.reason.map(|r| r.as_str()),
+                    problem: answered.problem,
+                },
             );
         }
+        if let Some(l) = self.logged {
+            let ids = self.trace.as_ref().map(otel::ids);
+            l.log.log(&Line {
+                request_id: self.request_id.as_ref().map(|r| r.as_str()),
+                trace_id: ids.map(|i| i.0),
+                span_id: ids.map(|i| i.1),
+                method: method_name(self.method),
+                route,
+                path: Some(l.path.as_str()),
+                protocol: Some(protocol(l.version)),
+                authority: l.authority.as_ref().map(HeaderValue::as_bytes),
+                status: status.as_u16(),
+                outcome: outcome.kind.as_str(),
+                reason: outcome.reason.map(|r| r.as_str()),
+                upstream_status: upstream.map(|t| t.status.as_u16()),
+                upstream_addr: None,
+                duration_us: elapsed.as_micros() as u64,
+                upstream_us: upstream.map(|t| t.elapsed.as_micros() as u64),
+                bytes_in: l.bytes_in,
+                bytes_out: answered.bytes_out,
+                client: self.client_ip,
+                peer: self.client.map(|c| c.peer),
+                user_agent: l.user_agent.as_ref().map(HeaderValue::as_bytes),
+            });
+        }
+    }
+}
+
+/// The access line's `protocol`.
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ObserveService<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    B: HttpBody,
+    ResBody: HttpBody,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -129,23 +202,65 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.metrics.inflight_requests.inc();
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let layer = &self.layer;
+        layer.metrics.inflight_requests.inc();
         let ctx = req.extensions().get::<RequestCtx>();
+        let conn = ctx.and_then(|c| c.conn);
+        let logging =
+            layer.access.is_some() && tracing::enabled!(target: "access", tracing::Level::INFO);
+        // The client after `trusted_proxies`, for the log and the span.
+        let client_ip = (logging || layer.telemetry.is_some())
+            .then(|| conn.map(|c| client_ip(&c, &layer.trusted_proxies, req.headers())))
+            .flatten();
+        let trace = layer.telemetry.as_ref().map(|t| {
+            t.start_server(&ServerRequest {
+                method: otel::semconv_method(req.method()),
+                template: ctx.and_then(RequestCtx::operation).map(|op| op.template()),
+                path: req.uri().path(),
+                version: req.version(),
+                tls: conn.is_some_and(|c| c.tls),
+                client: client_ip,
+                user_agent: req.headers().get(USER_AGENT),
+                headers: req.headers(),
+            })
+        });
+        let logged = match &layer.access {
+            Some(log) if logging => Some(Box::new(Logged {
+                log: log.clone(),
+                path: req.uri().path().to_string(),
+                version: req.version(),
+                authority: req.headers().get(HOST).cloned().or_else(|| {
+                    req.uri()
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                }),
+                user_agent: req.headers().get(USER_AGENT).cloned(),
+                bytes_in: req.body().size_hint().exact(),
+            })),
+            _ => None,
+        };
         let pending = Pending {
-            metrics: self.metrics.clone(),
+            metrics: layer.metrics.clone(),
             started: Instant::now(),
             routes: ctx.map(RequestCtx::routes_arc),
             route: ctx.map_or(0, RequestCtx::route_slot),
             method: method_index(req.method()),
             request_id: req.extensions().get::<RequestId>().cloned(),
-            path: tracing::enabled!(target: "access", tracing::Level::INFO)
-                .then(|| req.uri().path().to_string()),
-            client: ctx.and_then(|c| c.conn),
+            client: conn,
+            client_ip,
+            logged,
+            trace: trace.clone(),
         };
+        if let Some(cx) = &trace {
+            if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
+                ctx.trace = Some(cx.clone());
+            }
+        }
         ResponseFuture {
             inner: self.inner.call(req),
             guard: Guard(Some(pending)),
+            trace,
         }
     }
 }
@@ -169,7 +284,7 @@ impl Drop for Guard {
                 upstream: None,
             };
             // No status was sent.
-            p.finish(client_closed(), aborted);
+            p.finish(client_closed(), aborted, Answered::default());
         }
     }
 }
@@ -179,18 +294,24 @@ pin_project! {
         #[pin]
         inner: F,
         guard: Guard,
+        // Current while the layers below run, so that introspection finds its parent span.
+        trace: Option<opentelemetry::Context>,
     }
 }
 
 impl<F, ResBody, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: HttpBody,
 {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let attached = this.trace.as_ref().map(|t| t.clone().attach());
+        let result = this.inner.poll(cx);
+        drop(attached);
+        let result = ready!(result);
         if let Some(p) = this.guard.0.take() {
             p.metrics.inflight_requests.dec();
             match &result {
@@ -205,7 +326,11 @@ where
                             upstream_error: None,
                             upstream: None,
                         });
-                    p.finish(res.status(), outcome);
+                    let answered = Answered {
+                        problem: res.extensions().get::<ProblemSlug>().map(|s| s.0),
+                        bytes_out: res.body().size_hint().exact(),
+                    };
+                    p.finish(res.status(), outcome, answered);
                 }
                 Err(_) => {
                     let error = Outcome {
@@ -214,7 +339,11 @@ where
                         upstream_error: None,
                         upstream: None,
                     };
-                    p.finish(StatusCode::INTERNAL_SERVER_ERROR, error);
+                    p.finish(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        error,
+                        Answered::default(),
+                    );
                 }
             }
         }

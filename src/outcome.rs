@@ -164,3 +164,7 @@ pub struct UpstreamTiming {
     /// it is contract drift. Forward reads it from the request's context.
     pub validated: bool,
 }
+
+/// The problem slug of a response the gateway wrote itself, for the span's `error.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProblemSlug(pub &'static str);

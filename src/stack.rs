@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, SessionConfig};
 use crate::context::{ContextLayer, Routes};
 use crate::contract::Code;
@@ -14,6 +15,7 @@ use crate::edge::EdgeLayer;
 use crate::forward::{Forward, ForwardConfig};
 use crate::metrics::Metrics;
 use crate::observe::ObserveLayer;
+use crate::otel::Telemetry;
 use crate::pool::build_pool;
 use crate::problem::ProblemLayer;
 use crate::rate_limit::{Limiter, RateLimitLayer};
@@ -36,13 +38,19 @@ pub struct Options {
     pub clock: Arc<dyn Clock>,
     /// How often the certificate files are checked for changes.
     pub reload_poll: std::time::Duration,
+    /// Where the access log goes; `None`: stderr.
+    pub access_log: Option<MakeSink>,
 }
+
+/// Opens the access log's output (called once per built stack).
+pub type MakeSink = Arc<dyn Fn() -> crate::access_log::Sink + Send + Sync>;
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             clock: Arc::new(SystemClock),
             reload_poll: std::time::Duration::from_secs(2),
+            access_log: None,
         }
     }
 }
@@ -134,9 +142,21 @@ pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Pa
         compile_options(config)?.token_header,
         metrics,
     )?;
+    let sink = match &options.access_log {
+        Some(make) => make(),
+        None => Box::new(std::io::stderr()),
+    };
+    let access_log = AccessLog::start(config.log.format, sink, metrics.access_log_dropped.clone())
+        .map_err(|e| SetupError::Config(format!("log: cannot start the access-log writer: {e}")))?;
+    let telemetry = Telemetry::build(&config.tracing, config.upstream.ca_file.as_deref(), metrics)?;
     Ok(Parts {
         context: ContextLayer::new(routes.clone()),
-        observe: ObserveLayer::new(metrics.clone()),
+        observe: ObserveLayer::new(
+            metrics.clone(),
+            Some(access_log),
+            telemetry,
+            &config.listener.trusted_proxies,
+        ),
         contract: ContractLayer::new(contract, metrics.clone()),
         edge: EdgeLayer::new(config.validation.unknown_routes),
         session: SessionLayer::new(session, compile_options(config)?.token_header),
@@ -174,7 +194,8 @@ pub fn build(
         .layer(RequestIdLayer)
         // The route is recognised once, here, into the request's context.
         .layer(parts.context)
-        // Sees every request once, whoever answers it, for metrics and the access log.
+        // Sees every request once, whoever answers it, for metrics, the access log and the
+        // SERVER span (continuing the client's trace context).
         .layer(parts.observe)
         // The one place where errors and panics from below become problem responses.
         .layer(ProblemLayer)

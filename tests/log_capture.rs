@@ -43,7 +43,15 @@ async fn no_token_value_appears_in_any_log_line() {
     let intro = MockIntrospection::start(Verdict::status(200)).await;
     let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
     config.session.introspect_url = Some(intro.url());
-    let gw = start_gateway(config).await;
+    // The access log goes to the same capture (it has its own writer, not the subscriber's).
+    let sink = capture.clone();
+    let options = companies_gateway::Options {
+        access_log: Some(Arc::new(move || Box::new(sink.clone()))),
+        ..companies_gateway::Options::default()
+    };
+    let gw = companies_gateway::start_with(config, options.clone())
+        .await
+        .unwrap();
 
     let route = format!("http://{}/companies/v2/rs/1/contacts/2", gw.public_addr);
     let req = |auth: String, session: &str, body: &'static [u8]| {
@@ -137,11 +145,15 @@ async fn no_token_value_appears_in_any_log_line() {
     drop(gw);
 
     // An upstream that cannot be reached: the cause is logged for the operator.
-    let down = start_gateway(test_config(
-        &format!("https://localhost:{}", closed_port().await),
-        Some(pki.ca_file()),
-    ))
-    .await;
+    let down = companies_gateway::start_with(
+        test_config(
+            &format!("https://localhost:{}", closed_port().await),
+            Some(pki.ca_file()),
+        ),
+        options,
+    )
+    .await
+    .unwrap();
     let route = format!("http://{}/companies/v2/rs/1/contacts/2", down.public_addr);
     let failed = Request::builder()
         .method("PATCH")
@@ -154,6 +166,15 @@ async fn no_token_value_appears_in_any_log_line() {
     assert_eq!(send(failed).await.status, 502);
     drop(down);
 
+    // The access-log writer batches every few milliseconds: wait for the forged path's line.
+    let written = async {
+        while !String::from_utf8_lossy(&capture.0.lock().unwrap()).contains("/o/x") {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), written)
+        .await
+        .expect("the access line is written");
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     // The capture works: access-log events and trace-level events from hyper are there.
     assert!(logs.contains("access"), "no access log captured");

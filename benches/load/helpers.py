@@ -386,6 +386,10 @@ LABELS = {
     "gateway-h2": "gateway (valid PATCH, upstream h2)",
     "gateway-reject": "gateway (invalid body: 400 answered locally)",
     "gateway-miss": "gateway (valid PATCH, new session each request)",
+    "nginx-log": "nginx proxy_pass, access log on (buffer=64k)",
+    "gateway-log": "gateway (valid PATCH, access log on)",
+    "gateway-trace5": "gateway (valid PATCH, tracing 5%)",
+    "gateway-trace100": "gateway (valid PATCH, tracing 100%)",
 }
 ORDER = list(LABELS)
 
@@ -731,6 +735,26 @@ def perf_group(symbol):
     return crate
 
 
+def cmd_otlp_sink(args):
+    """An OTLP/HTTP collector that takes every export and keeps nothing: the traced rows' peer."""
+    import http.server
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Sink).serve_forever()
+
+
 def cmd_perf_groups(args):
     totals = {}
     for line in open(args.file, encoding="utf-8", errors="replace"):
@@ -792,6 +816,7 @@ def main():
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--seconds", type=float, default=60)
     p.set_defaults(fn=cmd_hold)
+    p = sub.add_parser("otlp-sink"); p.add_argument("port", type=int); p.set_defaults(fn=cmd_otlp_sink)
     p = sub.add_parser("perf-groups"); p.add_argument("file"); p.set_defaults(fn=cmd_perf_groups)
     p = sub.add_parser("report"); p.add_argument("tsv"); p.add_argument("meta")
     p.set_defaults(fn=cmd_report)

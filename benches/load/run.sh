@@ -21,6 +21,11 @@
 #   BIG_CACHE_SESSIONS [1000000]
 #   BUILD [1]             1: cargo build --release --locked first (a no-op when up to date)
 #   GATEWAY_BIN [target/release/companies-gateway]  copied to the temp dir before the run
+#   LOGGED [1]            1: also measure nginx and the gateway with their access logs on (nginx
+#                         `access_log ... buffer=64k flush=1s`, the gateway at [log] level info),
+#                         closed loop only
+#   TRACED [1]            1: also measure the gateway with tracing on at 5% and 100% sampling,
+#                         exporting to an OTLP sink (helpers.py otlp-sink) on the load core
 #   FLOOR [1]             1: also measure "floor" (benches/load/floor: the gateway's stack, hyper +
 #                         tokio + rustls + mimalloc, forwarding with no gateway logic), closed loop
 #                         only; BUILD=1 builds it (cargo build --release --locked, its own lock file)
@@ -61,6 +66,8 @@ BUILD=${BUILD:-1}
 GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/companies-gateway}
 export -n GATEWAY_BIN   # the gateway reads GATEWAY_* variables as config overrides
 FLOOR=${FLOOR:-1}
+LOGGED=${LOGGED:-1}
+TRACED=${TRACED:-1}
 FLOOR_TARGET_DIR=${FLOOR_TARGET_DIR:-$ROOT/target/floor}
 FLOOR_BIN=${FLOOR_BIN:-$FLOOR_TARGET_DIR/release/floor}
 OUT_DIR=${OUT_DIR:-$ROOT/target/load/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -68,7 +75,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 KEEP_TMP=${KEEP_TMP:-0}
 PROFILE=${PROFILE:-}
-COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION OPEN_DURATION=$OPEN_DURATION WARMUP=$WARMUP CONNS=$CONNS OPEN_LOOP=$OPEN_LOOP MEMORY=$MEMORY BIG_CACHE=$BIG_CACHE FLOOR=$FLOOR bash benches/load/run.sh"
+COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION OPEN_DURATION=$OPEN_DURATION WARMUP=$WARMUP CONNS=$CONNS OPEN_LOOP=$OPEN_LOOP MEMORY=$MEMORY BIG_CACHE=$BIG_CACHE FLOOR=$FLOOR LOGGED=$LOGGED TRACED=$TRACED bash benches/load/run.sh"
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -212,13 +219,16 @@ export LOAD_SESSION_PREFIX="" LOAD_STOP_AFTER=""
 # ------------------------------------------------------------------------------------------------
 # Processes
 
-read -r -a P <<<"$(python3 "$HELPERS" ports 18)"
+read -r -a P <<<"$(python3 "$HELPERS" ports 26)"
 UP_H1=${P[0]} UP_H2=${P[1]} NGINX_PORT=${P[2]} HAPROXY_PORT=${P[3]}
 declare -A PORT=( [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
   [gateway]=${P[4]} [gateway-h2]=${P[5]} [gateway-reject]=${P[6]} [gateway-miss]=${P[7]}
-  [gateway-mem]=${P[8]} [gateway-big]=${P[9]} [floor]=${P[17]} )
+  [gateway-mem]=${P[8]} [gateway-big]=${P[9]} [floor]=${P[17]}
+  [nginx-log]=${P[18]} [gateway-log]=${P[19]} [gateway-trace5]=${P[20]} [gateway-trace100]=${P[21]} )
 declare -A ADMIN=( [gateway]=${P[10]} [gateway-h2]=${P[11]} [gateway-reject]=${P[12]}
-  [gateway-miss]=${P[13]} [gateway-mem]=${P[14]} [gateway-big]=${P[15]} )
+  [gateway-miss]=${P[13]} [gateway-mem]=${P[14]} [gateway-big]=${P[15]}
+  [gateway-log]=${P[22]} [gateway-trace5]=${P[23]} [gateway-trace100]=${P[24]} )
+OTLP_PORT=${P[25]}
 declare -A PID=()
 
 USER_LINE=""
@@ -251,16 +261,18 @@ start_nginx() { # name cpu template port-args...
   STARTED_PIDS+=("$!")
 }
 
-start_gateway() { # name http2 cache_capacity valid_ttl upstream_port
+start_gateway() { # name http2 cache_capacity valid_ttl upstream_port [GATEWAY_*=value...]
   local name=$1 http2=$2 capacity=$3 ttl=$4 up=$5
+  shift 5
   local dir="$TMP/$name"
   mkdir -p "$dir"
   python3 "$HELPERS" render "$HERE/conf/gateway.toml.in" "$dir/gateway.toml" \
     "PORT=${PORT[$name]}" "ADMIN_PORT=${ADMIN[$name]}" "UPSTREAM_PORT=$up" "CA=$CA" \
     "HTTP2=$http2" "CACHE_CAPACITY=$capacity" "VALID_TTL=$ttl"
-  "$GATEWAY" --check-config --config "$dir/gateway.toml" >/dev/null \
+  env "$@" "$GATEWAY" --check-config --config "$dir/gateway.toml" >/dev/null \
     || die "gateway config $dir/gateway.toml is invalid"
-  taskset -c "$PROXY_CPU" "$GATEWAY" --config "$dir/gateway.toml" >"$dir/stdout.log" 2>&1 &
+  # The access log (stderr) goes to a file, as nginx's does.
+  env "$@" taskset -c "$PROXY_CPU" "$GATEWAY" --config "$dir/gateway.toml" >"$dir/stdout.log" 2>&1 &
   PID[$name]=$!
   STARTED_PIDS+=("$!")
   wait_port "${PID[$name]}" "${PORT[$name]}" "$name"
@@ -275,8 +287,17 @@ UPSTREAM_LOG="$TMP/upstream/conns.log"
 
 log "starting the proxies on core $PROXY_CPU"
 start_nginx nginx "$PROXY_CPU" "$HERE/conf/proxy-nginx.conf.in" \
-  "PORT=$NGINX_PORT" "UPSTREAM_PORT=$UP_H1" "CA=$CA"
+  "PORT=$NGINX_PORT" "UPSTREAM_PORT=$UP_H1" "CA=$CA" "ACCESS_LOG=access_log off;" \
+  "ACCESS_LOG_NOTE=off"
 wait_port "${PID[nginx]}" "$NGINX_PORT" nginx
+if [[ $LOGGED == 1 ]]; then
+  # The combined format to a file, written in 64 KiB batches (and at least once a second).
+  start_nginx nginx-log "$PROXY_CPU" "$HERE/conf/proxy-nginx.conf.in" \
+    "PORT=${PORT[nginx-log]}" "UPSTREAM_PORT=$UP_H1" "CA=$CA" \
+    "ACCESS_LOG=access_log $TMP/nginx-log/access.log combined buffer=64k flush=1s;" \
+    "ACCESS_LOG_NOTE=a buffered file (LOGGED=1) or off"
+  wait_port "${PID[nginx-log]}" "${PORT[nginx-log]}" nginx-log
+fi
 
 mkdir -p "$TMP/haproxy"
 python3 "$HELPERS" render "$HERE/conf/haproxy.cfg.in" "$TMP/haproxy/haproxy.cfg" \
@@ -292,6 +313,22 @@ start_gateway gateway false 100000 60s "$UP_H1"
 start_gateway gateway-h2 true 100000 60s "$UP_H2"
 start_gateway gateway-reject false 100000 60s "$UP_H1"
 start_gateway gateway-miss false 100000 60s "$UP_H1"
+if [[ $LOGGED == 1 ]]; then
+  start_gateway gateway-log false 100000 60s "$UP_H1" GATEWAY_LOG_LEVEL=info
+fi
+if [[ $TRACED == 1 ]]; then
+  # The collector: takes every export on the load core and keeps nothing.
+  mkdir -p "$TMP/otlp"
+  taskset -c "$LOAD_CPU" python3 "$HELPERS" otlp-sink "$OTLP_PORT" >"$TMP/otlp/stdout.log" 2>&1 &
+  PID[otlp]=$!
+  STARTED_PIDS+=("$!")
+  wait_port "${PID[otlp]}" "$OTLP_PORT" otlp-sink
+  for pct in 5 100; do
+    start_gateway "gateway-trace$pct" false 100000 60s "$UP_H1" \
+      "GATEWAY_TRACING_OTLP_ENDPOINT=http://127.0.0.1:$OTLP_PORT" \
+      "GATEWAY_TRACING_SAMPLE_RATIO=$(python3 -c "print($pct / 100)")"
+  done
+fi
 
 # The floor: the same stack as the gateway, no gateway logic (benches/load/floor), same upstream.
 if [[ $FLOOR == 1 ]]; then
@@ -307,7 +344,7 @@ fi
 # (the gateway's threads are all in its /proc/PID/stat).
 proxy_pids() {
   local name=$1
-  if [[ $name == nginx || $name == upstream ]]; then
+  if [[ $name == nginx || $name == nginx-log || $name == upstream ]]; then
     local workers
     workers=$(pgrep -P "${PID[$name]}" | tr '\n' ' ' || true)
     echo "${PID[$name]} $workers"
@@ -356,6 +393,10 @@ check() { # name body expected-status
   fi
 }
 for name in nginx haproxy gateway gateway-miss; do
+  check "$name" "$REQUEST_BODY" 200
+done
+[[ $LOGGED != 1 ]] || for name in nginx-log gateway-log; do check "$name" "$REQUEST_BODY" 200; done
+[[ $TRACED != 1 ]] || for name in gateway-trace5 gateway-trace100; do
   check "$name" "$REQUEST_BODY" 200
 done
 [[ $FLOOR != 1 ]] || check floor "$REQUEST_BODY" 200
@@ -579,6 +620,14 @@ CLOSED=("${MAIN[@]}")                         # interleaved in the closed loop
 if [[ $FLOOR == 1 ]]; then
   CLOSED+=(floor)                             # the stack alone: closed loop only
   EXTRA+=(floor)
+fi
+if [[ $LOGGED == 1 ]]; then
+  CLOSED+=(nginx-log gateway-log)             # access logs on, as in production
+  EXTRA+=(nginx-log gateway-log)
+fi
+if [[ $TRACED == 1 ]]; then
+  CLOSED+=(gateway-trace5 gateway-trace100)   # tracing at 5% and 100%
+  EXTRA+=(gateway-trace5 gateway-trace100)
 fi
 
 # Calibration: one closed-loop run of nginx, whose rate is "nginx's maximum rate" for the open-loop

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::cache::Verdict;
+use crate::otel::ClientSpan;
 
 /// Introspection answers are small; a larger body is treated as an error.
 const MAX_BODY: usize = 64 * 1024;
@@ -137,6 +138,16 @@ impl Introspector {
             .map_err(|e| IntrospectError::Transport(e.to_string()))?;
         req.headers_mut().insert(AUTHORIZATION, authorization);
         req.headers_mut().insert(X_SESSION_TOKEN.clone(), session);
+        // A CLIENT span under the request's SERVER span, when tracing is on.
+        let host = self.url.host().unwrap_or("");
+        let port = self.url.port_u16().unwrap_or(match self.url.scheme_str() {
+            Some("http") => 80,
+            _ => 443,
+        });
+        let mut span = ClientSpan::start_in_current(req.method(), host, port);
+        if let Some(span) = &span {
+            span.inject(req.headers_mut());
+        }
         let exchange = async {
             let res = self
                 .client
@@ -144,6 +155,9 @@ impl Introspector {
                 .await
                 .map_err(|e| IntrospectError::Transport(e.to_string()))?;
             let (parts, body) = res.into_parts();
+            if let Some(span) = span.take() {
+                span.answered(parts.status);
+            }
             let body = Limited::new(body, MAX_BODY)
                 .collect()
                 .await
@@ -151,9 +165,16 @@ impl Introspector {
                 .to_bytes();
             judge(parts.status, &parts.headers, &body)
         };
-        tokio::time::timeout(self.timeout, exchange)
+        let result = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| IntrospectError::Timeout)?
+            .map_err(|_| IntrospectError::Timeout);
+        if let Some(span) = span {
+            span.failed(match result {
+                Err(_) => "timeout",
+                Ok(_) => "transport",
+            });
+        }
+        result?
     }
 }
 

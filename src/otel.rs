@@ -1,0 +1,839 @@
+//! Distributed tracing (gateway.md §7) with the official OpenTelemetry crates: W3C trace context
+//! in and out, a SERVER span per request, CLIENT spans for the upstream call and introspection,
+//! exported as OTLP http/protobuf by the SDK's batch processor on its own thread.
+//!
+//! No global provider is installed: the [`Telemetry`] handle lives in the built stack (its
+//! `Parts`), so that a reload builds a new one and the old one flushes and ends when the old stack
+//! is dropped. The export goes through hyper and hyper-rustls (ring), the HTTP stack the gateway
+//! already has, on the gateway's tokio runtime.
+//!
+//! The bound on the export queue is the gateway's own: spans ended but not yet handed to the
+//! exporter. Past it a span is dropped and counted (`gateway_trace_spans_dropped_total`); a batch
+//! the collector does not take is counted (`gateway_trace_export_errors_total`). Neither ever
+//! waits on the request path.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HttpClient, HttpError};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
+    SpanExporter, SpanProcessor,
+};
+use opentelemetry_sdk::Resource;
+use prometheus::IntCounter;
+
+use crate::config::{OtlpProtocol, TracingConfig};
+use crate::metrics::Metrics;
+use crate::upstream::{root_store, tls_config, SetupError};
+
+/// Spans ended but not yet exported, beyond which new ones are dropped and counted.
+pub(crate) const MAX_QUEUED_SPANS: usize = 2048;
+/// Spans per export request (the SDK's default).
+const MAX_BATCH: usize = 512;
+/// The whole export request, connect to response body.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long ended spans wait to fill a batch, unless `OTEL_BSP_SCHEDULE_DELAY` says otherwise.
+const SCHEDULE_DELAY: Duration = Duration::from_secs(1);
+const DEFAULT_SERVICE: &str = "companies-gateway";
+const DEFAULT_RATIO: f64 = 0.05;
+/// `user_agent.original` is cut to this many bytes.
+const MAX_USER_AGENT: usize = 256;
+
+/// `[tracing]` after the `OTEL_*` fallbacks; `None` from [`Settings::resolve`]: tracing is off.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settings {
+    /// The traces URL itself (`…/v1/traces`).
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// `None`: `OTEL_TRACES_SAMPLER` is set and the SDK reads it.
+    pub sample_ratio: Option<f64>,
+    /// `None`: `OTEL_SERVICE_NAME` is set and the SDK reads it.
+    pub service_name: Option<String>,
+    /// Config headers; the exporter adds `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS` itself.
+    pub headers: HashMap<String, String>,
+}
+
+impl Settings {
+    /// A key the config leaves unset falls back to its `OTEL_*` variable, read through `env`.
+    pub(crate) fn resolve(
+        cfg: &TracingConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Settings>, SetupError> {
+        let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let endpoint = match &cfg.otlp_endpoint {
+            Some(base) => traces_url(base),
+            None => match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+                Some(full) => full,
+                None => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                    Some(base) => traces_url(&base),
+                    None => return Ok(None),
+                },
+            },
+        };
+        let protocol = match cfg.protocol {
+            Some(p) => p,
+            None => match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+                .as_deref()
+            {
+                None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+                Some("grpc") => OtlpProtocol::Grpc,
+                Some(other) => {
+                    return Err(SetupError::Config(format!(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL: `{other}` is not http/protobuf or grpc"
+                    )))
+                }
+            },
+        };
+        if protocol == OtlpProtocol::Grpc {
+            // Refused rather than skipped: the exporter is not built (see the README).
+            return Err(SetupError::Config(
+                "tracing.protocol: grpc is not supported by this build; use http/protobuf \
+                 (the collector's port 4318)"
+                    .into(),
+            ));
+        }
+        let sample_ratio = match cfg.sample_ratio {
+            Some(r) => Some(r),
+            None if env("OTEL_TRACES_SAMPLER").is_some() => None,
+            None => Some(DEFAULT_RATIO),
+        };
+        let service_name = match &cfg.service_name {
+            Some(s) => Some(s.clone()),
+            None if env("OTEL_SERVICE_NAME").is_some() => None,
+            None => Some(DEFAULT_SERVICE.to_string()),
+        };
+        Ok(Some(Settings {
+            endpoint,
+            protocol,
+            sample_ratio,
+            service_name,
+            headers: cfg
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }))
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`'s rule: the signal's path is appended to the base URL.
+fn traces_url(base: &str) -> String {
+    format!("{}/v1/traces", base.trim_end_matches('/'))
+}
+
+/// The tracer and its provider; cloning shares them. The last clone dropped (the stack's, at
+/// shutdown or after a reload) shuts the provider down, which exports what is queued.
+#[derive(Clone, Debug)]
+pub(crate) struct Telemetry {
+    tracer: SdkTracer,
+    _provider: Arc<ShutDown>,
+}
+
+/// Shuts the provider down off the runtime: the shutdown waits for the last export, which runs on
+/// the runtime, so waiting on a worker thread (the only one, with `worker_threads = 1`) would hold
+/// both up until the SDK's timeout.
+#[derive(Debug)]
+struct ShutDown(SdkTracerProvider);
+
+impl Drop for ShutDown {
+    fn drop(&mut self) {
+        let provider = self.0.clone();
+        let _ = std::thread::Builder::new()
+            .name("otel-shutdown".into())
+            .spawn(move || {
+                let _ = provider.shutdown();
+            });
+    }
+}
+
+/// The gateway's tracer, carried in a request's trace context so that whatever runs within it
+/// (introspection) can start a child span without being handed the tracer.
+#[derive(Clone, Debug)]
+struct InContext(SdkTracer);
+
+impl Telemetry {
+    /// Builds the exporter and provider from `[tracing]`; `Ok(None)` when tracing is off. Must run
+    /// on the gateway's runtime: exports are sent from it.
+    pub(crate) fn build(
+        cfg: &TracingConfig,
+        ca_file: Option<&std::path::Path>,
+        metrics: &Metrics,
+    ) -> Result<Option<Telemetry>, SetupError> {
+        let Some(settings) = Settings::resolve(cfg, |k| std::env::var(k).ok())? else {
+            return Ok(None);
+        };
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            SetupError::Config("tracing: the exporter needs the gateway's runtime".into())
+        })?;
+        // The collector is trusted with the upstream's anchors, as introspection is.
+        let tls = tls_config(root_store(ca_file)?)?;
+        let client = OtlpClient::new(tls, runtime);
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(settings.endpoint.clone())
+            .with_headers(settings.headers.clone())
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| SetupError::Config(format!("tracing.otlp_endpoint: {e}")))?;
+        Ok(Some(Telemetry::with_exporter(
+            exporter,
+            &settings,
+            metrics.trace_spans_dropped.clone(),
+            metrics.trace_export_errors.clone(),
+        )))
+    }
+
+    /// The provider around any exporter (tests use the SDK's in-memory one too).
+    pub(crate) fn with_exporter<E: SpanExporter + 'static>(
+        exporter: E,
+        settings: &Settings,
+        dropped: IntCounter,
+        errors: IntCounter,
+    ) -> Telemetry {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let exporter = Counted {
+            inner: exporter,
+            queued: queued.clone(),
+            errors,
+        };
+        let mut batch = BatchConfigBuilder::default()
+            // The SDK's own queue never fills first: the bound that counts is ours.
+            .with_max_queue_size(MAX_QUEUED_SPANS + MAX_BATCH)
+            .with_max_export_batch_size(MAX_BATCH);
+        if std::env::var_os(opentelemetry_sdk::trace::OTEL_BSP_SCHEDULE_DELAY).is_none() {
+            batch = batch.with_scheduled_delay(SCHEDULE_DELAY);
+        }
+        let processor = Bounded {
+            inner: BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch.build())
+                .build(),
+            queued,
+            dropped,
+        };
+        let mut resource = Resource::builder();
+        if let Some(name) = &settings.service_name {
+            resource = resource.with_service_name(name.clone());
+        }
+        let mut provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_resource(resource.build());
+        if let Some(ratio) = settings.sample_ratio {
+            // A parent's decision is kept; only roots are sampled at the ratio.
+            provider = provider.with_sampler(Sampler::ParentBased(Box::new(
+                Sampler::TraceIdRatioBased(ratio),
+            )));
+        }
+        let provider = provider.build();
+        Telemetry {
+            tracer: provider.tracer("companies-gateway"),
+            _provider: Arc::new(ShutDown(provider)),
+        }
+    }
+
+    /// Exports what is queued now (tests; shutdown does it on drop).
+    #[cfg(test)]
+    pub(crate) fn flush(&self) {
+        let _ = self._provider.0.force_flush();
+    }
+
+    /// Starts the SERVER span of a request: a valid incoming `traceparent` (and `tracestate`) is
+    /// continued, anything else starts a new trace. Attributes known now are set only when the
+    /// span records, so an unsampled request pays for the ids and little more.
+    pub(crate) fn start_server(&self, req: &ServerRequest<'_>) -> Context {
+        let parent = if req.headers.contains_key("traceparent") {
+            TraceContextPropagator::new()
+                .extract_with_context(&Context::new(), &HeaderExtractor(req.headers))
+        } else {
+            Context::new()
+        };
+        let span = self
+            .tracer
+            .span_builder(req.method)
+            .with_kind(SpanKind::Server)
+            .start_with_context(&self.tracer, &parent);
+        let cx = parent
+            .with_value(InContext(self.tracer.clone()))
+            .with_span(span);
+        let span = cx.span();
+        if span.is_recording() {
+            if let Some(template) = req.template {
+                span.update_name(format!("{} {template}", req.method));
+                span.set_attribute(KeyValue::new("http.route", template.to_string()));
+            }
+            let mut attrs = vec![
+                KeyValue::new("http.request.method", req.method),
+                KeyValue::new("url.path", req.path.to_string()),
+                KeyValue::new("url.scheme", if req.tls { "https" } else { "http" }),
+                KeyValue::new("network.protocol.version", protocol_version(req.version)),
+            ];
+            if let Some(ip) = req.client {
+                attrs.push(KeyValue::new("client.address", ip.to_string()));
+            }
+            if let Some(ua) = req.user_agent {
+                let ua = &ua.as_bytes()[..ua.len().min(MAX_USER_AGENT)];
+                attrs.push(KeyValue::new(
+                    "user_agent.original",
+                    String::from_utf8_lossy(ua).into_owned(),
+                ));
+            }
+            span.set_attributes(attrs);
+        }
+        cx
+    }
+}
+
+/// What the SERVER span is started from.
+pub(crate) struct ServerRequest<'a> {
+    /// `GET`…`OPTIONS`, or `_OTHER`.
+    pub method: &'static str,
+    pub template: Option<&'a str>,
+    /// Without the query, which may carry secrets.
+    pub path: &'a str,
+    pub version: Version,
+    pub tls: bool,
+    pub client: Option<std::net::IpAddr>,
+    pub user_agent: Option<&'a HeaderValue>,
+    pub headers: &'a HeaderMap,
+}
+
+/// What the SERVER span ends with.
+pub(crate) struct ServerEnd<'a> {
+    pub status: StatusCode,
+    pub outcome: &'static str,
+    pub reason: Option<&'static str>,
+    /// The problem slug of a response the gateway wrote.
+    pub problem: Option<&'a str>,
+}
+
+/// Ends the SERVER span in `cx`. Status is Error only for 5xx.
+pub(crate) fn end_server(cx: &Context, end: &ServerEnd<'_>) {
+    let span = cx.span();
+    if span.is_recording() {
+        let mut attrs = vec![
+            KeyValue::new("http.response.status_code", i64::from(end.status.as_u16())),
+            KeyValue::new("gateway.outcome", end.outcome),
+        ];
+        if let Some(r) = end.reason {
+            attrs.push(KeyValue::new("gateway.reason", r));
+        }
+        match end.problem {
+            Some(slug) => attrs.push(KeyValue::new("error.type", slug.to_string())),
+            None if end.status.is_server_error() => {
+                attrs.push(KeyValue::new("error.type", end.status.as_u16().to_string()))
+            }
+            None => {}
+        }
+        span.set_attributes(attrs);
+        if end.status.is_server_error() {
+            span.set_status(Status::error(""));
+        }
+    }
+    span.end();
+}
+
+/// `network.protocol.version`.
+fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// The trace and span ids of the SERVER span, for the access log.
+pub(crate) fn ids(cx: &Context) -> ([u8; 16], [u8; 8]) {
+    let sc = cx.span().span_context().clone();
+    (sc.trace_id().to_bytes(), sc.span_id().to_bytes())
+}
+
+/// A CLIENT span: one per upstream attempt, one per introspection call. Ends when finished or,
+/// if the call is abandoned, when dropped.
+pub(crate) struct ClientSpan(Context);
+
+impl ClientSpan {
+    /// A child of the span in `parent`, when tracing is on (the tracer travels in the context).
+    pub(crate) fn start(
+        parent: &Context,
+        method: &Method,
+        host: &str,
+        port: u16,
+    ) -> Option<ClientSpan> {
+        let tracer = &parent.get::<InContext>()?.0;
+        let method = semconv_method(method);
+        let span = tracer
+            .span_builder(method)
+            .with_kind(SpanKind::Client)
+            .start_with_context(tracer, parent);
+        let cx = parent.with_span(span);
+        let span = cx.span();
+        if span.is_recording() {
+            span.set_attributes([
+                KeyValue::new("http.request.method", method),
+                KeyValue::new("server.address", host.to_string()),
+                KeyValue::new("server.port", i64::from(port)),
+            ]);
+        }
+        Some(ClientSpan(cx))
+    }
+
+    /// The span that the current task runs in, if any (introspection runs within the request's).
+    pub(crate) fn start_in_current(method: &Method, host: &str, port: u16) -> Option<ClientSpan> {
+        ClientSpan::start(&Context::current(), method, host, port)
+    }
+
+    /// Sets `traceparent` (and `tracestate`) to this span, replacing what the client sent.
+    /// Written by hand: the propagator's `format!`s cost more than the rest of an unsampled span.
+    pub(crate) fn inject(&self, headers: &mut HeaderMap) {
+        let span = self.0.span();
+        let sc = span.span_context();
+        let mut tp = [0u8; 55];
+        tp[..3].copy_from_slice(b"00-");
+        hex_into(&mut tp[3..35], &sc.trace_id().to_bytes());
+        tp[35] = b'-';
+        hex_into(&mut tp[36..52], &sc.span_id().to_bytes());
+        tp[52] = b'-';
+        hex_into(&mut tp[53..55], &[sc.trace_flags().to_u8()]);
+        headers.remove(&TRACESTATE);
+        if let Ok(v) = HeaderValue::from_bytes(&tp) {
+            headers.insert(TRACEPARENT.clone(), v);
+        }
+        let state = sc.trace_state().header();
+        if !state.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&state) {
+                headers.insert(TRACESTATE.clone(), v);
+            }
+        }
+    }
+
+    /// The peer answered with `status`.
+    pub(crate) fn answered(self, status: StatusCode) {
+        let span = self.0.span();
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status.as_u16()),
+            ));
+            if status.is_server_error() {
+                span.set_attribute(KeyValue::new("error.type", status.as_u16().to_string()));
+                span.set_status(Status::error(""));
+            }
+        }
+        span.end();
+    }
+
+    /// The call failed without an answer; `kind` is a closed label (`connect`, `timeout`, …).
+    pub(crate) fn failed(self, kind: &'static str) {
+        let span = self.0.span();
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new("error.type", kind));
+            span.set_status(Status::error(""));
+        }
+        span.end();
+    }
+}
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+/// `http.request.method`: the known methods, else `_OTHER`.
+pub(crate) fn semconv_method(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+/// Bounds the spans waiting for export, counting what it drops.
+#[derive(Debug)]
+struct Bounded {
+    inner: BatchSpanProcessor,
+    /// Ended and not yet handed to the exporter; decremented by [`Counted`].
+    queued: Arc<AtomicUsize>,
+    dropped: IntCounter,
+}
+
+impl SpanProcessor for Bounded {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_SPANS {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.inc();
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Counts the batches the collector did not take.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    queued: Arc<AtomicUsize>,
+    errors: IntCounter,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        let result = self.inner.export(batch).await;
+        if result.is_err() {
+            self.errors.inc();
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The exporter's HTTP client: hyper-util's client over hyper-rustls, driven on the gateway's
+/// runtime (the SDK's batch thread has none).
+#[derive(Debug, Clone)]
+struct OtlpClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A collector's answer is small; this bounds a broken one.
+const MAX_RESPONSE: usize = 1 << 20;
+
+impl OtlpClient {
+    fn new(tls: rustls::ClientConfig, runtime: tokio::runtime::Handle) -> OtlpClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(EXPORT_TIMEOUT));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        OtlpClient { client, runtime }
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpClient for OtlpClient {
+    async fn send_bytes(&self, req: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let client = self.client.clone();
+        let exchange = async move {
+            let res = client.request(req.map(Full::new)).await?;
+            let (parts, body) = res.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE).collect().await?.to_bytes();
+            Ok::<_, HttpError>(Response::from_parts(parts, body))
+        };
+        let timed = async move {
+            tokio::time::timeout(EXPORT_TIMEOUT, exchange)
+                .await
+                .map_err(|_| HttpError::from("OTLP export timed out"))?
+        };
+        self.runtime.spawn(timed).await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::SpanContext;
+
+    /// Keeps what it is given (the SDK's own needs its `testing` feature).
+    #[derive(Debug, Clone, Default)]
+    struct Memory(Arc<std::sync::Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Memory {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn no_endpoint_anywhere_is_off() {
+        let cfg = TracingConfig::default();
+        assert_eq!(Settings::resolve(&cfg, env(&[])).unwrap(), None);
+        assert_eq!(
+            Settings::resolve(&cfg, env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn the_config_wins_and_otel_variables_fill_what_it_leaves_unset() {
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318/"),
+            ("OTEL_SERVICE_NAME", "from-env"),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ];
+        let s = Settings::resolve(&TracingConfig::default(), env(&vars))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.endpoint, "http://env:4318/v1/traces");
+        // Left to the SDK, which reads the variables.
+        assert_eq!(s.service_name, None);
+        assert_eq!(s.sample_ratio, None);
+        let cfg = TracingConfig {
+            otlp_endpoint: Some("http://cfg:4318".into()),
+            sample_ratio: Some(0.5),
+            service_name: Some("gw".into()),
+            ..TracingConfig::default()
+        };
+        let s = Settings::resolve(&cfg, env(&vars)).unwrap().unwrap();
+        assert_eq!(s.endpoint, "http://cfg:4318/v1/traces");
+        assert_eq!(s.sample_ratio, Some(0.5));
+        assert_eq!(s.service_name.as_deref(), Some("gw"));
+        let s = Settings::resolve(
+            &TracingConfig::default(),
+            env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:1/x")]),
+        )
+        .unwrap()
+        .unwrap();
+        // The signal's own variable is the whole URL.
+        assert_eq!(s.endpoint, "http://t:1/x");
+        assert_eq!(s.sample_ratio, Some(DEFAULT_RATIO));
+        assert_eq!(s.service_name.as_deref(), Some(DEFAULT_SERVICE));
+    }
+
+    #[test]
+    fn grpc_is_refused_at_load_not_skipped() {
+        let cfg = TracingConfig {
+            otlp_endpoint: Some("http://c:4317".into()),
+            protocol: Some(OtlpProtocol::Grpc),
+            ..TracingConfig::default()
+        };
+        let err = Settings::resolve(&cfg, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("tracing.protocol"), "{err}");
+        let err = Settings::resolve(
+            &TracingConfig {
+                otlp_endpoint: Some("http://c:4318".into()),
+                ..TracingConfig::default()
+            },
+            env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{err}");
+    }
+
+    fn settings(ratio: f64) -> Settings {
+        Settings {
+            endpoint: String::new(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            sample_ratio: Some(ratio),
+            service_name: Some("t".into()),
+            headers: HashMap::new(),
+        }
+    }
+
+    fn counter() -> IntCounter {
+        IntCounter::new("c", "c").unwrap()
+    }
+
+    fn request<'a>(headers: &'a HeaderMap) -> ServerRequest<'a> {
+        ServerRequest {
+            method: "PATCH",
+            template: Some("/companies/v2/{companyId}"),
+            path: "/companies/v2/1",
+            version: Version::HTTP_11,
+            tls: false,
+            client: None,
+            user_agent: None,
+            headers,
+        }
+    }
+
+    #[test]
+    fn a_parents_sampling_decision_is_kept_and_roots_follow_the_ratio() {
+        let exporter = Memory::default();
+        let t = Telemetry::with_exporter(exporter.clone(), &settings(0.0), counter(), counter());
+        let mut h = HeaderMap::new();
+        // Ratio 0: a root is not sampled, but still has ids to propagate.
+        let cx = t.start_server(&request(&h));
+        assert!(!cx.span().span_context().is_sampled());
+        assert!(cx.span().span_context().is_valid());
+        end_server(
+            &cx,
+            &ServerEnd {
+                status: StatusCode::OK,
+                outcome: "forwarded",
+                reason: None,
+                problem: None,
+            },
+        );
+        // A sampled parent is followed, whatever the ratio; its trace id is kept.
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        h.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        let cx = t.start_server(&request(&h));
+        let sc: SpanContext = cx.span().span_context().clone();
+        assert!(sc.is_sampled());
+        assert_eq!(
+            format!("{:032x}", sc.trace_id()),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        // The upstream gets the CLIENT span as parent, with the caller's tracestate.
+        let client = ClientSpan::start(&cx, &Method::PATCH, "up", 443).unwrap();
+        let mut out = HeaderMap::new();
+        out.insert("traceparent", HeaderValue::from_static("garbage"));
+        client.inject(&mut out);
+        let tp = out["traceparent"].to_str().unwrap().to_string();
+        assert!(
+            tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{tp}"
+        );
+        assert!(tp.ends_with("-01"), "{tp}");
+        assert_eq!(out["tracestate"], "vendor=x");
+        client.answered(StatusCode::BAD_GATEWAY);
+        end_server(
+            &cx,
+            &ServerEnd {
+                status: StatusCode::BAD_GATEWAY,
+                outcome: "forwarded",
+                reason: None,
+                problem: None,
+            },
+        );
+        // An invalid traceparent starts a new trace.
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-zz-b7ad6b7169203331-01"),
+        );
+        let cx = t.start_server(&request(&h));
+        assert_ne!(
+            format!("{:032x}", cx.span().span_context().trace_id()),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        drop(cx);
+        t.flush();
+        let spans = exporter.0.lock().unwrap().clone();
+        assert_eq!(spans.len(), 2, "only the sampled trace is exported");
+        let server = spans
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Server)
+            .unwrap();
+        let client = spans
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Client)
+            .unwrap();
+        assert_eq!(client.parent_span_id, server.span_context.span_id());
+        assert_eq!(server.name, "PATCH /companies/v2/{companyId}");
+        assert!(matches!(server.status, Status::Error { .. }));
+        assert!(matches!(client.status, Status::Error { .. }));
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        // An exporter that never returns holds the batch thread; spans then pile up.
+        #[derive(Debug)]
+        struct Stuck;
+        impl SpanExporter for Stuck {
+            async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+        let dropped = counter();
+        let t = Telemetry::with_exporter(Stuck, &settings(1.0), dropped.clone(), counter());
+        let h = HeaderMap::new();
+        let n = MAX_QUEUED_SPANS + MAX_BATCH + 100;
+        for _ in 0..n {
+            let cx = t.start_server(&request(&h));
+            end_server(
+                &cx,
+                &ServerEnd {
+                    status: StatusCode::OK,
+                    outcome: "forwarded",
+                    reason: None,
+                    problem: None,
+                },
+            );
+        }
+        // At most one batch left the queue for the stuck exporter; the rest is held or counted.
+        assert!(
+            dropped.get() >= (n - MAX_QUEUED_SPANS - MAX_BATCH) as u64,
+            "{}",
+            dropped.get()
+        );
+        assert!(
+            dropped.get() <= (n - MAX_QUEUED_SPANS) as u64,
+            "{}",
+            dropped.get()
+        );
+        std::mem::forget(t);
+    }
+}
