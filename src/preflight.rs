@@ -1,7 +1,7 @@
 //! Load and validate everything, as `nginx -t` does: the config file and its environment
-//! overrides, then every file the config names (listener certificate and key, upstream CA, the
-//! session's key files, the OpenAPI document), read and parsed by the same functions that build
-//! the stack. `--check-config`, start-up and reload all call [`load`], so that a config the check
+//! overrides, then every file the config names (listener certificate and key, upstream CA and
+//! client certificate and key, the session's key files, the store's secret, the OpenAPI document),
+//! read and parsed by the same functions that build the stack. `--check-config`, start-up and reload all call [`load`], so that a config the check
 //! passes is one the gateway starts with, and a missing or malformed file fails the check, naming
 //! its key (gateway.md §1).
 
@@ -94,6 +94,20 @@ pub fn check(config: &Config) -> Result<Report, LoadError> {
                 other => other.to_string(),
             };
             file("upstream.ca_file", ca, message)
+        })?;
+    }
+    if let (Some(cert), Some(key)) = (&config.upstream.client_cert, &config.upstream.client_key) {
+        crate::upstream::load_client_auth(cert, key).map_err(|e| match e {
+            crate::upstream::SetupError::ClientCert {
+                key: k, message, ..
+            } => {
+                let (k, p) = match k {
+                    "client_key" => ("upstream.client_key", key),
+                    _ => ("upstream.client_cert", cert),
+                };
+                file(k, p, message)
+            }
+            other => file("upstream.client_cert", cert, other.to_string()),
         })?;
     }
     let s = &config.session;
@@ -228,6 +242,16 @@ mod tests {
         assert_eq!(k, "upstream.ca_file");
         assert!(text.contains("no PEM certificate"), "{text}");
         c.upstream.ca_file = Some(cert_path.clone());
+        check(&c).unwrap();
+
+        let mut c = Config::default();
+        c.upstream.client_cert = Some(missing.clone());
+        c.upstream.client_key = Some(key_path.clone());
+        assert_eq!(fails(&c).0, "upstream.client_cert");
+        c.upstream.client_cert = Some(cert_path.clone());
+        c.upstream.client_key = Some(garbage.clone());
+        assert_eq!(fails(&c).0, "upstream.client_key");
+        c.upstream.client_key = Some(key_path.clone());
         check(&c).unwrap();
 
         let mut c = Config::default();

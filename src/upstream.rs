@@ -380,7 +380,7 @@ type ClientAuth = (
     Option<i64>,
 );
 
-fn load_client_auth(cert: &Path, key: &Path) -> Result<ClientAuth, SetupError> {
+pub(crate) fn load_client_auth(cert: &Path, key: &Path) -> Result<ClientAuth, SetupError> {
     let err = |k: &'static str, p: &Path, message: String| SetupError::ClientCert {
         key: k,
         path: p.display().to_string(),
