@@ -250,77 +250,104 @@ struct Walk<'r, 'p> {
 }
 
 impl Walk<'_, '_> {
-    /// From `node`, with the next segment starting at `at` (`None`: the path is consumed).
-    fn from(&mut self, node: usize, at: Option<usize>) -> Option<usize> {
-        let n = self.nodes.get(node)?;
-        let Some(start) = at else {
-            if let Some(&(_, index)) = n.ops.iter().find(|(m, _)| m == self.method) {
-                return Some(index);
-            }
-            let wanted = self.method.as_str().as_bytes();
-            self.method_case |= n
-                .ops
-                .iter()
-                .any(|(m, _)| m.as_str().as_bytes().eq_ignore_ascii_case(wanted));
-            return None;
-        };
-        let rest = self.path.get(start..self.end)?;
-        // The next segment starts after `len` bytes of `rest`, if a `/` follows them.
-        let after = |len: usize| (len < rest.len()).then_some(start + len + 1);
-        if n.literals.len() <= 4 {
-            // A literal is compared in place: no scan for the segment's end first.
-            // At most one matches: they are unique once lower-cased.
-            let literal = n.literals.iter().find(|(lit, _)| {
-                rest.get(..lit.len())
-                    .is_some_and(|head| head.eq_ignore_ascii_case(lit))
-                    && rest.get(lit.len()).is_none_or(|&b| b == b'/')
-            });
-            if let Some((lit, child)) = literal {
-                if let Some(index) = self.from(*child, after(lit.len())) {
+    /// From `node`, with the next segment starting at `at` (`None`: the path is consumed). A loop
+    /// down the trie; it recurses only where a node has both a matching literal and a parameter,
+    /// to come back to the parameter if the literal's branch finds nothing.
+    fn from(&mut self, mut node: usize, mut at: Option<usize>) -> Option<usize> {
+        loop {
+            let n = self.nodes.get(node)?;
+            let Some(start) = at else {
+                if let Some(&(_, index)) = n.ops.iter().find(|(m, _)| m == self.method) {
                     return Some(index);
                 }
-            }
-        }
-        let len = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
-        let segment = &rest[..len];
-        if n.literals.len() > 4 {
-            // Lower-cased once into a stack buffer, so that each probe is a plain compare.
-            let mut buf = [0u8; 64];
-            let found = match buf.get_mut(..segment.len()) {
-                Some(out) => {
-                    out.copy_from_slice(segment);
-                    out.make_ascii_lowercase();
-                    let folded = &*out;
-                    n.literals
-                        .binary_search_by(|(lit, _)| {
-                            lit.len()
-                                .cmp(&folded.len())
-                                .then_with(|| (**lit).cmp(folded))
-                        })
-                        .ok()
-                }
-                None => n
-                    .literals
-                    .binary_search_by(|(lit, _)| cmp_folded(lit, segment))
-                    .ok(),
+                let wanted = self.method.as_str().as_bytes();
+                self.method_case |= n
+                    .ops
+                    .iter()
+                    .any(|(m, _)| m.as_str().as_bytes().eq_ignore_ascii_case(wanted));
+                return None;
             };
-            if let Some(&(_, child)) = found.and_then(|at| n.literals.get(at)) {
-                if let Some(index) = self.from(child, after(len)) {
+            let rest = self.path.get(start..self.end)?;
+            // The next segment starts after `len` bytes of `rest`, if a `/` follows them.
+            let after = |len: usize| (len < rest.len()).then_some(start + len + 1);
+            let mut segment_len = None;
+            let literal = if n.literals.is_empty() {
+                None
+            } else if n.literals.len() <= 4 {
+                // A literal is compared in place: no scan for the segment's end first.
+                // At most one matches: they are unique once lower-cased.
+                n.literals
+                    .iter()
+                    .find(|(lit, _)| {
+                        rest.get(..lit.len())
+                            .is_some_and(|head| folded_eq(head, lit))
+                            && rest.get(lit.len()).is_none_or(|&b| b == b'/')
+                    })
+                    .map(|(lit, child)| (*child, after(lit.len())))
+            } else {
+                let len = segment_end(rest);
+                segment_len = Some(len);
+                find_sorted(&n.literals, &rest[..len]).map(|child| (child, after(len)))
+            };
+            let Some(param) = n.param else {
+                // No parameter to fall back to: the literal's branch is the only one.
+                (node, at) = literal?;
+                continue;
+            };
+            if let Some((child, next)) = literal {
+                let saved = self.params.len;
+                if let Some(index) = self.from(child, next) {
                     return Some(index);
                 }
+                self.params.len = saved;
             }
+            let len = segment_len.unwrap_or_else(|| segment_end(rest));
+            self.params.push(start, start + len);
+            (node, at) = (param, after(len));
         }
-        let stop = start + len;
-        let next = after(len);
-        let child = n.param?;
-        let saved = self.params.len;
-        self.params.push(start, stop);
-        let found = self.from(child, next);
-        if found.is_none() {
-            self.params.len = saved;
-        }
-        found
     }
+}
+
+/// Where the segment at the start of `rest` ends.
+fn segment_end(rest: &[u8]) -> usize {
+    rest.iter().position(|&b| b == b'/').unwrap_or(rest.len())
+}
+
+/// `segment` equals the lower-cased `literal` in ASCII case-insensitive comparison: a byte is the
+/// literal's, or its upper-case form where the literal has a lower-case letter. Without an early
+/// exit, so that long literals compare a word at a time.
+fn folded_eq(segment: &[u8], literal: &[u8]) -> bool {
+    segment.len() == literal.len()
+        && segment.iter().zip(literal).fold(0u8, |diff, (&s, &l)| {
+            let fold = u8::from(l.wrapping_sub(b'a') < 26) << 5;
+            diff | ((s | fold) ^ l)
+        }) == 0
+}
+
+/// The child of the literal equal to `segment` (any case) among sorted lower-cased literals.
+fn find_sorted(literals: &[(Box<[u8]>, usize)], segment: &[u8]) -> Option<usize> {
+    // Lower-cased once into a stack buffer, so that each probe is a plain compare.
+    let mut buf = [0u8; 64];
+    let found = match buf.get_mut(..segment.len()) {
+        Some(out) => {
+            out.copy_from_slice(segment);
+            out.make_ascii_lowercase();
+            let folded = &*out;
+            literals
+                .binary_search_by(|(lit, _)| {
+                    lit.len()
+                        .cmp(&folded.len())
+                        .then_with(|| (**lit).cmp(folded))
+                })
+                .ok()
+        }
+        None => literals
+            .binary_search_by(|(lit, _)| cmp_folded(lit, segment))
+            .ok(),
+    };
+    found
+        .and_then(|at| literals.get(at))
+        .map(|&(_, child)| child)
 }
 
 /// Why a path is not canonical.

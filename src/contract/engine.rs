@@ -435,7 +435,23 @@ fn shown(text: &str) -> String {
 impl Cx<'_> {
     /// The type check; `false` (and a violation) when the value's kind is not allowed. At the
     /// root the violation comes first (`at`), as the answer's headline.
+    #[inline]
     fn type_ok(
+        &self,
+        node: &Node,
+        shape: Shape,
+        ctx: &Ctx<'_>,
+        report: &mut Report,
+        at: usize,
+    ) -> bool {
+        // The allowed kind, the usual case, is decided inline; a violation out of line.
+        (!node.never && node.types & shape.bits() != 0)
+            || self.type_refused(node, shape, ctx, report, at)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn type_refused(
         &self,
         node: &Node,
         shape: Shape,

@@ -176,6 +176,12 @@ impl MediaRange {
             && (self.subtype == "*" || subtype.eq_ignore_ascii_case(self.subtype.as_bytes()))
     }
 
+    /// `matches(b"application", b"json")` for a lower-case range, without folding case.
+    fn takes_json(&self) -> bool {
+        (self.kind == "application" || self.kind == "*")
+            && (self.subtype == "json" || self.subtype == "*")
+    }
+
     fn text(&self) -> String {
         format!("{}/{}", self.kind, self.subtype)
     }
@@ -215,6 +221,13 @@ pub(crate) fn check_media_type(
         ));
     }
     let value = first.as_bytes();
+    if value == b"application/json" {
+        // The usual spelling exactly: the first range that takes it, by plain compares (ranges
+        // are lower case).
+        if let Some(at) = ranges.iter().position(MediaRange::takes_json) {
+            return Ok((at, true));
+        }
+    }
     let (kind, subtype, charset_ok) = if value.eq_ignore_ascii_case(b"application/json") {
         // The usual spelling, without the grammar walk.
         (&b"application"[..], &b"json"[..], true)

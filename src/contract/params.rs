@@ -45,9 +45,17 @@ pub fn check_path_params(company_id: &str, contact_id: &str) -> Result<(), Viola
 }
 
 pub(crate) fn is_decimal_i64(value: &str) -> bool {
+    decimal_i64(value).is_some()
+}
+
+/// The value of a plain decimal integer within i64, read once.
+fn decimal_i64(value: &str) -> Option<i64> {
     let digits = value.strip_prefix('-').unwrap_or(value);
     // `str::parse` alone would also take a leading `+`.
-    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && value.parse::<i64>().is_ok()
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse::<i64>().ok()
 }
 
 /// Where a parameter is.
@@ -185,8 +193,8 @@ fn typed<'a>(
         if types & ty::NUMBER == 0 && types & ty::STRING == 0 {
             // An integer parameter: a plain decimal integer, whatever the spelling of the value
             // (leading zeros and -0 are fine, `+1`, spaces and exponents are not).
-            if is_decimal_i64(&text) {
-                return Ok(Tree::Num(Num::I(text.parse().unwrap_or_default())));
+            if let Some(n) = decimal_i64(&text) {
+                return Ok(Tree::Num(Num::I(n)));
             }
             if matches!(format, Some(Format::Int32 | Format::Int64)) {
                 return Err((
@@ -391,6 +399,18 @@ pub(crate) fn check_params(
         let Place::Header(name) = &param.place else {
             continue;
         };
+        let mut lines = headers.get_all(name).iter();
+        if let (Some(one), None) = (lines.next(), lines.next()) {
+            // One line, the usual case: its text as it is, no list to build and join.
+            match header_text(one.as_bytes()) {
+                Some(text) => param.check(schemas, &[text], out),
+                None => out.push(param.violation(
+                    Code::Type,
+                    format!("{} must be visible ASCII text", param.name),
+                )),
+            }
+            continue;
+        }
         let values: Vec<&str> = headers
             .get_all(name)
             .iter()
@@ -412,5 +432,45 @@ pub(crate) fn check_params(
         // Repeated header lines are one comma-separated list (RFC 9110 §5.3).
         let joined = values.join(",");
         param.check(schemas, &[&joined], out);
+    }
+}
+
+/// A header line's text, as `HeaderValue::to_str` reads it (visible ASCII, space and tab), checked
+/// without an early exit so that the compiler vectorises it: a session token is 200 bytes or more.
+fn header_text(bytes: &[u8]) -> Option<&str> {
+    let visible = bytes.chunks(32).all(|c| {
+        c.iter().fold(true, |ok, &b| {
+            ok & ((b.wrapping_sub(b' ') < 0x5f) | (b == b'\t'))
+        })
+    });
+    if visible {
+        std::str::from_utf8(bytes).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_text_reads_as_to_str_does() {
+        for b in 0..=255u8 {
+            for value in [
+                vec![b],
+                vec![b'a', b, b'z'],
+                [b'x'; 40].iter().chain([&b]).copied().collect(),
+            ] {
+                let Ok(header) = http::HeaderValue::from_bytes(&value) else {
+                    continue;
+                };
+                assert_eq!(
+                    header_text(header.as_bytes()),
+                    header.to_str().ok(),
+                    "{b:#x}"
+                );
+            }
+        }
     }
 }
