@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         eprintln!("companies-gateway: {e}");
         return ExitCode::FAILURE;
     }
-    match companies_gateway::run(config) {
+    match companies_gateway::run(config, &cli.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "companies-gateway stopped");

@@ -108,6 +108,11 @@ pub struct MetricSet {
     pub(crate) session_introspection_duration: Histogram,
     pub(crate) session_coalesced: IntCounter,
     pub(crate) build_info: IntGaugeVec,
+    /// Reloads (gateway.md §6): counted by result; the last one's verdict and the time of the last
+    /// success (start-up counts as one).
+    pub(crate) config_reloads: IntCounterVec,
+    pub(crate) config_last_reload_successful: IntGauge,
+    pub(crate) config_last_reload_success_timestamp: prometheus::Gauge,
     /// Handles of the per-request series with closed label sets, resolved once rather than by
     /// hashing the label values on every request.
     resolved: Resolved,
@@ -231,7 +236,24 @@ impl Metrics {
             build_info: {
                 let g = IntGaugeVec::new(
                     Opts::new("gateway_build_info", "Build information; always 1."),
-                    &["version"],
+                    &["version", "revision", "rustc"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            config_reloads: counter(
+                "gateway_config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            )?,
+            config_last_reload_successful: gauge(
+                "gateway_config_last_reload_successful",
+                "1 when the last reload (or start-up) succeeded, 0 when it failed.",
+            )?,
+            config_last_reload_success_timestamp: {
+                let g = prometheus::Gauge::new(
+                    "gateway_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful reload, or of start-up.",
                 )?;
                 registry.register(Box::new(g.clone()))?;
                 g
@@ -270,7 +292,11 @@ impl Metrics {
         };
         metrics
             .build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("CGW_BUILD_REVISION"),
+                env!("CGW_BUILD_RUSTC"),
+            ])
             .set(1);
         #[cfg(target_os = "linux")]
         registry.register(Box::new(crate::process::ProcessMetrics::for_self()))?;
@@ -287,6 +313,9 @@ impl MetricSet {
             self.upstream_errors.with_label_values(&[kind.as_str()]);
         }
         self.touch_route(OTHER_ROUTE);
+        for result in ["success", "failure"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
         // Session cache lookups and session checks exist at zero already: their handles are
         // resolved when the set is built.
     }
