@@ -38,16 +38,13 @@ fn git_revision() -> Option<String> {
         output("git", &all)
     };
     let revision = git(&["rev-parse", "--short=12", "HEAD"])?;
-    for path in [git(&["rev-parse", "--git-path", "HEAD"])]
-        .into_iter()
-        .chain(
-            git(&["symbolic-ref", "-q", "HEAD"])
-                .map(|r| git(&["rev-parse", "--git-path", &r]))
-                .into_iter(),
-        )
-        .chain([git(&["rev-parse", "--git-path", "packed-refs"])])
-        .flatten()
-    {
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    let watched = [
+        git(&["rev-parse", "--git-path", "HEAD"]),
+        branch.and_then(|r| git(&["rev-parse", "--git-path", &r])),
+        git(&["rev-parse", "--git-path", "packed-refs"]),
+    ];
+    for path in watched.into_iter().flatten() {
         let path = std::path::Path::new(&here).join(path);
         // A path that does not exist would rerun this script, and rebuild the crate, every time.
         if path.exists() {

@@ -30,7 +30,7 @@ use crate::headers::ConnInfo;
 use crate::metrics::Metrics;
 use crate::reload::{Applied, Apply, ReloadError, Reloaded, Reloader};
 use crate::shed_client::{self, ClientTable, CloseCounter};
-use crate::stack::{self, Carried, Handover, Options};
+use crate::stack::{self, Built, Carried, Options};
 use crate::tls::{self, CertError, ReloadableCert};
 use crate::upstream::SetupError;
 use crate::{box_body, Body, BoxError};
@@ -120,7 +120,7 @@ async fn start_inner(
     // The only provider in the graph; installing it explicitly keeps rustls from guessing.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Metrics::new(&config.metrics.buckets)?;
-    let (stack, carried, _) = stack::build_with(&config, &metrics, &options, None)?;
+    let built = stack::build_with(&config, &metrics, &options, None)?;
     let closed = Arc::new(CloseCounter::default());
     let started = Instant::now();
     let serving = Serving::new(&config, metrics.clone(), closed.clone(), started)?;
@@ -145,7 +145,7 @@ async fn start_inner(
     let public_addr = public_listener.local_addr().map_err(StartError::Runtime)?;
     let admin_addr = admin_listener.local_addr().map_err(StartError::Runtime)?;
 
-    let live = Arc::new(ArcSwap::from_pointee(stack));
+    let live = Arc::new(ArcSwap::from_pointee(built.service));
     let build = {
         let metrics = metrics.clone();
         let options = options.clone();
@@ -156,7 +156,7 @@ async fn start_inner(
     let swapper = Swapper {
         build,
         stack: live.clone(),
-        carried: Mutex::new(carried),
+        carried: Mutex::new(built.carried),
         serving: serving.clone(),
         caps: caps.clone(),
         admin: admin_settings.clone(),
@@ -320,7 +320,7 @@ struct Swapper<S, F> {
 impl<S, F> Apply for Swapper<S, F>
 where
     S: Send + Sync,
-    F: Fn(&Config, Option<&Carried>) -> Result<(S, Carried, Handover), SetupError> + Send + Sync,
+    F: Fn(&Config, Option<&Carried>) -> Result<Built<S>, SetupError> + Send + Sync,
 {
     fn apply(&self, config: &mut Config) -> Result<Applied, StartError> {
         if let Some(nofile) = self.nofile {
@@ -334,8 +334,12 @@ where
             self.closed.clone(),
             self.started,
         )?;
-        let (stack, next, handover) = (self.build)(config, Some(&carried))?;
-        self.stack.store(Arc::new(stack));
+        let Built {
+            service,
+            carried: next,
+            handover,
+        } = (self.build)(config, Some(&carried))?;
+        self.stack.store(Arc::new(service));
         self.serving.store(Arc::new(serving));
         self.admin.store(Arc::new(AdminSettings::new(config)));
         self.caps.public.resize(config.limits.max_connections);

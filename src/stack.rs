@@ -248,8 +248,14 @@ pub fn build(
     ),
     SetupError,
 > {
-    build_with(config, metrics, options, None)
-        .map(|(service, carried, _)| (service, carried.upstream_tls))
+    build_with(config, metrics, options, None).map(|b| (b.service, b.carried.upstream_tls))
+}
+
+/// A stack built by `build_with`, with what the next build keeps and what this one decided.
+pub(crate) struct Built<S> {
+    pub(crate) service: S,
+    pub(crate) carried: Carried,
+    pub(crate) handover: Handover,
 }
 
 /// `build`, keeping what `previous` holds where the config allows it (see `Carried`).
@@ -259,15 +265,13 @@ pub(crate) fn build_with(
     options: &Options,
     previous: Option<&Carried>,
 ) -> Result<
-    (
+    Built<
         impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
             + Clone
             + Send
             + Sync
             + 'static,
-        Carried,
-        Handover,
-    ),
+    >,
     SetupError,
 > {
     let (parts, carried, handover) = parts_with(config, metrics, options, previous)?;
@@ -292,7 +296,11 @@ pub(crate) fn build_with(
         .layer(parts.session)
         // Innermost: refuses what was not decided, rewrites for the upstream and sends.
         .service(parts.forward);
-    Ok((service, carried, handover))
+    Ok(Built {
+        service,
+        carried,
+        handover,
+    })
 }
 
 /// The session layer's state; `ca_file` is the upstream's, which introspection trusts too.

@@ -47,11 +47,14 @@ pub(crate) fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'sta
     kept
 }
 
+/// A key file's path and the SHA-256 of its content (`None`: unreadable), when the key is set.
+type KeyFile = Option<(PathBuf, Option<[u8; 32]>)>;
+
 /// The `[session]` keys a cached verdict depends on: the local keys (path and content) and the
 /// introspection endpoint. Anything else (TTLs, leeway, the token header) leaves verdicts valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SessionVerdictKeys {
-    files: [(&'static str, Option<(PathBuf, Option<[u8; 32]>)>); 3],
+    files: [(&'static str, KeyFile); 3],
     introspect_url: Option<String>,
 }
 
