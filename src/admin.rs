@@ -1,4 +1,4 @@
-//! The admin listener: `/metrics`, `/healthz` and `/readyz`, on its own port.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and `/config`, on its own port.
 //!
 //! It is bounded like the public listener, so that it can never take descriptors or memory from
 //! it: `admin.max_connections` caps its connections (beyond it a new one is closed at once),
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::reload::Effective;
 use crate::{full_body, Body};
 
 /// Whether the gateway takes traffic: false until start-up completes and again while draining.
@@ -78,8 +79,12 @@ pub fn handle<B>(req: &Request<B>, metrics: &Metrics, ready: &Readiness) -> Resp
 }
 
 /// The admin service for the listener.
-pub fn service(metrics: Metrics, ready: Readiness) -> Service {
-    Service { metrics, ready }
+pub fn service(metrics: Metrics, ready: Readiness, config: Effective) -> Service {
+    Service {
+        metrics,
+        ready,
+        config,
+    }
 }
 
 /// Answers admin requests on one connection.
@@ -87,6 +92,16 @@ pub fn service(metrics: Metrics, ready: Readiness) -> Service {
 pub struct Service {
     metrics: Metrics,
     ready: Readiness,
+    /// `GET /config`: the configuration in force, rendered at each load (`reload.rs`).
+    config: Effective,
+}
+
+/// `GET /config`: the effective configuration as JSON, secrets masked.
+fn config_response(config: &Effective) -> Response<Body> {
+    let mut res = Response::new(full_body(config.json()));
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -95,6 +110,10 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let get = req.method() == Method::GET || req.method() == Method::HEAD;
+        if get && req.uri().path() == "/config" {
+            return std::future::ready(Ok(config_response(&self.config)));
+        }
         std::future::ready(Ok(handle(&req, &self.metrics, &self.ready)))
     }
 }
@@ -102,7 +121,6 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 /// What the admin listener enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -110,7 +128,6 @@ pub struct Limits {
 impl Limits {
     pub fn new(config: &Config) -> Self {
         Limits {
-            max_connections: config.admin.max_connections,
             header_read_timeout: config.limits.header_read_timeout.0,
             idle_timeout: config.limits.idle_timeout.0,
         }

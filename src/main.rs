@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     for warning in report.warnings {
         tracing::warn!("{warning}");
     }
-    match companies_gateway::run(config) {
+    match companies_gateway::run(config, &cli.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "companies-gateway stopped");

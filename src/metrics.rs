@@ -161,16 +161,11 @@ pub struct MetricSet {
     pub(crate) session_introspection_duration: Histogram,
     pub(crate) session_coalesced: IntCounter,
     pub(crate) build_info: IntGaugeVec,
-    // Operations (issue 16): handshakes, certificate expiry and config reloads.
+    // Operations (issue 16): handshakes and certificate expiry.
     /// `listener` (`public`, `admin`): handshakes that failed or timed out.
     pub(crate) tls_handshake_errors: IntCounterVec,
     /// `certificate` (`listener`, `upstream_client`): `notAfter`, set only for a loaded one.
     pub(crate) certificate_expiry: IntGaugeVec,
-    /// `result` (`success`, `failure`).
-    pub(crate) config_reloads: IntCounterVec,
-    /// 1 after start-up and after a reload that took effect, 0 after one that failed.
-    pub(crate) config_last_reload_successful: IntGauge,
-    pub(crate) config_last_reload_success_timestamp: IntGauge,
     // Shared store and rate limits (gateway.md §8).
     pub(crate) rate_limited: IntCounterVec,
     pub(crate) shared_store_operations: IntCounterVec,
@@ -187,6 +182,11 @@ pub struct MetricSet {
     pub(crate) trace_spans_dropped: IntCounter,
     pub(crate) trace_export_errors: IntCounter,
     pub(crate) access_log_dropped: IntCounter,
+    /// Reloads (gateway.md §6): counted by result; the last one's verdict and the time of the last
+    /// success (start-up counts as one).
+    pub(crate) config_reloads: IntCounterVec,
+    pub(crate) config_last_reload_successful: IntGauge,
+    pub(crate) config_last_reload_success_timestamp: prometheus::Gauge,
     /// Handles of the per-request series with closed label sets, resolved once rather than by
     /// hashing the label values on every request.
     resolved: Resolved,
@@ -326,7 +326,24 @@ impl Metrics {
             build_info: {
                 let g = IntGaugeVec::new(
                     Opts::new("gateway_build_info", "Build information; always 1."),
-                    &["version"],
+                    &["version", "revision", "rustc"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            config_reloads: counter(
+                "gateway_config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            )?,
+            config_last_reload_successful: gauge(
+                "gateway_config_last_reload_successful",
+                "1 when the last reload (or start-up) succeeded, 0 when it failed.",
+            )?,
+            config_last_reload_success_timestamp: {
+                let g = prometheus::Gauge::new(
+                    "gateway_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful reload, or of start-up.",
                 )?;
                 registry.register(Box::new(g.clone()))?;
                 g
@@ -347,19 +364,6 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
-            config_reloads: counter(
-                "gateway_config_reloads_total",
-                "Configuration reloads by result.",
-                &["result"],
-            )?,
-            config_last_reload_successful: gauge(
-                "gateway_config_last_reload_successful",
-                "1 when the last load of the configuration (start-up or reload) took effect.",
-            )?,
-            config_last_reload_success_timestamp: gauge(
-                "gateway_config_last_reload_success_timestamp_seconds",
-                "When the configuration last loaded successfully (start-up or reload), Unix seconds.",
-            )?,
             rate_limited: counter(
                 "gateway_rate_limited_total",
                 "Requests refused with 429 by a [[rate_limit]], by route and limit name.",
@@ -442,7 +446,11 @@ impl Metrics {
         };
         metrics
             .build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("CGW_BUILD_REVISION"),
+                env!("CGW_BUILD_RUSTC"),
+            ])
             .set(1);
         #[cfg(target_os = "linux")]
         registry.register(Box::new(crate::process::ProcessMetrics::for_self()))?;
@@ -465,12 +473,6 @@ impl MetricSet {
         for result in ["success", "failure"] {
             self.config_reloads.with_label_values(&[result]);
         }
-        // Start-up is the first successful load.
-        self.config_last_reload_successful.set(1);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        self.config_last_reload_success_timestamp.set(now);
         // Session cache lookups and session checks exist at zero already: their handles are
         // resolved when the set is built.
     }

@@ -28,12 +28,16 @@ use crate::admin::{self, Readiness};
 use crate::config::{Config, LimitsConfig};
 use crate::headers::ConnInfo;
 use crate::metrics::Metrics;
-use crate::reload::{Reloaded, Reloader};
+use crate::reload::{Applied, Apply, ReloadError, Reloaded, Reloader};
 use crate::shed_client::{self, ClientTable, CloseCounter};
-use crate::stack::{self, Options};
+use crate::stack::{self, Built, Carried, Options};
 use crate::tls::{self, CertError, ReloadableCert};
 use crate::upstream::SetupError;
 use crate::{box_body, Body, BoxError};
+
+use arc_swap::ArcSwap;
+use std::sync::Mutex;
+use tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -65,7 +69,6 @@ pub struct Running {
     stop: watch::Sender<bool>,
     public: JoinHandle<()>,
     admin: JoinHandle<()>,
-    drain_delay: Duration,
 }
 
 impl Running {
@@ -73,16 +76,27 @@ impl Running {
     /// to `drain_timeout`, then stop the admin listener.
     pub async fn shutdown(self) {
         self.readiness.set(false);
-        tokio::time::sleep(self.drain_delay).await;
+        tokio::time::sleep(self.reloader.running().shutdown.drain_delay.0).await;
         let _ = self.stop.send(true);
         // The public loop closes its listener, then waits up to `drain_timeout` for connections.
         let _ = self.public.await;
         self.admin.abort();
     }
 
-    /// Re-reads the listener certificate and the upstream CA now, as SIGHUP does.
-    pub fn reload(&self) -> Reloaded {
-        self.reloader.reload_all()
+    /// Reloads now, as SIGHUP does: the config file again (`Options::config_path`; without one,
+    /// the same configuration) and every file it names. On error nothing changed.
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload()
+    }
+
+    /// Reloads with `config` (validated first), as if the config file now held it.
+    pub fn reload_with(&self, config: Config) -> Result<Reloaded, ReloadError> {
+        self.reloader.reload_with(Some(config))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.reloader.running()
     }
 }
 
@@ -93,28 +107,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
 /// `start`, with test hooks.
 pub async fn start_with(config: Config, options: Options) -> Result<Running, StartError> {
+    start_inner(config, options, None).await
+}
+
+/// `start_with`; `nofile`: the open-file limit that `limits.max_connections` is fitted to again at
+/// each reload, as `run` fitted it at start-up.
+async fn start_inner(
+    config: Config,
+    options: Options,
+    nofile: Option<u64>,
+) -> Result<Running, StartError> {
     // The only provider in the graph; installing it explicitly keeps rustls from guessing.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Metrics::new(&config.metrics.buckets)?;
-    let (stack, upstream_tls) = stack::build(&config, &metrics, &options)?;
-    let cert = match (&config.listener.tls_cert, &config.listener.tls_key) {
-        (Some(c), Some(k)) => Some(ReloadableCert::load(
-            c,
-            k,
-            metrics.certificate_expiry.with_label_values(&["listener"]),
-        )?),
-        _ => None,
+    let built = stack::build_with(&config, &metrics, &options, None)?;
+    set_upstream_client_expiry(&metrics, &built.carried.upstream_tls);
+    let closed = Arc::new(CloseCounter::default());
+    let started = Instant::now();
+    let serving = Serving::new(&config, metrics.clone(), closed.clone(), started)?;
+    let tls = serving.acceptor.is_some();
+    let serving = Arc::new(ArcSwap::from_pointee(serving));
+    let caps = Caps {
+        public: Cap::new(config.limits.max_connections),
+        per_client: ClientTable::new(config.limits.max_connections_per_client),
+        admin: Cap::new(config.admin.max_connections),
     };
-    let acceptor = match &cert {
-        Some(cert) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-            tls::server_config(cert.clone())?,
-        ))),
-        None => None,
-    };
-    let reloader = Reloader {
-        cert,
-        upstream: upstream_tls,
-    };
+    let admin_settings = Arc::new(ArcSwap::from_pointee(AdminSettings::new(&config)));
     let readiness = Readiness::default();
     let (stop, stop_rx) = watch::channel(false);
 
@@ -128,31 +146,50 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     let public_addr = public_listener.local_addr().map_err(StartError::Runtime)?;
     let admin_addr = admin_listener.local_addr().map_err(StartError::Runtime)?;
 
-    let serving = Serving {
-        builder: Arc::new(http_builder(&config.limits)),
-        h1: http1_builder(&config.limits),
-        acceptor,
-        tls_handshake_errors: metrics.tls_handshake_errors.with_label_values(&["public"]),
-        metrics: metrics.clone(),
-        limits: config.limits.clone(),
-        trusted_proxies: config.listener.trusted_proxies.clone(),
-        tls_handshake_timeout: config.listener.tls_handshake_timeout.0,
-        drain_timeout: config.shutdown.drain_timeout.0,
-        closed: CloseCounter::default(),
-        started: Instant::now(),
+    let live = Arc::new(ArcSwap::from_pointee(built.service));
+    let build = {
+        let metrics = metrics.clone();
+        let options = options.clone();
+        move |config: &Config, previous: Option<&Carried>| {
+            stack::build_with(config, &metrics, &options, previous)
+        }
     };
-    let public = tokio::spawn(serving.run(public_listener, stack, stop_rx.clone()));
+    let swapper = Swapper {
+        build,
+        stack: live.clone(),
+        carried: Mutex::new(built.carried),
+        serving: serving.clone(),
+        caps: caps.clone(),
+        admin: admin_settings.clone(),
+        metrics: metrics.clone(),
+        closed,
+        started,
+        nofile,
+    };
+    let reloader = Reloader::new(
+        options.config_path.clone(),
+        config,
+        Box::new(swapper),
+        metrics.clone(),
+    );
+    let public = tokio::spawn(serve_public(
+        serving,
+        caps.clone(),
+        public_listener,
+        Swap(live),
+        stop_rx.clone(),
+    ));
     // Ready before the admin listener serves: a probe that connects as soon as the port is bound
-    // must not see 503 (under load, the reloader's file reads below left that window open).
+    // must not see 503.
     readiness.set(true);
     let admin = tokio::spawn(serve_admin(
         admin_listener,
-        admin::service(metrics.clone(), readiness.clone()),
-        admin::Limits::new(&config),
-        Arc::new(http_builder(&config.limits)),
+        admin::service(metrics.clone(), readiness.clone(), reloader.effective()),
+        admin_settings,
+        caps.admin.clone(),
     ));
-    tokio::spawn(reloader.clone().run(options.reload_poll, stop_rx));
-    tracing::info!(%public_addr, %admin_addr, tls = reloader.cert.is_some(), "companies-gateway listening");
+    tokio::spawn(reloader.clone().watch(options.reload_poll, stop_rx));
+    tracing::info!(%public_addr, %admin_addr, tls, "companies-gateway listening");
     Ok(Running {
         public_addr,
         admin_addr,
@@ -162,26 +199,207 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         stop,
         public,
         admin,
-        drain_delay: config.shutdown.drain_delay.0,
     })
 }
 
-/// Runs the gateway until SIGTERM or SIGINT, then drains. Builds its own runtime from `[runtime]`.
-pub fn run(mut config: Config) -> Result<(), StartError> {
-    if let Some(nofile) = raise_nofile_limit() {
-        // The admin cap and the upstream side are set apart, so that the public accept loop
-        // pauses at its cap instead of running out of descriptors.
-        let budget = admin::public_connection_budget(nofile, &config);
-        if budget < config.limits.max_connections {
-            tracing::warn!(
-                nofile,
-                configured = config.limits.max_connections,
-                effective = budget,
-                admin_max_connections = config.admin.max_connections,
-                "limits.max_connections lowered to fit the open-file limit"
-            );
-            config.limits.max_connections = budget;
+/// The stack in force, swapped whole by a reload: each request takes the one in force when it
+/// arrives and keeps it to its end.
+struct Swap<S>(Arc<ArcSwap<S>>);
+
+impl<S> Clone for Swap<S> {
+    fn clone(&self) -> Self {
+        Swap(self.0.clone())
+    }
+}
+
+impl<S> Service<Request<Body>> for Swap<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = tower::util::Oneshot<S, Request<Body>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        S::clone(&self.0.load()).oneshot(req)
+    }
+}
+
+/// A connection cap whose size a reload can change: growing it frees slots at once, shrinking it
+/// takes free slots at once and the rest as connections close.
+struct Cap {
+    slots: Arc<Semaphore>,
+    size: Mutex<usize>,
+}
+
+impl Cap {
+    fn new(size: usize) -> Arc<Cap> {
+        Arc::new(Cap {
+            slots: Arc::new(Semaphore::new(size)),
+            size: Mutex::new(size),
+        })
+    }
+
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
+    fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    fn resize(&self, size: usize) {
+        let mut current = self.size.lock().unwrap_or_else(|p| p.into_inner());
+        if size > *current {
+            self.slots.add_permits(size - *current);
+        } else if size < *current {
+            let excess = *current - size;
+            let rest = excess - self.slots.forget_permits(excess);
+            if rest > 0 {
+                let slots = self.slots.clone();
+                let rest = u32::try_from(rest).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(taken) = slots.acquire_many_owned(rest).await {
+                        taken.forget();
+                    }
+                });
+            }
         }
+        *current = size;
+    }
+
+    /// Every slot back: every connection closed.
+    async fn all_back(&self) {
+        let size = *self.size.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .slots
+            .acquire_many(u32::try_from(size).unwrap_or(u32::MAX))
+            .await;
+    }
+}
+
+/// The connection caps, kept across reloads (the connections they count outlive a stack).
+#[derive(Clone)]
+struct Caps {
+    public: Arc<Cap>,
+    per_client: Arc<ClientTable>,
+    admin: Arc<Cap>,
+}
+
+/// What the admin listener reads per connection.
+struct AdminSettings {
+    limits: admin::Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl AdminSettings {
+    fn new(config: &Config) -> Self {
+        AdminSettings {
+            limits: admin::Limits::new(config),
+            builder: Arc::new(http_builder(&config.limits)),
+        }
+    }
+}
+
+/// Builds everything for a new configuration and swaps it in (`reload::Apply`). `build` is
+/// `stack::build_with`, taken as a closure so that `S` is the stack's one concrete type.
+struct Swapper<S, F> {
+    build: F,
+    stack: Arc<ArcSwap<S>>,
+    carried: Mutex<Carried>,
+    serving: Arc<ArcSwap<Serving>>,
+    caps: Caps,
+    admin: Arc<ArcSwap<AdminSettings>>,
+    metrics: Metrics,
+    closed: Arc<CloseCounter>,
+    started: Instant,
+    nofile: Option<u64>,
+}
+
+impl<S, F> Apply for Swapper<S, F>
+where
+    S: Send + Sync,
+    F: Fn(&Config, Option<&Carried>) -> Result<Built<S>, SetupError> + Send + Sync,
+{
+    fn apply(&self, config: &mut Config) -> Result<Applied, StartError> {
+        if let Some(nofile) = self.nofile {
+            fit_to_nofile(config, nofile);
+        }
+        let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        // Everything is built before anything is swapped: an error leaves all as it was.
+        let serving = Serving::new(
+            config,
+            self.metrics.clone(),
+            self.closed.clone(),
+            self.started,
+        )?;
+        let Built {
+            service,
+            carried: next,
+            handover,
+        } = (self.build)(config, Some(&carried))?;
+        self.stack.store(Arc::new(service));
+        self.serving.store(Arc::new(serving));
+        self.admin.store(Arc::new(AdminSettings::new(config)));
+        self.caps.public.resize(config.limits.max_connections);
+        self.caps
+            .per_client
+            .set_cap(config.limits.max_connections_per_client);
+        self.caps.admin.resize(config.admin.max_connections);
+        let session_cache_cleared = handover.cache_cleared.clone();
+        let upstream_trust_changed = handover.commit(&next);
+        set_upstream_client_expiry(&self.metrics, &next.upstream_tls);
+        *carried = next;
+        Ok(Applied {
+            upstream_trust_changed,
+            session_cache_cleared,
+        })
+    }
+}
+
+/// `gateway_certificate_expiry_timestamp_seconds{certificate="upstream_client"}`, from the
+/// client certificate in force (no series without one).
+fn set_upstream_client_expiry(metrics: &Metrics, tls: &crate::upstream::UpstreamTls) {
+    match tls.client_cert_expiry() {
+        Some(t) => metrics
+            .certificate_expiry
+            .with_label_values(&["upstream_client"])
+            .set(t),
+        None => {
+            let _ = metrics
+                .certificate_expiry
+                .remove_label_values(&["upstream_client"]);
+        }
+    }
+}
+
+/// Lowers `limits.max_connections` to what the open-file limit leaves: the admin cap and the
+/// upstream side are set apart, so that the public accept loop pauses at its cap instead of
+/// running out of descriptors.
+fn fit_to_nofile(config: &mut Config, nofile: u64) {
+    let budget = admin::public_connection_budget(nofile, config);
+    if budget < config.limits.max_connections {
+        tracing::warn!(
+            nofile,
+            configured = config.limits.max_connections,
+            effective = budget,
+            admin_max_connections = config.admin.max_connections,
+            "limits.max_connections lowered to fit the open-file limit"
+        );
+        config.limits.max_connections = budget;
+    }
+}
+
+/// Runs the gateway until SIGTERM or SIGINT, then drains. Builds its own runtime from `[runtime]`.
+/// `config` was read from `path`: a reload reads it again.
+pub fn run(mut config: Config, path: &std::path::Path) -> Result<(), StartError> {
+    let nofile = raise_nofile_limit();
+    if let Some(nofile) = nofile {
+        fit_to_nofile(&mut config, nofile);
     }
     // One worker: a current-thread runtime, without the work-stealing machinery.
     let mut rt = match config.runtime.worker_threads {
@@ -196,7 +414,11 @@ pub fn run(mut config: Config) -> Result<(), StartError> {
     };
     let rt = rt.enable_all().build().map_err(StartError::Runtime)?;
     rt.block_on(async move {
-        let running = start(config).await?;
+        let options = Options {
+            config_path: Some(path.to_path_buf()),
+            ..Options::default()
+        };
+        let running = start_inner(config, options, nofile).await?;
         shutdown_signal().await;
         tracing::info!("shutdown signal received; draining");
         running.shutdown().await;
@@ -295,7 +517,8 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 /// The h2c connection preface (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What the public accept loop needs.
+/// How the public listener serves a connection, from one configuration: each connection takes
+/// the one in force when it is accepted.
 struct Serving {
     builder: Arc<auto::Builder<TokioExecutor>>,
     h1: http1::Builder,
@@ -307,8 +530,8 @@ struct Serving {
     trusted_proxies: Vec<ipnet::IpNet>,
     tls_handshake_timeout: Duration,
     drain_timeout: Duration,
-    /// Connections closed over `max_connections_per_client`.
-    closed: CloseCounter,
+    /// Connections closed over `max_connections_per_client` (kept across reloads).
+    closed: Arc<CloseCounter>,
     started: Instant,
 }
 
@@ -316,72 +539,109 @@ struct Serving {
 const CLOSED_LOG_EVERY_MS: u64 = 10_000;
 
 impl Serving {
-    async fn run<S>(self, listener: TcpListener, stack: S, mut stop: watch::Receiver<bool>)
-    where
-        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        let max = self.limits.max_connections;
-        let slots = Arc::new(Semaphore::new(max));
-        let per_client = ClientTable::new(self.limits.max_connections_per_client);
-        let this = Arc::new(self);
-        loop {
-            // At the cap, accept pauses until a connection closes.
-            let permit = tokio::select! {
-                _ = stop.changed() => break,
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let (tcp, peer) = tokio::select! {
-                _ = stop.changed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        accept_backoff(&e).await;
-                        continue;
-                    }
-                },
-            };
-            // Per client: at accept only the peer is known. A trusted proxy carries many
-            // clients, so it is held to max_connections alone.
-            let client = if this.is_trusted(peer) {
-                None
-            } else {
-                match per_client.try_acquire(peer.ip()) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        this.close_over_client_cap(tcp, peer);
-                        continue;
-                    }
-                }
-            };
-            let this = this.clone();
-            let stack = stack.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                this.metrics.open_connections.inc();
-                this.connection(tcp, peer, stack, stop).await;
-                this.metrics.open_connections.dec();
-                drop(client);
-                drop(permit);
-            });
-        }
-        drop(listener);
-        // Every connection holds a slot: all slots back means all connections are done.
-        let all = u32::try_from(max).unwrap_or(u32::MAX);
-        if tokio::time::timeout(this.drain_timeout, slots.acquire_many(all))
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain timeout: closing connections with requests in flight");
-        }
+    /// Reads the listener's certificate (when TLS is on) and sets up the HTTP builders.
+    fn new(
+        config: &Config,
+        metrics: Metrics,
+        closed: Arc<CloseCounter>,
+        started: Instant,
+    ) -> Result<Serving, StartError> {
+        let acceptor = match (&config.listener.tls_cert, &config.listener.tls_key) {
+            (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                tls::server_config(ReloadableCert::load(
+                    c,
+                    k,
+                    metrics.certificate_expiry.with_label_values(&["listener"]),
+                )?)?,
+            ))),
+            _ => None,
+        };
+        Ok(Serving {
+            builder: Arc::new(http_builder(&config.limits)),
+            h1: http1_builder(&config.limits),
+            acceptor,
+            tls_handshake_errors: metrics.tls_handshake_errors.with_label_values(&["public"]),
+            metrics,
+            limits: config.limits.clone(),
+            trusted_proxies: config.listener.trusted_proxies.clone(),
+            tls_handshake_timeout: config.listener.tls_handshake_timeout.0,
+            drain_timeout: config.shutdown.drain_timeout.0,
+            closed,
+            started,
+        })
     }
+}
 
+/// The public accept loop. Each connection is served by the settings in force when it was
+/// accepted and each of its requests by the stack in force when the request arrived.
+async fn serve_public<S>(
+    current: Arc<ArcSwap<Serving>>,
+    caps: Caps,
+    listener: TcpListener,
+    stack: S,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        // At the cap, accept pauses until a connection closes.
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            permit = caps.public.acquire() => match permit {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    accept_backoff(&e).await;
+                    continue;
+                }
+            },
+        };
+        let this = current.load_full();
+        // Per client: at accept only the peer is known. A trusted proxy carries many
+        // clients, so it is held to max_connections alone.
+        let client = if this.is_trusted(peer) {
+            None
+        } else {
+            match caps.per_client.try_acquire(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    this.close_over_client_cap(tcp, peer);
+                    continue;
+                }
+            }
+        };
+        let stack = stack.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            this.metrics.open_connections.inc();
+            this.connection(tcp, peer, stack, stop).await;
+            this.metrics.open_connections.dec();
+            drop(client);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Every connection holds a slot: all slots back means all connections are done.
+    let drain_timeout = current.load().drain_timeout;
+    if tokio::time::timeout(drain_timeout, caps.public.all_back())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout: closing connections with requests in flight");
+    }
+}
+
+impl Serving {
     fn is_trusted(&self, peer: SocketAddr) -> bool {
         let ip = shed_client::key(peer.ip());
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
@@ -949,10 +1209,9 @@ async fn accept_backoff(e: &std::io::Error) {
 async fn serve_admin(
     listener: TcpListener,
     svc: admin::Service,
-    limits: admin::Limits,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: Arc<ArcSwap<AdminSettings>>,
+    slots: Arc<Cap>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
@@ -961,15 +1220,15 @@ async fn serve_admin(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Some(permit) = slots.try_acquire() else {
             tracing::debug!(%peer, "admin connection over admin.max_connections: closed");
             drop(tcp);
             continue;
         };
         let svc = svc.clone();
-        let builder = builder.clone();
+        let settings = settings.load_full();
         tokio::spawn(async move {
-            admin::serve_connection(tcp, peer, &builder, svc, limits).await;
+            admin::serve_connection(tcp, peer, &settings.builder, svc, settings.limits).await;
             drop(permit);
         });
     }
@@ -1001,6 +1260,30 @@ mod tests {
         assert!(a.parkable(0));
         // Resumed after that request (mark 1): not again until another one is served.
         assert!(!a.parkable(1));
+    }
+
+    #[tokio::test]
+    async fn a_cap_resized_by_a_reload_takes_its_new_size_as_slots_come_back() {
+        let cap = Cap::new(2);
+        let a = cap.try_acquire().unwrap();
+        let b = cap.try_acquire().unwrap();
+        assert!(cap.try_acquire().is_none());
+        // Grown: a slot at once.
+        cap.resize(3);
+        let c = cap.try_acquire().unwrap();
+        // Shrunk below what is held: no slot until enough come back.
+        cap.resize(1);
+        drop(a);
+        drop(b);
+        tokio::task::yield_now().await;
+        assert!(cap.try_acquire().is_none(), "over the new size");
+        drop(c);
+        let d = cap.try_acquire().expect("one slot at size 1");
+        assert!(cap.try_acquire().is_none());
+        drop(d);
+        tokio::time::timeout(Duration::from_secs(1), cap.all_back())
+            .await
+            .expect("every slot back");
     }
 
     #[tokio::test]

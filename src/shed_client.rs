@@ -114,27 +114,29 @@ fn parse_node(text: &str) -> Option<IpAddr> {
 /// How many slots each client holds, under one cap.
 #[derive(Debug)]
 pub struct ClientTable {
-    cap: usize,
+    /// Changed by a reload; connections accepted before keep their slot.
+    cap: std::sync::atomic::AtomicUsize,
     held: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl ClientTable {
     pub fn new(cap: usize) -> Arc<Self> {
         Arc::new(ClientTable {
-            cap,
+            cap: std::sync::atomic::AtomicUsize::new(cap),
             held: Mutex::new(HashMap::new()),
         })
     }
 
     /// A slot for `ip`, or `None` when it is at the cap. With no cap nothing is stored.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
-        if self.cap == 0 {
+        let cap = self.cap.load(std::sync::atomic::Ordering::Relaxed);
+        if cap == 0 {
             return Some(ClientSlot { table: None, ip });
         }
         let ip = key(ip);
         let mut held = self.lock();
         let n = held.entry(ip).or_insert(0);
-        if !admit(*n, self.cap) {
+        if !admit(*n, cap) {
             return None;
         }
         *n += 1;
@@ -142,6 +144,11 @@ impl ClientTable {
             table: Some(self.clone()),
             ip,
         })
+    }
+
+    /// A new cap, for connections accepted from now on.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Clients with at least one slot.

@@ -16,9 +16,10 @@ use crate::forward::{Forward, ForwardConfig};
 use crate::metrics::Metrics;
 use crate::observe::ObserveLayer;
 use crate::otel::Telemetry;
-use crate::pool::build_pool;
+use crate::pool::{build_pool, Pool};
 use crate::problem::ProblemLayer;
 use crate::rate_limit::{Limiter, RateLimitLayer};
+use crate::reload::diff::{cache_kept, SessionVerdictKeys};
 use crate::request_id::RequestIdLayer;
 use crate::session::cache::{Clock, SessionCache, SystemClock, Ttls};
 use crate::session::introspect::Introspector;
@@ -27,7 +28,7 @@ use crate::session::{Session, SessionLayer};
 use crate::shared::Store;
 use crate::shed::ShedLayer;
 use crate::shed_client::ShedClientLayer;
-use crate::upstream::{root_store, tls_config, SetupError, UpstreamTls};
+use crate::upstream::{root_store, tls_config, NewTrust, SetupError, UpstreamTls};
 use crate::validate::{ContractConfig, ContractLayer};
 use crate::Body;
 
@@ -36,10 +37,13 @@ use crate::Body;
 pub struct Options {
     /// The clock that judges session-cache freshness and token times.
     pub clock: Arc<dyn Clock>,
-    /// How often the certificate files are checked for changes.
+    /// How often the config file and the files it names are checked for changes.
     pub reload_poll: std::time::Duration,
     /// Where the access log goes; `None`: stderr.
     pub access_log: Option<MakeSink>,
+    /// The config file a reload reads again; `None`: a reload applies the same configuration
+    /// again, re-reading the files it names.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// Opens the access log's output (called once per built stack).
@@ -51,6 +55,7 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             reload_poll: std::time::Duration::from_secs(2),
             access_log: None,
+            config_path: None,
         }
     }
 }
@@ -98,6 +103,57 @@ pub(crate) fn load_api(config: &Config) -> Result<Api, SetupError> {
 
 /// Builds every part of the stack from the config: the document is compiled here, once per load.
 pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Parts, SetupError> {
+    parts_with(config, metrics, options, None).map(|(parts, _, _)| parts)
+}
+
+/// What one build hands to the next, so that a reload keeps what did not change: the upstream
+/// pool and its connections while `[upstream]` is the same, and the session cache while no key
+/// that changes verdicts did.
+pub(crate) struct Carried {
+    upstream: String,
+    pool: Pool,
+    pub(crate) upstream_tls: UpstreamTls,
+    verdict_keys: SessionVerdictKeys,
+    capacity: u64,
+    cache: SessionCache,
+    shared: String,
+    store: Option<Arc<Store>>,
+}
+
+/// What a build decided about the previous one's state, to put in force (and log) only once the
+/// whole new stack is built.
+#[derive(Default)]
+pub(crate) struct Handover {
+    /// The pool was kept and its CA file changed: the new anchors, not yet in force.
+    pub(crate) new_trust: Option<NewTrust>,
+    /// The pool was replaced: the old one's trust handle, to retire its connections.
+    pub(crate) retired_pool: Option<UpstreamTls>,
+    /// Why the session cache was cleared; `None`: it was kept (or there was none before).
+    pub(crate) cache_cleared: Option<String>,
+}
+
+impl Handover {
+    /// Puts the decisions in force, once the new stack is swapped in.
+    pub(crate) fn commit(self, carried: &Carried) -> bool {
+        let trust_changed = self.new_trust.is_some() || self.retired_pool.is_some();
+        if let Some(fresh) = self.new_trust {
+            carried.upstream_tls.install(fresh);
+        }
+        if let Some(old) = self.retired_pool {
+            old.retire();
+        }
+        trust_changed
+    }
+}
+
+/// `parts`, keeping what `previous` holds where the config allows it.
+pub(crate) fn parts_with(
+    config: &Config,
+    metrics: &Metrics,
+    options: &Options,
+    previous: Option<&Carried>,
+) -> Result<(Parts, Carried, Handover), SetupError> {
+    let mut handover = Handover::default();
     let api = load_api(config)?;
     let routes = Arc::new(
         Routes::new(Arc::new(api), metrics)
@@ -112,21 +168,81 @@ pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Pa
         request_timeout: config.upstream.request_timeout.0,
         body_read_timeout: config.limits.body_read_timeout.0,
     };
-    let (pool, upstream_tls) = build_pool(&config.upstream, &forward.target, metrics)?;
+    // Compared by their Debug text, which (unlike the masked serialization) holds every value: a
+    // changed proxy password rebuilds the pool too.
+    let upstream = format!("{:?}", config.upstream);
+    let (pool, upstream_tls) = match previous {
+        Some(prev) if prev.upstream == upstream => {
+            handover.new_trust = prev.upstream_tls.prepare()?;
+            (prev.pool.clone(), prev.upstream_tls.clone())
+        }
+        _ => {
+            handover.retired_pool = previous.map(|p| p.upstream_tls.clone());
+            build_pool(&config.upstream, &forward.target, metrics)?
+        }
+    };
     let contract = ContractConfig {
         mode: config.validation.mode,
         max_body_bytes: config.limits.max_body_bytes,
         body_read_timeout: config.limits.body_read_timeout.0,
     };
-    // The store's client (and its revocations subscription) belongs to this build: a rebuild
-    // makes its own, and dropping the old stack ends the old subscription.
-    let store = Store::new(&config.shared, config.upstream.ca_file.as_deref(), metrics)?;
+    // The store's client (and its revocations subscription) is kept while `[shared]` is the same;
+    // otherwise a new one is made, and dropping the old stack ends the old subscription.
+    // The secret file's content counts too: it keys the shared entries and the local cache.
+    let secret = config
+        .shared
+        .key_secret_file
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok());
+    let shared = format!("{:?}{:?}", config.shared, secret);
+    let store = match previous {
+        Some(prev) if prev.shared == shared => prev.store.clone(),
+        _ => Store::new(&config.shared, config.upstream.ca_file.as_deref(), metrics)?,
+    };
+    let verdict_keys = SessionVerdictKeys::of(&config.session);
+    let ttls = Ttls {
+        valid: config.session.valid_ttl.0,
+        invalid: config.session.invalid_ttl.0,
+        stale_if_error: config.session.stale_if_error.0,
+    };
+    let capacity = config.session.cache_capacity;
+    let fresh_cache = || {
+        let cache = SessionCache::new(capacity, ttls, options.clock.clone());
+        match &store {
+            Some(store) => cache.with_store(capacity, store.clone()),
+            None => cache,
+        }
+    };
+    let cache = match previous {
+        Some(prev) => {
+            // A changed `[shared]` changes the cache's keys (derived from the store's secret).
+            let kept = cache_kept(&prev.verdict_keys, prev.capacity, &verdict_keys, capacity)
+                .and_then(|()| {
+                    if prev.shared == shared {
+                        Ok(())
+                    } else {
+                        Err("shared changed".to_string())
+                    }
+                });
+            match kept {
+                Ok(()) => SessionCache {
+                    ttls,
+                    clock: options.clock.clone(),
+                    ..prev.cache.clone()
+                },
+                Err(why) => {
+                    handover.cache_cleared = Some(why);
+                    fresh_cache()
+                }
+            }
+        }
+        None => fresh_cache(),
+    };
     let session = build_session(
         &config.session,
         config.upstream.ca_file.as_deref(),
-        store.clone(),
+        cache.clone(),
         metrics,
-        options,
     )?;
     let labels: Vec<&str> = routes
         .api()
@@ -137,7 +253,7 @@ pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Pa
     let limiter = Limiter::new(
         &config.rate_limit,
         &labels,
-        store,
+        store.clone(),
         &config.listener.trusted_proxies,
         compile_options(config)?.token_header,
         metrics,
@@ -149,7 +265,17 @@ pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Pa
     let access_log = AccessLog::start(config.log.format, sink, metrics.access_log_dropped.clone())
         .map_err(|e| SetupError::Config(format!("log: cannot start the access-log writer: {e}")))?;
     let telemetry = Telemetry::build(&config.tracing, config.upstream.ca_file.as_deref(), metrics)?;
-    Ok(Parts {
+    let carried = Carried {
+        upstream,
+        pool: pool.clone(),
+        upstream_tls: upstream_tls.clone(),
+        verdict_keys,
+        capacity,
+        cache,
+        shared,
+        store,
+    };
+    let parts = Parts {
         context: ContextLayer::new(routes.clone()),
         observe: ObserveLayer::new(
             metrics.clone(),
@@ -169,7 +295,8 @@ pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Pa
         forward: Forward::new(pool, forward),
         routes,
         upstream_tls,
-    })
+    };
+    Ok((parts, carried, handover))
 }
 
 /// Builds the gateway's request stack from the config, with the handle that reloads the upstream's
@@ -183,12 +310,39 @@ pub fn build(
         impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
             + Clone
             + Send
+            + Sync
             + 'static,
         UpstreamTls,
     ),
     SetupError,
 > {
-    let parts = parts(config, metrics, options)?;
+    build_with(config, metrics, options, None).map(|b| (b.service, b.carried.upstream_tls))
+}
+
+/// A stack built by `build_with`, with what the next build keeps and what this one decided.
+pub(crate) struct Built<S> {
+    pub(crate) service: S,
+    pub(crate) carried: Carried,
+    pub(crate) handover: Handover,
+}
+
+/// `build`, keeping what `previous` holds where the config allows it (see `Carried`).
+pub(crate) fn build_with(
+    config: &Config,
+    metrics: &Metrics,
+    options: &Options,
+    previous: Option<&Carried>,
+) -> Result<
+    Built<
+        impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    >,
+    SetupError,
+> {
+    let (parts, carried, handover) = parts_with(config, metrics, options, previous)?;
     let service = ServiceBuilder::new()
         // Outermost: every response, the gateway's own included, carries the request id.
         .layer(RequestIdLayer)
@@ -213,16 +367,19 @@ pub fn build(
         .layer(parts.rate_limit)
         // Innermost: refuses what was not decided, rewrites for the upstream and sends.
         .service(parts.forward);
-    Ok((service, parts.upstream_tls))
+    Ok(Built {
+        service,
+        carried,
+        handover,
+    })
 }
 
 /// The session layer's state; `ca_file` is the upstream's, which introspection trusts too.
 fn build_session(
     cfg: &SessionConfig,
     ca_file: Option<&std::path::Path>,
-    store: Option<Arc<Store>>,
+    cache: SessionCache,
     metrics: &Metrics,
-    options: &Options,
 ) -> Result<Arc<Session>, SetupError> {
     let jwt = JwtKey::load(
         cfg.jwt_hs256_secret_file.as_deref(),
@@ -241,15 +398,6 @@ fn build_session(
             Some(Introspector::new(uri, cfg.introspect_timeout.0, tls))
         }
     };
-    let ttls = Ttls {
-        valid: cfg.valid_ttl.0,
-        invalid: cfg.invalid_ttl.0,
-        stale_if_error: cfg.stale_if_error.0,
-    };
-    let mut cache = SessionCache::new(cfg.cache_capacity, ttls, options.clock.clone());
-    if let Some(store) = store {
-        cache = cache.with_store(cfg.cache_capacity, store);
-    }
     Ok(Arc::new(Session {
         cache,
         jwt,

@@ -1,8 +1,8 @@
-//! Listener TLS: a certificate resolver whose key pair can be swapped while connections stay up.
-//! New handshakes get the new certificate; open connections keep theirs.
+//! Listener TLS: the certificate and its key, read and checked at each load. A reload builds a new
+//! acceptor: new handshakes get the new certificate; open connections keep theirs.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::path::Path;
+use std::sync::Arc;
 
 use prometheus::IntGauge;
 use rustls::crypto::ring::default_provider;
@@ -52,14 +52,11 @@ fn set_expiry(gauge: &IntGauge, key: &CertifiedKey) {
     }
 }
 
-/// The listener's current certificate.
+/// The listener's certificate, as one load read it. A reload builds a new acceptor with a new
+/// one (`server.rs`); connections keep the one they were accepted with.
 #[derive(Debug)]
 pub struct ReloadableCert {
-    cert_path: PathBuf,
-    key_path: PathBuf,
-    current: RwLock<Arc<CertifiedKey>>,
-    /// `gateway_certificate_expiry_timestamp_seconds{certificate="listener"}`.
-    expiry: IntGauge,
+    current: Arc<CertifiedKey>,
 }
 
 impl ReloadableCert {
@@ -71,31 +68,14 @@ impl ReloadableCert {
         let key = load_certified_key(cert_path, key_path)?;
         set_expiry(&expiry, &key);
         Ok(Arc::new(ReloadableCert {
-            cert_path: cert_path.to_path_buf(),
-            key_path: key_path.to_path_buf(),
-            current: RwLock::new(Arc::new(key)),
-            expiry,
+            current: Arc::new(key),
         }))
-    }
-
-    /// Re-reads the files. A bad pair is refused and the old one stays in force.
-    pub fn reload(&self) -> Result<(), CertError> {
-        let key = load_certified_key(&self.cert_path, &self.key_path)?;
-        set_expiry(&self.expiry, &key);
-        if let Ok(mut current) = self.current.write() {
-            *current = Arc::new(key);
-        }
-        Ok(())
-    }
-
-    pub fn paths(&self) -> [&Path; 2] {
-        [&self.cert_path, &self.key_path]
     }
 }
 
 impl ResolvesServerCert for ReloadableCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok().map(|k| k.clone())
+        Some(self.current.clone())
     }
 }
 

@@ -266,6 +266,9 @@ impl Connector {
     }
 }
 
+/// Trust anchors read by `UpstreamTls::prepare`, not yet in force.
+pub struct NewTrust(Trust);
+
 /// Re-reads `[upstream] ca_file`, `client_cert` and `client_key` into the connector.
 #[derive(Clone)]
 pub struct UpstreamTls {
@@ -277,35 +280,47 @@ impl UpstreamTls {
     /// A bad file is refused and the old trust anchors stay in force. `Ok(true)`: the anchors
     /// changed, and connections made under the old ones are retired.
     pub fn reload(&self) -> Result<bool, SetupError> {
+        Ok(match self.prepare()? {
+            Some(fresh) => {
+                self.install(fresh);
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Reads the anchors again without putting them in force (a reload validates everything
+    /// before it changes anything): `None` when they are unchanged.
+    pub fn prepare(&self) -> Result<Option<NewTrust>, SetupError> {
         let fresh = load_trust(&self.cfg)?;
+        let current = match self.trust.current.read() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let changed = current.ca_pem != fresh.ca_pem || current.client_pem != fresh.client_pem;
+        Ok(changed.then_some(NewTrust(fresh)))
+    }
+
+    /// Puts prepared anchors in force: a new trust generation, so that connections made under the
+    /// old one are retired (idle ones at once, busy ones after their response).
+    pub fn install(&self, fresh: NewTrust) {
         let mut current = match self.trust.current.write() {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if current.ca_pem == fresh.ca_pem && current.client_pem == fresh.client_pem {
-            return Ok(false);
-        }
-        *current = Arc::new(fresh);
-        let generation = self.trust.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *current = Arc::new(fresh.0);
         drop(current);
+        self.retire();
+    }
+
+    /// Retires every connection made so far, as a trust change does: for a pool being replaced.
+    pub fn retire(&self) {
+        let generation = self.trust.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.trust.changed.send_replace(generation);
-        Ok(true)
     }
 
     pub fn ca_file(&self) -> Option<&Path> {
         self.cfg.ca_file.as_deref()
-    }
-
-    /// Every file the upstream's trust is read from: `ca_file`, `client_cert`, `client_key`.
-    pub(crate) fn paths(&self) -> Vec<&Path> {
-        [
-            &self.cfg.ca_file,
-            &self.cfg.client_cert,
-            &self.cfg.client_key,
-        ]
-        .into_iter()
-        .filter_map(|p| p.as_deref())
-        .collect()
     }
 
     /// The client certificate in force: its `notAfter` as Unix seconds, for

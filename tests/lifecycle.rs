@@ -205,7 +205,7 @@ async fn sighup_reloads_the_listener_certificate() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        gw.logs().contains("listener certificate reloaded"),
+        gw.logs().contains("configuration reloaded"),
         "{}",
         gw.logs()
     );

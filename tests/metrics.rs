@@ -95,11 +95,38 @@ async fn counters_match_a_known_mix_of_requests() {
     for (series, value) in expect {
         assert_eq!(metric(&gw, series).await, value, "{series}");
     }
+    // The revision is the checkout's HEAD (build.rs), `unknown` outside git; rustc is the version
+    // that compiled it.
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let revision = std::env::var("GIT_REVISION")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    let rustc = std::process::Command::new(std::env::var("RUSTC").unwrap_or("rustc".into()))
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap();
     let build = format!(
-        "gateway_build_info{{version=\"{}\"}}",
+        "gateway_build_info{{revision=\"{revision}\",rustc=\"{rustc}\",version=\"{}\"}}",
         env!("CARGO_PKG_VERSION")
     );
-    assert_eq!(metric(&gw, &build).await, 1.0);
+    assert_eq!(metric(&gw, &build).await, 1.0, "{}", scrape(&gw).await);
     let opened = metric(&gw, "gateway_upstream_connections_opened_total").await;
     assert!((1.0..=2.0).contains(&opened), "{opened}");
     assert!(metric(&gw, "process_resident_memory_bytes").await > 0.0);

@@ -469,10 +469,15 @@ async fn a_new_client_certificate_is_picked_up_by_a_reload() {
     assert_eq!(a.attempts(), 0);
 
     // The renewed pair, as a Secret rotation writes it.
-    let right = clients.leaf(&["gateway-client"]);
+    let right = clients.leaf_with(&["gateway-client"], |p| {
+        p.not_after = rcgen::date_time_ymd(2050, 1, 1);
+    });
     std::fs::write(&cert, right.cert_pem.as_bytes()).unwrap();
     std::fs::write(&key, right.key_pem.as_bytes()).unwrap();
-    assert_eq!(gw.reload().upstream_ca, Some(true));
+    assert!(gw.reload().unwrap().upstream_trust_changed);
     assert_eq!(get_status(&gw, "/companies/v2/rs/1").await, 200);
     assert_eq!(a.attempts(), 1);
+    // The client certificate's expiry is exported, and follows the reload.
+    let expiry = "gateway_certificate_expiry_timestamp_seconds{certificate=\"upstream_client\"}";
+    assert_eq!(metric(&gw, expiry).await, 2_524_608_000.0);
 }
