@@ -28,8 +28,8 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let level_from = match telemetry::init(&config.log) {
-        Ok(source) => source,
+    let (level_from, log_level) = match telemetry::init(&config.log) {
+        Ok(init) => init,
         Err(e) => {
             eprintln!("companies-gateway: {e}");
             return ExitCode::FAILURE;
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     for warning in report.warnings {
         tracing::warn!("{warning}");
     }
-    match companies_gateway::run(config, &cli.config) {
+    match companies_gateway::run(config, &cli.config, Some(log_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "companies-gateway stopped");

@@ -165,6 +165,7 @@ async fn start_inner(
         closed,
         started,
         nofile,
+        log_level: options.log_level.clone(),
     };
     let reloader = Reloader::new(
         options.config_path.clone(),
@@ -318,6 +319,8 @@ struct Swapper<S, F> {
     closed: Arc<CloseCounter>,
     started: Instant,
     nofile: Option<u64>,
+    /// Sets the process's log filter from the new `[log]` (`main`'s subscriber); `None` in tests.
+    log_level: Option<crate::telemetry::LevelHandle>,
 }
 
 impl<S, F> Apply for Swapper<S, F>
@@ -353,6 +356,12 @@ where
         let session_cache_cleared = handover.cache_cleared.clone();
         let upstream_trust_changed = handover.commit(&next);
         set_upstream_client_expiry(&self.metrics, &next.upstream_tls);
+        if let Some(set_level) = &self.log_level {
+            // Validated with the rest; a failure here leaves the old level and says so.
+            if let Err(e) = set_level(&config.log) {
+                tracing::warn!(error = %e, "log.level not changed");
+            }
+        }
         *carried = next;
         Ok(Applied {
             upstream_trust_changed,
@@ -396,7 +405,11 @@ fn fit_to_nofile(config: &mut Config, nofile: u64) {
 
 /// Runs the gateway until SIGTERM or SIGINT, then drains. Builds its own runtime from `[runtime]`.
 /// `config` was read from `path`: a reload reads it again.
-pub fn run(mut config: Config, path: &std::path::Path) -> Result<(), StartError> {
+pub fn run(
+    mut config: Config,
+    path: &std::path::Path,
+    log_level: Option<crate::telemetry::LevelHandle>,
+) -> Result<(), StartError> {
     let nofile = raise_nofile_limit();
     if let Some(nofile) = nofile {
         fit_to_nofile(&mut config, nofile);
@@ -416,6 +429,7 @@ pub fn run(mut config: Config, path: &std::path::Path) -> Result<(), StartError>
     rt.block_on(async move {
         let options = Options {
             config_path: Some(path.to_path_buf()),
+            log_level,
             ..Options::default()
         };
         let running = start_inner(config, options, nofile).await?;

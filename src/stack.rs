@@ -44,6 +44,8 @@ pub struct Options {
     /// The config file a reload reads again; `None`: a reload applies the same configuration
     /// again, re-reading the files it names.
     pub config_path: Option<std::path::PathBuf>,
+    /// Changes the process's log level on a reload (`main` installs the subscriber).
+    pub log_level: Option<crate::telemetry::LevelHandle>,
 }
 
 /// Opens the access log's output (called once per built stack).
@@ -56,6 +58,7 @@ impl Default for Options {
             reload_poll: std::time::Duration::from_secs(2),
             access_log: None,
             config_path: None,
+            log_level: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! override the level an operator set in the ConfigMap.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use crate::config::{parse_log_filter, LogConfig, LogFormat};
 
@@ -26,24 +27,39 @@ pub fn choose_level(cfg: &LogConfig, rust_log: Option<&str>) -> (String, LevelSo
     }
 }
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init(cfg: &LogConfig) -> Result<LevelSource, String> {
+/// Sets the running log filter from a reloaded `[log]`: the level follows the same precedence as
+/// at start-up. Given to the reloader by `main`; the subscriber itself is process-wide.
+pub type LevelHandle = Arc<dyn Fn(&LogConfig) -> Result<(), String> + Send + Sync>;
+
+/// Installs the global subscriber. Call once, from `main`. The handle changes its level later.
+pub fn init(cfg: &LogConfig) -> Result<(LevelSource, LevelHandle), String> {
     let rust_log = std::env::var("RUST_LOG").ok();
     let (directive, source) = choose_level(cfg, rust_log.as_deref());
     let filter = parse_log_filter(&directive).map_err(|e| match source {
         LevelSource::RustLog => format!("RUST_LOG: {e}"),
         _ => format!("log.level: {e}"),
     })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The filter sits under a reload layer, so that a reload can change the level (the
+    // subscriber itself is installed once per process).
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match cfg.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
     };
     result.map_err(|e| e.to_string())?;
-    Ok(source)
+    let handle: LevelHandle = Arc::new(move |cfg: &LogConfig| {
+        let rust_log = std::env::var("RUST_LOG").ok();
+        let (directive, _) = choose_level(cfg, rust_log.as_deref());
+        let filter = parse_log_filter(&directive)?;
+        reload.reload(filter).map_err(|e| e.to_string())
+    });
+    Ok((source, handle))
 }
 
 #[cfg(test)]

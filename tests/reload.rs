@@ -839,3 +839,75 @@ async fn send_ready(admin: SocketAddr) -> Option<u16> {
     let res = client().request(get(admin, "/readyz")).await.ok()?;
     Some(res.status().as_u16())
 }
+
+#[tokio::test]
+async fn log_level_changes_on_reload_without_a_restart() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start_with(pki.leaf(&["localhost"]), |_| Reply::ok(b"{}")).await;
+    let dir = support::tempdir::Dir::new();
+    let (public, admin) = (free_addr().await, free_addr().await);
+    let path = dir.0.join("gateway.toml");
+    write_atomic(&dir.0.join("api.yaml"), DOC_A);
+    let publish = |level: &str| {
+        let text = config_text(
+            &Variant::nth(0),
+            &dir.0,
+            &mock.url(""),
+            &pki.ca_file(),
+            Some((public, admin)),
+        )
+        .replace("level = \"info\"", &format!("level = \"{level}\""));
+        write_atomic(&path, &text);
+    };
+    let hup = |gw: &Binary| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &gw.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let reloads = |n: f64| async move {
+        let start = Instant::now();
+        while scrape_addr(admin, "gateway_config_reloads_total{result=\"success\"}").await < n {
+            assert!(start.elapsed() < Duration::from_secs(10), "no reload {n}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    publish("warn");
+    let gw = spawn_binary(&path);
+    let start = Instant::now();
+    while send_ready(admin).await != Some(200) {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // At warn, the info lines (listening, a reload done) are not written.
+    hup(&gw);
+    reloads(1.0).await;
+    assert!(
+        !gw.logs().contains("configuration reloaded"),
+        "{}",
+        gw.logs()
+    );
+    // At info they are, from the reload that set it on, with no restart-only warning for it.
+    publish("info");
+    hup(&gw);
+    reloads(2.0).await;
+    let start = Instant::now();
+    while !gw.logs().contains("configuration reloaded") {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!gw.logs().contains("need a restart"), "{}", gw.logs());
+    // And back to warn: the next reload is silent again.
+    publish("warn");
+    hup(&gw);
+    reloads(3.0).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        gw.logs().matches("configuration reloaded").count(),
+        1,
+        "{}",
+        gw.logs()
+    );
+}

@@ -7,13 +7,13 @@ use crate::config::{Config, SessionConfig};
 use crate::reload::files::sha256;
 
 /// Keys read once at start-up: the sockets are bound, the runtime is built, the histograms are
-/// registered and the log subscriber is installed. A reload keeps their running value.
-pub(crate) const RESTART_ONLY: [&str; 6] = [
+/// registered and the log subscriber (its format; the level reloads) is installed. A reload keeps
+/// their running value.
+pub(crate) const RESTART_ONLY: [&str; 5] = [
     "listener.addr",
     "admin.addr",
     "runtime.worker_threads",
     "metrics.buckets",
-    "log.level",
     "log.format",
 ];
 
@@ -39,8 +39,6 @@ pub(crate) fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'sta
         running.metrics.buckets != new.metrics.buckets,
     );
     new.metrics.buckets = running.metrics.buckets.clone();
-    keep("log.level", running.log.level != new.log.level);
-    new.log.level = running.log.level.clone();
     keep("log.format", running.log.format != new.log.format);
     new.log.format = running.log.format;
     debug_assert!(kept.iter().all(|k| RESTART_ONLY.contains(k)));
