@@ -5,6 +5,10 @@
 //! once for a buffered or empty body). While a streamed body is still arriving, the client's
 //! `body_read_timeout` governs: a slow upload is a 408, its upstream request aborted mid-body,
 //! never an upstream timeout. A body the upstream stops reading is bounded by both timeouts.
+//!
+//! A streamed body that §9 keeps for replay (an idempotent method, at most 64 KiB declared by
+//! `Content-Length`: `retry::replay_length`) is collected before the first attempt, within
+//! `body_read_timeout`, and sent as it came (same bytes, same `Content-Length`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +20,7 @@ use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
+use http_body_util::{BodyExt as _, Limited};
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
@@ -29,7 +34,7 @@ use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_override
 use crate::otel::ClientSpan;
 use crate::outcome::{Outcome, UpstreamErrorKind, UpstreamTiming};
 use crate::pool::{Pool, PoolError, PooledBody, SendFuture};
-use crate::{box_body, Body, BoxError};
+use crate::{box_body, full_body, Body, BoxError};
 
 /// What the forwarder needs to know, built once at start-up.
 #[derive(Debug, Clone)]
@@ -162,6 +167,16 @@ impl Service<Request<Body>> for Forward {
                 } else {
                     None
                 };
+                // A small streamed body of an idempotent request, collected so that it too can be
+                // replayed (only when retries are on at all).
+                let collect = match whole {
+                    None if self.pool.replays() => crate::retry::replay_length(
+                        req.method(),
+                        req.headers(),
+                        req.body().size_hint().exact(),
+                    ),
+                    _ => None,
+                };
                 // One upstream attempt starts here: its CLIENT span, the parent of the
                 // `traceparent` the upstream gets (an invalid one from the client is replaced).
                 span = trace.as_ref().and_then(|parent| {
@@ -172,20 +187,32 @@ impl Service<Request<Body>> for Forward {
                 if let Some(span) = &span {
                     span.inject(req.headers_mut());
                 }
-                // A body still to come is watched; the timer starts when it has been sent.
-                let (req, body, first) = if req.body().is_end_stream() {
-                    (req, None, cfg.request_timeout)
-                } else {
+                if let Some(len) = collect {
                     let (parts, body) = req.into_parts();
-                    let (body, rx) = WatchedBody::new(body);
-                    let req = Request::from_parts(parts, box_body(body));
-                    (req, Some(rx), cfg.body_read_timeout + cfg.request_timeout)
-                };
-                State::Sending {
-                    fut: self.pool.send(req, whole),
-                    timer: tokio::time::sleep(first),
-                    body,
-                    request_timeout: cfg.request_timeout,
+                    State::Collecting {
+                        read: Limited::new(body, len as usize).collect(),
+                        timer: tokio::time::sleep(cfg.body_read_timeout),
+                        parts: Some(parts),
+                        len,
+                        pool: self.pool.clone(),
+                        request_timeout: cfg.request_timeout,
+                    }
+                } else {
+                    // A body still to come is watched; the timer starts when it has been sent.
+                    let (req, body, first) = if req.body().is_end_stream() {
+                        (req, None, cfg.request_timeout)
+                    } else {
+                        let (parts, body) = req.into_parts();
+                        let (body, rx) = WatchedBody::new(body);
+                        let req = Request::from_parts(parts, box_body(body));
+                        (req, Some(rx), cfg.body_read_timeout + cfg.request_timeout)
+                    };
+                    State::Sending {
+                        fut: self.pool.send(req, whole),
+                        timer: tokio::time::sleep(first),
+                        body,
+                        request_timeout: cfg.request_timeout,
+                    }
                 }
             }
             Err(e) => State::Failed { err: Some(e) },
@@ -199,9 +226,21 @@ impl Service<Request<Body>> for Forward {
     }
 }
 
+type Collect = http_body_util::combinators::Collect<Limited<Body>>;
+
 pin_project! {
     #[project = StateProj]
     enum State {
+        // A body kept for replay is being read; then `Sending` with it whole.
+        Collecting {
+            #[pin] read: Collect,
+            // `body_read_timeout`.
+            #[pin] timer: Sleep,
+            parts: Option<http::request::Parts>,
+            len: u64,
+            pool: Pool,
+            request_timeout: Duration,
+        },
         Sending {
             #[pin] fut: SendFuture,
             // `request_timeout` from the body's end, or a bound on the body plus the wait.
@@ -270,18 +309,85 @@ impl Future for ResponseFuture {
     }
 }
 
-/// Drives one attempt: the send, the body's end and the timer.
+/// A body kept for replay could not be read whole: the client's fault, as when streamed.
+fn collect_error(e: &(dyn std::error::Error + 'static)) -> GatewayError {
+    match client_fault(e) {
+        Some(fault) => client_error(fault),
+        None => GatewayError::BadRequest("the request body was malformed"),
+    }
+}
+
+/// Reads a body kept for replay, then starts sending it: the next state.
+fn poll_collect(
+    read: Pin<&mut Collect>,
+    timer: Pin<&mut Sleep>,
+    parts: &mut Option<http::request::Parts>,
+    len: u64,
+    pool: &Pool,
+    request_timeout: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<State> {
+    let failed = |err| State::Failed { err: Some(err) };
+    let read = match read.poll(cx) {
+        Poll::Ready(read) => read,
+        Poll::Pending => {
+            ready!(timer.poll(cx));
+            return Poll::Ready(failed(GatewayError::RequestTimeout));
+        }
+    };
+    let bytes = match read {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return Poll::Ready(failed(collect_error(&*e))),
+    };
+    // Hyper frames the body by its `Content-Length`; were it ever otherwise, fail closed rather
+    // than send what the client did not declare.
+    let Some(parts) = parts.take().filter(|_| bytes.len() as u64 == len) else {
+        return Poll::Ready(failed(GatewayError::BadRequest(
+            "the request body was malformed",
+        )));
+    };
+    let req = Request::from_parts(parts, full_body(bytes.clone()));
+    Poll::Ready(State::Sending {
+        fut: pool.send(req, Some(bytes)),
+        timer: tokio::time::sleep(request_timeout),
+        body: None,
+        request_timeout,
+    })
+}
+
+/// Drives one attempt: the body kept for replay, the send, the body's end and the timer.
 fn poll_state(
-    state: Pin<&mut State>,
+    mut state: Pin<&mut State>,
     started: &Instant,
     validated: bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<Body>, GatewayError>> {
-    {
-        match state.project() {
-            StateProj::Failed { err } => Poll::Ready(Err(err
-                .take()
-                .unwrap_or_else(|| GatewayError::Internal("polled after completion".into())))),
+    loop {
+        match state.as_mut().project() {
+            StateProj::Collecting {
+                read,
+                timer,
+                parts,
+                len,
+                pool,
+                request_timeout,
+            } => {
+                let next = ready!(poll_collect(
+                    read,
+                    timer,
+                    parts,
+                    *len,
+                    pool,
+                    *request_timeout,
+                    cx
+                ));
+                state.set(next);
+            }
+            StateProj::Failed { err } => {
+                return Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                    GatewayError::Internal("polled after completion".into())
+                })))
+            }
             StateProj::Sending {
                 fut,
                 mut timer,
@@ -330,7 +436,7 @@ fn poll_state(
                 }
                 ready!(timer.poll(cx));
                 let err: BoxError = Box::new(NoResponseHead(*request_timeout));
-                Poll::Ready(Err(GatewayError::upstream(UpstreamErrorKind::Timeout, err)))
+                return Poll::Ready(Err(GatewayError::upstream(UpstreamErrorKind::Timeout, err)));
             }
         }
     }

@@ -351,9 +351,16 @@ impl Pool {
         }
     }
 
+    /// Whether a request may be sent more than once (`upstream.retries` > 0): only then is a
+    /// streamed body worth collecting for replay.
+    pub(crate) fn replays(&self) -> bool {
+        self.inner.retry.retries > 0
+    }
+
     /// Sends `req` (origin-form URI) on a pooled connection, or a new one, retrying where
-    /// section 9 allows. `body`: the request's whole body when it is known (empty, or the
-    /// validated route's buffered one), so that an idempotent request can be replayed.
+    /// section 9 allows. `body`: the request's whole body when it is known (empty, the
+    /// validated route's buffered one, or a small streamed one the forwarder collected), so that
+    /// an idempotent request can be replayed.
     pub(crate) fn send(&self, req: Request<Body>, body: Option<Bytes>) -> SendFuture {
         Box::pin(self.inner.clone().send(req, body))
     }
