@@ -10,8 +10,10 @@
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -74,13 +76,42 @@ impl Drop for InFlight {
     }
 }
 
+/// Turns the upstream's host name into addresses. The gateway's is the system resolver
+/// ([`SystemResolver`]); a test may put another behind `Options::resolver` to change the answer
+/// while the gateway runs, through the same refresh, join and drain code.
+pub trait Resolve: Send + Sync {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>>;
+}
+
+/// `getaddrinfo`, on tokio's blocking pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+    }
+}
+
 /// Where the addresses come from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Source {
     /// `upstream.resolve`, or an IP literal in the URL: never re-resolved.
     Fixed(Vec<SocketAddr>),
     /// A host name, resolved now and every `dns_refresh`.
-    Dns { host: Arc<str>, port: u16 },
+    Dns {
+        host: Arc<str>,
+        port: u16,
+        resolver: Arc<dyn Resolve>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -183,10 +214,15 @@ impl Endpoints {
     /// Resolves the host again (nothing for fixed addresses). An error or an empty answer keeps
     /// the addresses in use.
     pub(crate) async fn refresh(&self) -> Result<(), std::io::Error> {
-        let Source::Dns { host, port } = &self.source else {
+        let Source::Dns {
+            host,
+            port,
+            resolver,
+        } = &self.source
+        else {
             return Ok(());
         };
-        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((&**host, *port)).await?.collect();
+        let mut addrs = resolver.resolve(host, *port).await?;
         addrs.sort();
         addrs.dedup();
         if addrs.is_empty() {

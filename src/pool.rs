@@ -44,7 +44,9 @@ use pin_project_lite::pin_project;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{UpstreamConfig, UpstreamTarget};
-use crate::endpoints::{Endpoint, EndpointMetrics, Endpoints, InFlight, OutlierSettings, Source};
+use crate::endpoints::{
+    Endpoint, EndpointMetrics, Endpoints, InFlight, OutlierSettings, Resolve, Source,
+};
 use crate::metrics::MetricSet;
 use crate::outcome::UpstreamErrorKind;
 use crate::retry::{self, Failure, Replay, RetryBudget, RetryPolicy};
@@ -130,11 +132,12 @@ pub(crate) fn build_pool(
     cfg: &UpstreamConfig,
     target: &UpstreamTarget,
     metrics: &MetricSet,
+    resolver: Arc<dyn Resolve>,
 ) -> Result<(Pool, UpstreamTls), SetupError> {
     let host = target.authority.host();
     let proxy = crate::proxy::select(cfg.proxy.as_deref(), |k| std::env::var(k).ok(), host)
         .map_err(SetupError::Config)?;
-    let source = address_source(cfg, target, proxy.as_ref());
+    let source = address_source(cfg, target, proxy.as_ref(), resolver);
     if let Some(proxy) = &proxy {
         tracing::info!(%proxy, "upstream connections go through the egress proxy");
     }
@@ -179,6 +182,7 @@ fn address_source(
     cfg: &UpstreamConfig,
     target: &UpstreamTarget,
     proxy: Option<&crate::proxy::ProxyUrl>,
+    resolver: Arc<dyn Resolve>,
 ) -> Source {
     let (host, port) = match proxy {
         Some(p) => (p.host.as_str(), p.port),
@@ -197,6 +201,7 @@ fn address_source(
         Err(_) => Source::Dns {
             host: Arc::from(host),
             port,
+            resolver,
         },
     }
 }

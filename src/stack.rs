@@ -46,6 +46,9 @@ pub struct Options {
     pub config_path: Option<std::path::PathBuf>,
     /// Changes the process's log level on a reload (`main` installs the subscriber).
     pub log_level: Option<crate::telemetry::LevelHandle>,
+    /// Resolves the upstream's host name (not `upstream.resolve`, nor an IP literal): the
+    /// system resolver, or a test's.
+    pub resolver: Arc<dyn crate::Resolve>,
 }
 
 /// Opens the access log's output (called once per built stack).
@@ -59,6 +62,7 @@ impl Default for Options {
             access_log: None,
             config_path: None,
             log_level: None,
+            resolver: Arc::new(crate::endpoints::SystemResolver),
         }
     }
 }
@@ -181,7 +185,12 @@ pub(crate) fn parts_with(
         }
         _ => {
             handover.retired_pool = previous.map(|p| p.upstream_tls.clone());
-            build_pool(&config.upstream, &forward.target, metrics)?
+            build_pool(
+                &config.upstream,
+                &forward.target,
+                metrics,
+                options.resolver.clone(),
+            )?
         }
     };
     let contract = ContractConfig {
