@@ -104,8 +104,11 @@ impl Resolve for SystemResolver {
 /// Where the addresses come from.
 #[derive(Clone)]
 pub(crate) enum Source {
-    /// `upstream.resolve`, or an IP literal in the URL: never re-resolved.
+    /// An IP literal in the URL (or the proxy's): never re-resolved.
     Fixed(Vec<SocketAddr>),
+    /// `upstream.resolve`: never re-resolved; a reload that changes only it hands the new list
+    /// to the running pool (`Endpoints::replace`), so that addresses join and drain.
+    Configured(Vec<SocketAddr>),
     /// A host name, resolved now and every `dns_refresh`.
     Dns {
         host: Arc<str>,
@@ -173,7 +176,9 @@ impl Endpoints {
         metrics: EndpointMetrics,
     ) -> Endpoints {
         let list: Arc<[Arc<Endpoint>]> = match &source {
-            Source::Fixed(addrs) => addrs.iter().map(|a| Endpoint::new(*a)).collect(),
+            Source::Fixed(addrs) | Source::Configured(addrs) => {
+                addrs.iter().map(|a| Endpoint::new(*a)).collect()
+            }
             Source::Dns { .. } => Arc::from(Vec::new()),
         };
         metrics.healthy.set(list.len() as i64);
@@ -209,6 +214,11 @@ impl Endpoints {
         }
         self.refresh().await?;
         Ok(self.snapshot())
+    }
+
+    /// Whether the addresses are `upstream.resolve`'s, which a reload may replace in place.
+    pub(crate) fn configured(&self) -> bool {
+        matches!(self.source, Source::Configured(_))
     }
 
     /// Resolves the host again (nothing for fixed addresses). An error or an empty answer keeps

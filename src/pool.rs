@@ -186,7 +186,7 @@ fn address_source(
 ) -> Source {
     let (host, port) = match proxy {
         Some(p) => (p.host.as_str(), p.port),
-        None if !cfg.resolve.is_empty() => return Source::Fixed(cfg.resolve.clone()),
+        None if !cfg.resolve.is_empty() => return Source::Configured(cfg.resolve.clone()),
         None => (
             target
                 .authority
@@ -354,6 +354,21 @@ impl Pool {
                 retry,
             }),
         }
+    }
+
+    /// Whether a reload may hand this pool a new `upstream.resolve` (`addrs`) rather than build
+    /// another: its addresses are `upstream.resolve`'s, and the new list is not empty (empty
+    /// means the URL's host is resolved: another source, another pool).
+    pub(crate) fn takes_addresses(&self, addrs: &[SocketAddr]) -> bool {
+        !addrs.is_empty() && self.inner.endpoints.configured()
+    }
+
+    /// A reload's new `upstream.resolve`: new addresses join, kept ones keep their connections
+    /// and outlier state, vanished ones drain (idle connections close now, busy ones after their
+    /// response), as after a DNS refresh.
+    pub(crate) fn set_addresses(&self, addrs: &[SocketAddr]) {
+        self.inner.endpoints.replace(addrs);
+        self.inner.reap(false);
     }
 
     /// Whether a request may be sent more than once (`upstream.retries` > 0): only then is a

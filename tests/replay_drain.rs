@@ -3,8 +3,9 @@
 //! - bodies kept for replay: a streamed body of at most 64 KiB sent with `Content-Length` is
 //!   replayed byte for byte after a reset before the response head or a 503; a chunked or larger
 //!   body is not, unless none of it was sent; the validated route's buffered body is replayed;
-//! - addresses joining and draining while the gateway runs, through the resolver behind
-//!   `Options::resolver` and the `dns_refresh` that feeds it.
+//! - addresses joining and draining while the gateway runs: through the resolver behind
+//!   `Options::resolver` and the `dns_refresh` that feeds it, and through a reload of
+//!   `upstream.resolve`.
 
 mod support;
 
@@ -55,6 +56,8 @@ struct Mock {
     held: watch::Receiver<usize>,
     /// Connections open now (TLS accepted, not yet closed).
     open: watch::Receiver<usize>,
+    /// Connections accepted (TLS done) since the start.
+    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -85,16 +88,18 @@ impl Mock {
         let gate = Arc::new(Semaphore::new(0));
         let (held_tx, held) = watch::channel(0usize);
         let (open_tx, open) = watch::channel(0usize);
+        let accepted: Arc<AtomicUsize> = Arc::default();
         let held_tx = Arc::new(held_tx);
         let open_tx = Arc::new(open_tx);
         let name = addr.ip().to_string();
         let task = {
-            let (seen, reset_next, unavailable_next, refuse_next, gate) = (
+            let (seen, reset_next, unavailable_next, refuse_next, gate, accepted) = (
                 seen.clone(),
                 reset_next.clone(),
                 unavailable_next.clone(),
                 refuse_next.clone(),
                 gate.clone(),
+                accepted.clone(),
             );
             tokio::spawn(async move {
                 loop {
@@ -108,6 +113,7 @@ impl Mock {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         continue;
                     };
+                    accepted.fetch_add(1, Ordering::SeqCst);
                     open_tx.send_modify(|n| *n += 1);
                     let (seen, reset_next, unavailable_next, gate, held_tx, open_tx, name) = (
                         seen.clone(),
@@ -179,6 +185,7 @@ impl Mock {
             gate,
             held,
             open,
+            accepted,
             task,
         }
     }
@@ -516,4 +523,50 @@ async fn an_address_that_joins_gets_traffic_and_one_that_vanishes_drains() {
     }
     assert_eq!(from_b, 2);
     until(&b.open, "b's last connection closed", |n| *n == 0).await;
+}
+
+#[tokio::test]
+async fn a_reloaded_upstream_resolve_joins_and_drains_in_the_running_pool() {
+    let pki = Pki::new();
+    let a = Mock::start([127, 0, 0, 1], &pki).await;
+    let b = Mock::start([127, 0, 0, 2], &pki).await;
+    let gw = start_gateway(config(&pki, &[&a])).await;
+    let healthy = "gateway_upstream_endpoints{state=\"healthy\"}";
+    for _ in 0..5 {
+        assert_eq!(get_body(&gw, "/x").await.0, 200);
+    }
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 1);
+
+    // b joins at once; the pool is the same, and so is its connection to a.
+    let reloaded = gw.reload_with(config(&pki, &[&a, &b])).unwrap();
+    assert!(!reloaded.upstream_trust_changed);
+    assert_eq!(metric(&gw, healthy).await, 2.0);
+    let mut sent = 0;
+    while b.count() == 0 {
+        assert!(sent < 200, "b never got a request");
+        assert_eq!(get_body(&gw, "/x").await.0, 200);
+        sent += 1;
+    }
+    assert_eq!(
+        a.accepted.load(Ordering::SeqCst),
+        1,
+        "a's connection was kept"
+    );
+
+    // a vanishes: its idle connection closes, and nothing reaches it any more.
+    let a_requests = a.count();
+    gw.reload_with(config(&pki, &[&b])).unwrap();
+    until(&a.open, "a's idle connection closed", |n| *n == 0).await;
+    assert_eq!(metric(&gw, healthy).await, 1.0);
+    for _ in 0..10 {
+        let (status, body) = get_body(&gw, "/x").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with(b"127.0.0.2 "), "{body:?}");
+    }
+    assert_eq!(a.count(), a_requests);
+    assert_eq!(
+        b.accepted.load(Ordering::SeqCst),
+        1,
+        "b's connection was kept"
+    );
 }
