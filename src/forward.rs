@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -188,12 +189,13 @@ impl Service<Request<Body>> for Forward {
                     span.inject(req.headers_mut());
                 }
                 if let Some(len) = collect {
+                    // Boxed: the common case's future stays as small as before.
                     let (parts, body) = req.into_parts();
+                    // Boxed as a `Send` future here: inside the async fn, rustc cannot prove
+                    // `Limited`'s error conversion for every lifetime.
+                    let read: Collect = Box::pin(Limited::new(body, len as usize).collect());
                     State::Collecting {
-                        read: Limited::new(body, len as usize).collect(),
-                        timer: tokio::time::sleep(cfg.body_read_timeout),
-                        parts: Some(parts),
-                        len,
+                        fut: Box::pin(collect_body(parts, read, len, cfg.body_read_timeout)),
                         pool: self.pool.clone(),
                         request_timeout: cfg.request_timeout,
                     }
@@ -226,18 +228,19 @@ impl Service<Request<Body>> for Forward {
     }
 }
 
-type Collect = http_body_util::combinators::Collect<Limited<Body>>;
+type Collect =
+    Pin<Box<dyn Future<Output = Result<http_body_util::Collected<Bytes>, BoxError>> + Send>>;
+
+/// A body kept for replay being read: then the request to send, and its body.
+type Collecting =
+    Pin<Box<dyn Future<Output = Result<(Request<Body>, Bytes), GatewayError>> + Send>>;
 
 pin_project! {
     #[project = StateProj]
     enum State {
         // A body kept for replay is being read; then `Sending` with it whole.
         Collecting {
-            #[pin] read: Collect,
-            // `body_read_timeout`.
-            #[pin] timer: Sleep,
-            parts: Option<http::request::Parts>,
-            len: u64,
+            fut: Collecting,
             pool: Pool,
             request_timeout: Duration,
         },
@@ -317,42 +320,25 @@ fn collect_error(e: &(dyn std::error::Error + 'static)) -> GatewayError {
     }
 }
 
-/// Reads a body kept for replay, then starts sending it: the next state.
-fn poll_collect(
-    read: Pin<&mut Collect>,
-    timer: Pin<&mut Sleep>,
-    parts: &mut Option<http::request::Parts>,
+/// Reads a streamed body kept for replay whole, within `body_read_timeout` (a 408 past it, as
+/// when streamed): the request to send, with the same bytes under the same `Content-Length`.
+async fn collect_body(
+    parts: http::request::Parts,
+    read: Collect,
     len: u64,
-    pool: &Pool,
-    request_timeout: Duration,
-    cx: &mut Context<'_>,
-) -> Poll<State> {
-    let failed = |err| State::Failed { err: Some(err) };
-    let read = match read.poll(cx) {
-        Poll::Ready(read) => read,
-        Poll::Pending => {
-            ready!(timer.poll(cx));
-            return Poll::Ready(failed(GatewayError::RequestTimeout));
-        }
-    };
-    let bytes = match read {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => return Poll::Ready(failed(collect_error(&*e))),
-    };
+    body_read_timeout: Duration,
+) -> Result<(Request<Body>, Bytes), GatewayError> {
+    let bytes = tokio::time::timeout(body_read_timeout, read)
+        .await
+        .map_err(|_| GatewayError::RequestTimeout)?
+        .map_err(|e| collect_error(&*e))?
+        .to_bytes();
     // Hyper frames the body by its `Content-Length`; were it ever otherwise, fail closed rather
     // than send what the client did not declare.
-    let Some(parts) = parts.take().filter(|_| bytes.len() as u64 == len) else {
-        return Poll::Ready(failed(GatewayError::BadRequest(
-            "the request body was malformed",
-        )));
-    };
-    let req = Request::from_parts(parts, full_body(bytes.clone()));
-    Poll::Ready(State::Sending {
-        fut: pool.send(req, Some(bytes)),
-        timer: tokio::time::sleep(request_timeout),
-        body: None,
-        request_timeout,
-    })
+    if bytes.len() as u64 != len {
+        return Err(GatewayError::BadRequest("the request body was malformed"));
+    }
+    Ok((Request::from_parts(parts, full_body(bytes.clone())), bytes))
 }
 
 /// Drives one attempt: the body kept for replay, the send, the body's end and the timer.
@@ -365,22 +351,19 @@ fn poll_state(
     loop {
         match state.as_mut().project() {
             StateProj::Collecting {
-                read,
-                timer,
-                parts,
-                len,
+                fut,
                 pool,
                 request_timeout,
             } => {
-                let next = ready!(poll_collect(
-                    read,
-                    timer,
-                    parts,
-                    *len,
-                    pool,
-                    *request_timeout,
-                    cx
-                ));
+                let next = match ready!(fut.as_mut().poll(cx)) {
+                    Ok((req, bytes)) => State::Sending {
+                        fut: pool.send(req, Some(bytes)),
+                        timer: tokio::time::sleep(*request_timeout),
+                        body: None,
+                        request_timeout: *request_timeout,
+                    },
+                    Err(err) => State::Failed { err: Some(err) },
+                };
                 state.set(next);
             }
             StateProj::Failed { err } => {
