@@ -10,8 +10,10 @@
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -74,13 +76,45 @@ impl Drop for InFlight {
     }
 }
 
+/// Turns the upstream's host name into addresses. The gateway's is the system resolver
+/// ([`SystemResolver`]); a test may put another behind `Options::resolver` to change the answer
+/// while the gateway runs, through the same refresh, join and drain code.
+pub trait Resolve: Send + Sync {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>>;
+}
+
+/// `getaddrinfo`, on tokio's blocking pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+    }
+}
+
 /// Where the addresses come from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Source {
-    /// `upstream.resolve`, or an IP literal in the URL: never re-resolved.
+    /// An IP literal in the URL (or the proxy's): never re-resolved.
     Fixed(Vec<SocketAddr>),
+    /// `upstream.resolve`: never re-resolved; a reload that changes only it hands the new list
+    /// to the running pool (`Endpoints::replace`), so that addresses join and drain.
+    Configured(Vec<SocketAddr>),
     /// A host name, resolved now and every `dns_refresh`.
-    Dns { host: Arc<str>, port: u16 },
+    Dns {
+        host: Arc<str>,
+        port: u16,
+        resolver: Arc<dyn Resolve>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,7 +176,9 @@ impl Endpoints {
         metrics: EndpointMetrics,
     ) -> Endpoints {
         let list: Arc<[Arc<Endpoint>]> = match &source {
-            Source::Fixed(addrs) => addrs.iter().map(|a| Endpoint::new(*a)).collect(),
+            Source::Fixed(addrs) | Source::Configured(addrs) => {
+                addrs.iter().map(|a| Endpoint::new(*a)).collect()
+            }
             Source::Dns { .. } => Arc::from(Vec::new()),
         };
         metrics.healthy.set(list.len() as i64);
@@ -180,13 +216,23 @@ impl Endpoints {
         Ok(self.snapshot())
     }
 
+    /// Whether the addresses are `upstream.resolve`'s, which a reload may replace in place.
+    pub(crate) fn configured(&self) -> bool {
+        matches!(self.source, Source::Configured(_))
+    }
+
     /// Resolves the host again (nothing for fixed addresses). An error or an empty answer keeps
     /// the addresses in use.
     pub(crate) async fn refresh(&self) -> Result<(), std::io::Error> {
-        let Source::Dns { host, port } = &self.source else {
+        let Source::Dns {
+            host,
+            port,
+            resolver,
+        } = &self.source
+        else {
             return Ok(());
         };
-        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((&**host, *port)).await?.collect();
+        let mut addrs = resolver.resolve(host, *port).await?;
         addrs.sort();
         addrs.dedup();
         if addrs.is_empty() {

@@ -5,6 +5,10 @@
 //! once for a buffered or empty body). While a streamed body is still arriving, the client's
 //! `body_read_timeout` governs: a slow upload is a 408, its upstream request aborted mid-body,
 //! never an upstream timeout. A body the upstream stops reading is bounded by both timeouts.
+//!
+//! A streamed body that §9 keeps for replay (an idempotent method, at most 64 KiB declared by
+//! `Content-Length`: `retry::replay_length`) is collected before the first attempt, within
+//! `body_read_timeout`, and sent as it came (same bytes, same `Content-Length`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,10 +16,12 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
+use http_body_util::{BodyExt as _, Limited};
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
@@ -29,7 +35,7 @@ use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_override
 use crate::otel::ClientSpan;
 use crate::outcome::{Outcome, UpstreamErrorKind, UpstreamTiming};
 use crate::pool::{Pool, PoolError, PooledBody, SendFuture};
-use crate::{box_body, Body, BoxError};
+use crate::{box_body, full_body, Body, BoxError};
 
 /// What the forwarder needs to know, built once at start-up.
 #[derive(Debug, Clone)]
@@ -162,6 +168,16 @@ impl Service<Request<Body>> for Forward {
                 } else {
                     None
                 };
+                // A small streamed body of an idempotent request, collected so that it too can be
+                // replayed (only when retries are on at all).
+                let collect = match whole {
+                    None if self.pool.replays() => crate::retry::replay_length(
+                        req.method(),
+                        req.headers(),
+                        req.body().size_hint().exact(),
+                    ),
+                    _ => None,
+                };
                 // One upstream attempt starts here: its CLIENT span, the parent of the
                 // `traceparent` the upstream gets (an invalid one from the client is replaced).
                 span = trace.as_ref().and_then(|parent| {
@@ -172,20 +188,33 @@ impl Service<Request<Body>> for Forward {
                 if let Some(span) = &span {
                     span.inject(req.headers_mut());
                 }
-                // A body still to come is watched; the timer starts when it has been sent.
-                let (req, body, first) = if req.body().is_end_stream() {
-                    (req, None, cfg.request_timeout)
-                } else {
+                if let Some(len) = collect {
+                    // Boxed: the common case's future stays as small as before.
                     let (parts, body) = req.into_parts();
-                    let (body, rx) = WatchedBody::new(body);
-                    let req = Request::from_parts(parts, box_body(body));
-                    (req, Some(rx), cfg.body_read_timeout + cfg.request_timeout)
-                };
-                State::Sending {
-                    fut: self.pool.send(req, whole),
-                    timer: tokio::time::sleep(first),
-                    body,
-                    request_timeout: cfg.request_timeout,
+                    // Boxed as a `Send` future here: inside the async fn, rustc cannot prove
+                    // `Limited`'s error conversion for every lifetime.
+                    let read: Collect = Box::pin(Limited::new(body, len as usize).collect());
+                    State::Collecting {
+                        fut: Box::pin(collect_body(parts, read, len, cfg.body_read_timeout)),
+                        pool: self.pool.clone(),
+                        request_timeout: cfg.request_timeout,
+                    }
+                } else {
+                    // A body still to come is watched; the timer starts when it has been sent.
+                    let (req, body, first) = if req.body().is_end_stream() {
+                        (req, None, cfg.request_timeout)
+                    } else {
+                        let (parts, body) = req.into_parts();
+                        let (body, rx) = WatchedBody::new(body);
+                        let req = Request::from_parts(parts, box_body(body));
+                        (req, Some(rx), cfg.body_read_timeout + cfg.request_timeout)
+                    };
+                    State::Sending {
+                        fut: self.pool.send(req, whole),
+                        timer: tokio::time::sleep(first),
+                        body,
+                        request_timeout: cfg.request_timeout,
+                    }
                 }
             }
             Err(e) => State::Failed { err: Some(e) },
@@ -199,9 +228,22 @@ impl Service<Request<Body>> for Forward {
     }
 }
 
+type Collect =
+    Pin<Box<dyn Future<Output = Result<http_body_util::Collected<Bytes>, BoxError>> + Send>>;
+
+/// A body kept for replay being read: then the request to send, and its body.
+type Collecting =
+    Pin<Box<dyn Future<Output = Result<(Request<Body>, Bytes), GatewayError>> + Send>>;
+
 pin_project! {
     #[project = StateProj]
     enum State {
+        // A body kept for replay is being read; then `Sending` with it whole.
+        Collecting {
+            fut: Collecting,
+            pool: Pool,
+            request_timeout: Duration,
+        },
         Sending {
             #[pin] fut: SendFuture,
             // `request_timeout` from the body's end, or a bound on the body plus the wait.
@@ -270,18 +312,65 @@ impl Future for ResponseFuture {
     }
 }
 
-/// Drives one attempt: the send, the body's end and the timer.
+/// A body kept for replay could not be read whole: the client's fault, as when streamed.
+fn collect_error(e: &(dyn std::error::Error + 'static)) -> GatewayError {
+    match client_fault(e) {
+        Some(fault) => client_error(fault),
+        None => GatewayError::BadRequest("the request body was malformed"),
+    }
+}
+
+/// Reads a streamed body kept for replay whole, within `body_read_timeout` (a 408 past it, as
+/// when streamed): the request to send, with the same bytes under the same `Content-Length`.
+async fn collect_body(
+    parts: http::request::Parts,
+    read: Collect,
+    len: u64,
+    body_read_timeout: Duration,
+) -> Result<(Request<Body>, Bytes), GatewayError> {
+    let bytes = tokio::time::timeout(body_read_timeout, read)
+        .await
+        .map_err(|_| GatewayError::RequestTimeout)?
+        .map_err(|e| collect_error(&*e))?
+        .to_bytes();
+    // Hyper frames the body by its `Content-Length`; were it ever otherwise, fail closed rather
+    // than send what the client did not declare.
+    if bytes.len() as u64 != len {
+        return Err(GatewayError::BadRequest("the request body was malformed"));
+    }
+    Ok((Request::from_parts(parts, full_body(bytes.clone())), bytes))
+}
+
+/// Drives one attempt: the body kept for replay, the send, the body's end and the timer.
 fn poll_state(
-    state: Pin<&mut State>,
+    mut state: Pin<&mut State>,
     started: &Instant,
     validated: bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Response<Body>, GatewayError>> {
-    {
-        match state.project() {
-            StateProj::Failed { err } => Poll::Ready(Err(err
-                .take()
-                .unwrap_or_else(|| GatewayError::Internal("polled after completion".into())))),
+    loop {
+        match state.as_mut().project() {
+            StateProj::Collecting {
+                fut,
+                pool,
+                request_timeout,
+            } => {
+                let next = match ready!(fut.as_mut().poll(cx)) {
+                    Ok((req, bytes)) => State::Sending {
+                        fut: pool.send(req, Some(bytes)),
+                        timer: tokio::time::sleep(*request_timeout),
+                        body: None,
+                        request_timeout: *request_timeout,
+                    },
+                    Err(err) => State::Failed { err: Some(err) },
+                };
+                state.set(next);
+            }
+            StateProj::Failed { err } => {
+                return Poll::Ready(Err(err.take().unwrap_or_else(|| {
+                    GatewayError::Internal("polled after completion".into())
+                })))
+            }
             StateProj::Sending {
                 fut,
                 mut timer,
@@ -330,7 +419,7 @@ fn poll_state(
                 }
                 ready!(timer.poll(cx));
                 let err: BoxError = Box::new(NoResponseHead(*request_timeout));
-                Poll::Ready(Err(GatewayError::upstream(UpstreamErrorKind::Timeout, err)))
+                return Poll::Ready(Err(GatewayError::upstream(UpstreamErrorKind::Timeout, err)));
             }
         }
     }

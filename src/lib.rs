@@ -10,8 +10,8 @@
 //! integration tests (`tests/`), the benches (`benches/`) and the fuzz targets (`fuzz/`):
 //!
 //! - `preflight::load` (what `--check-config`, start-up and reload run), [`start`], [`start_with`],
-//!   [`run`], [`Running`], [`Config`] (and `config`'s types), [`Options`], [`Reloaded`] and
-//!   [`ReloadError`] (what `Running::reload` returns);
+//!   [`run`], [`Running`], [`Config`] (and `config`'s types), [`Options`] (and the [`Resolve`]
+//!   it may hold), [`Reloaded`] and [`ReloadError`] (what `Running::reload` returns);
 //! - `stack::{parts, build, Parts}`, to assemble the layers in another order;
 //! - the pure decisions and the layers they exercise directly: `contract` (the compiled document
 //!   and its checks), `route`, `edge`, `headers`, `request_id`, `problem`, `forward`, `session`,
@@ -64,6 +64,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 
 pub use config::Config;
+pub use endpoints::{Resolve, SystemResolver};
 pub use reload::{ReloadError, Reloaded};
 pub use server::{run, start, start_with, Running};
 pub use stack::Options;

@@ -44,7 +44,9 @@ use pin_project_lite::pin_project;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{UpstreamConfig, UpstreamTarget};
-use crate::endpoints::{Endpoint, EndpointMetrics, Endpoints, InFlight, OutlierSettings, Source};
+use crate::endpoints::{
+    Endpoint, EndpointMetrics, Endpoints, InFlight, OutlierSettings, Resolve, Source,
+};
 use crate::metrics::MetricSet;
 use crate::outcome::UpstreamErrorKind;
 use crate::retry::{self, Failure, Replay, RetryBudget, RetryPolicy};
@@ -130,11 +132,12 @@ pub(crate) fn build_pool(
     cfg: &UpstreamConfig,
     target: &UpstreamTarget,
     metrics: &MetricSet,
+    resolver: Arc<dyn Resolve>,
 ) -> Result<(Pool, UpstreamTls), SetupError> {
     let host = target.authority.host();
     let proxy = crate::proxy::select(cfg.proxy.as_deref(), |k| std::env::var(k).ok(), host)
         .map_err(SetupError::Config)?;
-    let source = address_source(cfg, target, proxy.as_ref());
+    let source = address_source(cfg, target, proxy.as_ref(), resolver);
     if let Some(proxy) = &proxy {
         tracing::info!(%proxy, "upstream connections go through the egress proxy");
     }
@@ -179,10 +182,11 @@ fn address_source(
     cfg: &UpstreamConfig,
     target: &UpstreamTarget,
     proxy: Option<&crate::proxy::ProxyUrl>,
+    resolver: Arc<dyn Resolve>,
 ) -> Source {
     let (host, port) = match proxy {
         Some(p) => (p.host.as_str(), p.port),
-        None if !cfg.resolve.is_empty() => return Source::Fixed(cfg.resolve.clone()),
+        None if !cfg.resolve.is_empty() => return Source::Configured(cfg.resolve.clone()),
         None => (
             target
                 .authority
@@ -197,6 +201,7 @@ fn address_source(
         Err(_) => Source::Dns {
             host: Arc::from(host),
             port,
+            resolver,
         },
     }
 }
@@ -351,9 +356,31 @@ impl Pool {
         }
     }
 
+    /// Whether a reload may hand this pool a new `upstream.resolve` (`addrs`) rather than build
+    /// another: its addresses are `upstream.resolve`'s, and the new list is not empty (empty
+    /// means the URL's host is resolved: another source, another pool).
+    pub(crate) fn takes_addresses(&self, addrs: &[SocketAddr]) -> bool {
+        !addrs.is_empty() && self.inner.endpoints.configured()
+    }
+
+    /// A reload's new `upstream.resolve`: new addresses join, kept ones keep their connections
+    /// and outlier state, vanished ones drain (idle connections close now, busy ones after their
+    /// response), as after a DNS refresh.
+    pub(crate) fn set_addresses(&self, addrs: &[SocketAddr]) {
+        self.inner.endpoints.replace(addrs);
+        self.inner.reap(false);
+    }
+
+    /// Whether a request may be sent more than once (`upstream.retries` > 0): only then is a
+    /// streamed body worth collecting for replay.
+    pub(crate) fn replays(&self) -> bool {
+        self.inner.retry.retries > 0
+    }
+
     /// Sends `req` (origin-form URI) on a pooled connection, or a new one, retrying where
-    /// section 9 allows. `body`: the request's whole body when it is known (empty, or the
-    /// validated route's buffered one), so that an idempotent request can be replayed.
+    /// section 9 allows. `body`: the request's whole body when it is known (empty, the
+    /// validated route's buffered one, or a small streamed one the forwarder collected), so that
+    /// an idempotent request can be replayed.
     pub(crate) fn send(&self, req: Request<Body>, body: Option<Bytes>) -> SendFuture {
         Box::pin(self.inner.clone().send(req, body))
     }

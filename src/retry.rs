@@ -4,13 +4,16 @@
 //! - Bytes never reached the upstream (connect or TLS failure, a connection that failed before
 //!   the request was written): any method, with the request handed back untouched.
 //! - `GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE` also after a reset before the response head, or a
-//!   502/503 answer, when the body can be replayed (empty, or the validated route's buffered body).
+//!   502/503 answer, when the body can be replayed: empty, the validated route's buffered body, or
+//!   a streamed body of at most 64 KiB sent with `Content-Length` (collected before the first
+//!   attempt: see `replay_length`).
 //! - `PATCH`, `POST` (and any other method) never once a byte was written.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Method, Request, Uri, Version};
 use prometheus::IntCounter;
 
@@ -68,6 +71,33 @@ pub(crate) fn decide(method: &Method, failure: Failure, replayable: bool) -> Opt
         }
         _ => None,
     }
+}
+
+/// The largest streamed body kept for replay (gateway.md §9).
+pub(crate) const REPLAY_MAX: u64 = 64 * 1024;
+
+/// The length of a streamed body worth collecting before the first attempt so that it can be
+/// replayed: that of an idempotent request whose body is declared by one `Content-Length` of at
+/// most 64 KiB, which its framing agrees with (`exact`, the body's exact size hint). `None`: the
+/// body streams as it arrives, and is retried only while none of it was sent (a chunked body, a
+/// larger one, or a method never replayed).
+pub(crate) fn replay_length(
+    method: &Method,
+    headers: &HeaderMap,
+    exact: Option<u64>,
+) -> Option<u64> {
+    if !idempotent(method) {
+        return None;
+    }
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let declared = values.next()?.to_str().ok()?;
+    // Digits only (`u64`'s parser takes a `+`).
+    if !declared.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let declared = declared.parse::<u64>().ok()?;
+    (values.next().is_none() && declared <= REPLAY_MAX && exact == Some(declared))
+        .then_some(declared)
 }
 
 /// Full jitter on an exponential base: up to 25 ms, 50 ms, 100 ms, … at most 250 ms.
@@ -242,6 +272,39 @@ mod tests {
         assert!(Replay::of(&req(Method::GET), None).is_none());
         let replay = Replay::of(&req(Method::PUT), Some(Bytes::from_static(b"{}"))).unwrap();
         assert_eq!(replay.request().method(), Method::PUT);
+    }
+
+    #[test]
+    fn only_a_small_declared_body_of_an_idempotent_method_is_collected() {
+        let headers = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(CONTENT_LENGTH, v.parse().unwrap());
+            }
+            h
+        };
+        let small = headers(&["5"]);
+        for m in [Method::PUT, Method::DELETE, Method::GET, Method::OPTIONS] {
+            assert_eq!(replay_length(&m, &small, Some(5)), Some(5), "{m}");
+        }
+        for m in [Method::PATCH, Method::POST] {
+            assert_eq!(replay_length(&m, &small, Some(5)), None, "{m}");
+        }
+        let put = Method::PUT;
+        assert_eq!(
+            replay_length(&put, &headers(&["65536"]), Some(65_536)),
+            Some(65_536)
+        );
+        // Larger, chunked (no length), framed otherwise than declared, or declared twice.
+        assert_eq!(
+            replay_length(&put, &headers(&["65537"]), Some(65_537)),
+            None
+        );
+        assert_eq!(replay_length(&put, &headers(&[]), None), None);
+        assert_eq!(replay_length(&put, &small, None), None);
+        assert_eq!(replay_length(&put, &small, Some(4)), None);
+        assert_eq!(replay_length(&put, &headers(&["5", "5"]), Some(5)), None);
+        assert_eq!(replay_length(&put, &headers(&["+5"]), Some(5)), None);
     }
 
     #[test]

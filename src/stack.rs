@@ -46,6 +46,9 @@ pub struct Options {
     pub config_path: Option<std::path::PathBuf>,
     /// Changes the process's log level on a reload (`main` installs the subscriber).
     pub log_level: Option<crate::telemetry::LevelHandle>,
+    /// Resolves the upstream's host name (not `upstream.resolve`, nor an IP literal): the
+    /// system resolver, or a test's.
+    pub resolver: Arc<dyn crate::Resolve>,
 }
 
 /// Opens the access log's output (called once per built stack).
@@ -59,6 +62,7 @@ impl Default for Options {
             access_log: None,
             config_path: None,
             log_level: None,
+            resolver: Arc::new(crate::endpoints::SystemResolver),
         }
     }
 }
@@ -113,7 +117,9 @@ pub fn parts(config: &Config, metrics: &Metrics, options: &Options) -> Result<Pa
 /// pool and its connections while `[upstream]` is the same, and the session cache while no key
 /// that changes verdicts did.
 pub(crate) struct Carried {
+    /// `[upstream]` but `resolve`, which a kept pool takes in place.
     upstream: String,
+    resolve: Vec<std::net::SocketAddr>,
     pool: Pool,
     pub(crate) upstream_tls: UpstreamTls,
     verdict_keys: SessionVerdictKeys,
@@ -133,6 +139,8 @@ pub(crate) struct Handover {
     pub(crate) retired_pool: Option<UpstreamTls>,
     /// Why the session cache was cleared; `None`: it was kept (or there was none before).
     pub(crate) cache_cleared: Option<String>,
+    /// The pool was kept and `upstream.resolve` changed: the new addresses.
+    pub(crate) new_addresses: Option<Vec<std::net::SocketAddr>>,
 }
 
 impl Handover {
@@ -144,6 +152,9 @@ impl Handover {
         }
         if let Some(old) = self.retired_pool {
             old.retire();
+        }
+        if let Some(addrs) = self.new_addresses {
+            carried.pool.set_addresses(&addrs);
         }
         trust_changed
     }
@@ -172,16 +183,33 @@ pub(crate) fn parts_with(
         body_read_timeout: config.limits.body_read_timeout.0,
     };
     // Compared by their Debug text, which (unlike the masked serialization) holds every value: a
-    // changed proxy password rebuilds the pool too.
-    let upstream = format!("{:?}", config.upstream);
+    // changed proxy password rebuilds the pool too. `resolve` apart: a pool built from it takes
+    // a new list in place, keeping the connections to the addresses that stay.
+    let resolve = config.upstream.resolve.clone();
+    let upstream = {
+        let mut key = config.upstream.clone();
+        key.resolve.clear();
+        format!("{key:?}")
+    };
     let (pool, upstream_tls) = match previous {
-        Some(prev) if prev.upstream == upstream => {
+        Some(prev)
+            if prev.upstream == upstream
+                && (prev.resolve == resolve || prev.pool.takes_addresses(&resolve)) =>
+        {
+            if prev.resolve != resolve {
+                handover.new_addresses = Some(resolve.clone());
+            }
             handover.new_trust = prev.upstream_tls.prepare()?;
             (prev.pool.clone(), prev.upstream_tls.clone())
         }
         _ => {
             handover.retired_pool = previous.map(|p| p.upstream_tls.clone());
-            build_pool(&config.upstream, &forward.target, metrics)?
+            build_pool(
+                &config.upstream,
+                &forward.target,
+                metrics,
+                options.resolver.clone(),
+            )?
         }
     };
     let contract = ContractConfig {
@@ -270,6 +298,7 @@ pub(crate) fn parts_with(
     let telemetry = Telemetry::build(&config.tracing, config.upstream.ca_file.as_deref(), metrics)?;
     let carried = Carried {
         upstream,
+        resolve,
         pool: pool.clone(),
         upstream_tls: upstream_tls.clone(),
         verdict_keys,
