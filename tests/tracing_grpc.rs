@@ -81,12 +81,18 @@ struct Call {
     alpn: Option<Vec<u8>>,
 }
 
-/// The in-process gRPC collector.
-struct Receiver {
-    addr: SocketAddr,
+/// What the receiver saw, shared with its connections.
+#[derive(Clone, Default)]
+struct Seen {
     spans: Arc<Mutex<Vec<Got>>>,
     calls: Arc<Mutex<Vec<Call>>>,
     arrived: Arc<Notify>,
+}
+
+/// The in-process gRPC collector.
+struct Receiver {
+    addr: SocketAddr,
+    seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -94,9 +100,7 @@ impl Receiver {
     async fn start(answer: Answer, tls: Option<Leaf>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let arrived = Arc::new(Notify::new());
+        let seen = Seen::default();
         let acceptor = tls.map(|leaf| {
             let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
                 rustls::crypto::ring::default_provider(),
@@ -110,19 +114,17 @@ impl Receiver {
             tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
         });
         let task = {
-            let (spans, calls, arrived) = (spans.clone(), calls.clone(), arrived.clone());
+            let seen = seen.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
                         continue;
                     };
-                    let (spans, calls, arrived) = (spans.clone(), calls.clone(), arrived.clone());
-                    let acceptor = acceptor.clone();
+                    let (seen, acceptor) = (seen.clone(), acceptor.clone());
                     tokio::spawn(async move {
                         let svc = move |alpn: Option<Vec<u8>>| {
                             hyper::service::service_fn(move |req: Request<Incoming>| {
-                                let seen = (spans.clone(), calls.clone(), arrived.clone());
-                                export(req, answer, alpn.clone(), seen)
+                                export(req, answer, alpn.clone(), seen.clone())
                             })
                         };
                         let h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -143,21 +145,16 @@ impl Receiver {
                 }
             })
         };
-        Receiver {
-            addr,
-            spans,
-            calls,
-            arrived,
-            task,
-        }
+        Receiver { addr, seen, task }
     }
 
     /// Waits (at most 20 s) until the spans of `trace_id` include `n` spans, and returns them.
     async fn trace(&self, trace_id: &str, n: usize) -> Vec<Got> {
         let wait = async {
             loop {
-                let arrived = self.arrived.notified();
+                let arrived = self.seen.arrived.notified();
                 let got: Vec<Got> = self
+                    .seen
                     .spans
                     .lock()
                     .unwrap()
@@ -180,8 +177,8 @@ impl Receiver {
     async fn first_call(&self) -> Call {
         let wait = async {
             loop {
-                let arrived = self.arrived.notified();
-                if let Some(c) = self.calls.lock().unwrap().first() {
+                let arrived = self.seen.arrived.notified();
+                if let Some(c) = self.seen.calls.lock().unwrap().first() {
                     return c.clone();
                 }
                 arrived.await;
@@ -193,7 +190,7 @@ impl Receiver {
     }
 
     fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
+        self.seen.calls.lock().unwrap().clone()
     }
 }
 
@@ -208,7 +205,7 @@ async fn export(
     req: Request<Incoming>,
     answer: Answer,
     alpn: Option<Vec<u8>>,
-    (spans, calls, arrived): (Arc<Mutex<Vec<Got>>>, Arc<Mutex<Vec<Call>>>, Arc<Notify>),
+    seen: Seen,
 ) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
     let (parts, body) = req.into_parts();
     let body = body
@@ -222,7 +219,7 @@ async fn export(
     };
     let length_ok = body.len() >= 5
         && u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize == message.len();
-    calls.lock().unwrap().push(Call {
+    seen.calls.lock().unwrap().push(Call {
         path: parts.uri.path().to_string(),
         version: parts.version,
         headers: parts.headers,
@@ -231,7 +228,7 @@ async fn export(
         alpn,
     });
     if let Ok(export) = ExportTraceServiceRequest::decode(message) {
-        let mut got = spans.lock().unwrap();
+        let mut got = seen.spans.lock().unwrap();
         for rs in export.resource_spans {
             let service = rs
                 .resource
@@ -253,7 +250,7 @@ async fn export(
             }
         }
     }
-    arrived.notify_waiters();
+    seen.arrived.notify_waiters();
     let grpc = |res: http::response::Builder| {
         res.status(200)
             .header("content-type", "application/grpc+proto")
