@@ -1,11 +1,12 @@
 //! Distributed tracing (gateway.md §7) with the official OpenTelemetry crates: W3C trace context
 //! in and out, a SERVER span per request, CLIENT spans for the upstream call and introspection,
-//! exported as OTLP http/protobuf by the SDK's batch processor on its own thread.
+//! exported as OTLP (http/protobuf here, grpc in [`grpc`]) by the SDK's batch processor on its
+//! own thread.
 //!
 //! No global provider is installed: the [`Telemetry`] handle lives in the built stack (its
 //! `Parts`), so that a reload builds a new one and the old one flushes and ends when the old stack
 //! is dropped. The export goes through hyper and hyper-rustls (ring), the HTTP stack the gateway
-//! already has, on the gateway's tokio runtime.
+//! already has, on the gateway's tokio runtime, whichever the protocol.
 //!
 //! The bound on the export queue is the gateway's own: spans ended but not yet handed to the
 //! exporter. Past it a span is dropped and counted (`gateway_trace_spans_dropped_total`); a batch
@@ -42,6 +43,8 @@ use crate::config::{OtlpProtocol, TracingConfig};
 use crate::metrics::Metrics;
 use crate::upstream::{root_store, tls_config, SetupError};
 
+mod grpc;
+
 /// Spans ended but not yet exported, beyond which new ones are dropped and counted.
 pub(crate) const MAX_QUEUED_SPANS: usize = 2048;
 /// Spans per export request (the SDK's default).
@@ -58,7 +61,8 @@ const MAX_USER_AGENT: usize = 256;
 /// `[tracing]` after the `OTEL_*` fallbacks; `None` from [`Settings::resolve`]: tracing is off.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Settings {
-    /// The traces URL itself (`…/v1/traces`).
+    /// The traces URL itself (`…/v1/traces`); for grpc, the collector's URL (the service's path
+    /// is gRPC's own).
     pub endpoint: String,
     pub protocol: OtlpProtocol,
     /// `None`: `OTEL_TRACES_SAMPLER` is set and the SDK reads it.
@@ -69,19 +73,35 @@ pub(crate) struct Settings {
     pub headers: HashMap<String, String>,
 }
 
+/// A `[tracing]` key, or the `OTEL_*` variable standing in for it, that cannot be used; `key` is
+/// the config key, the message names the variable when the value came from one.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Invalid {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl From<Invalid> for SetupError {
+    fn from(e: Invalid) -> SetupError {
+        SetupError::Config(e.message)
+    }
+}
+
 impl Settings {
     /// A key the config leaves unset falls back to its `OTEL_*` variable, read through `env`.
     pub(crate) fn resolve(
         cfg: &TracingConfig,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<Settings>, SetupError> {
+    ) -> Result<Option<Settings>, Invalid> {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        let endpoint = match &cfg.otlp_endpoint {
-            Some(base) => traces_url(base),
+        // (the URL, whether the signal's path is still to be added, where it came from)
+        let (url, base, from) = match &cfg.otlp_endpoint {
+            Some(base) => (base.clone(), true, "tracing.otlp_endpoint"),
             None => match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-                Some(full) => full,
+                Some(full) => (full, false, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
                 None => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
-                    Some(base) => traces_url(&base),
+                    Some(base) => (base, true, "OTEL_EXPORTER_OTLP_ENDPOINT"),
                     None => return Ok(None),
                 },
             },
@@ -95,20 +115,32 @@ impl Settings {
                 None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
                 Some("grpc") => OtlpProtocol::Grpc,
                 Some(other) => {
-                    return Err(SetupError::Config(format!(
-                        "OTEL_EXPORTER_OTLP_PROTOCOL: `{other}` is not http/protobuf or grpc"
-                    )))
+                    return Err(Invalid {
+                        key: "tracing.protocol",
+                        message: format!(
+                            "OTEL_EXPORTER_OTLP_PROTOCOL: `{other}` is not http/protobuf or grpc"
+                        ),
+                    })
                 }
             },
         };
-        if protocol == OtlpProtocol::Grpc {
-            // Refused rather than skipped: the exporter is not built (see the README).
-            return Err(SetupError::Config(
-                "tracing.protocol: grpc is not supported by this build; use http/protobuf \
-                 (the collector's port 4318)"
-                    .into(),
-            ));
+        // The config's URL is checked at load; a variable's is checked here, so that a URL the
+        // exporter cannot use is refused at start-up rather than failing every export.
+        let uri: Option<http::Uri> = url.parse().ok();
+        if !uri
+            .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+        {
+            return Err(Invalid {
+                key: "tracing.otlp_endpoint",
+                message: format!("{from}: must be an http:// or https:// URL with a host"),
+            });
         }
+        // gRPC's path is the service's (`/opentelemetry.proto…/Export`): the URL is the
+        // collector's, whichever variable named it (the OTLP exporter specification).
+        let endpoint = match protocol {
+            OtlpProtocol::HttpProtobuf if base => traces_url(&url),
+            _ => url,
+        };
         let sample_ratio = match cfg.sample_ratio {
             Some(r) => Some(r),
             None if env("OTEL_TRACES_SAMPLER").is_some() => None,
@@ -136,6 +168,22 @@ impl Settings {
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`'s rule: the signal's path is appended to the base URL.
 fn traces_url(base: &str) -> String {
     format!("{}/v1/traces", base.trim_end_matches('/'))
+}
+
+/// `--check-config`'s line on tracing, from the resolution start-up makes (the config, then this
+/// process's `OTEL_*` variables), so that a protocol or endpoint set by a variable shows too.
+pub(crate) fn summary(cfg: &TracingConfig) -> Result<String, Invalid> {
+    Ok(match Settings::resolve(cfg, |k| std::env::var(k).ok())? {
+        None => "# tracing: off (no tracing.otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)\n".into(),
+        Some(s) => format!(
+            "# tracing: OTLP {} to {}\n",
+            match s.protocol {
+                OtlpProtocol::HttpProtobuf => "http/protobuf",
+                OtlpProtocol::Grpc => "grpc",
+            },
+            crate::config::mask_url(&s.endpoint)
+        ),
+    })
 }
 
 /// The tracer and its provider; cloning shares them. The last clone dropped (the stack's, at
@@ -184,6 +232,16 @@ impl Telemetry {
         })?;
         // The collector is trusted with the upstream's anchors, as introspection is.
         let tls = tls_config(root_store(ca_file)?)?;
+        let (dropped, errors) = (
+            metrics.trace_spans_dropped.clone(),
+            metrics.trace_export_errors.clone(),
+        );
+        if settings.protocol == OtlpProtocol::Grpc {
+            let exporter = grpc::exporter(&settings, tls)?;
+            return Ok(Some(Telemetry::with_exporter(
+                exporter, &settings, dropped, errors,
+            )));
+        }
         let client = OtlpClient::new(tls, runtime);
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -195,10 +253,7 @@ impl Telemetry {
             .build()
             .map_err(|e| SetupError::Config(format!("tracing.otlp_endpoint: {e}")))?;
         Ok(Some(Telemetry::with_exporter(
-            exporter,
-            &settings,
-            metrics.trace_spans_dropped.clone(),
-            metrics.trace_export_errors.clone(),
+            exporter, &settings, dropped, errors,
         )))
     }
 
@@ -668,24 +723,76 @@ mod tests {
     }
 
     #[test]
-    fn grpc_is_refused_at_load_not_skipped() {
+    fn grpc_from_the_config_or_either_variable_keeps_the_collectors_url_as_given() {
+        let grpc = |cfg: &TracingConfig, vars: &[(&str, &str)]| {
+            let s = Settings::resolve(cfg, env(vars)).unwrap().unwrap();
+            (s.protocol, s.endpoint)
+        };
         let cfg = TracingConfig {
-            otlp_endpoint: Some("http://c:4317".into()),
+            otlp_endpoint: Some("http://c:4317/".into()),
             protocol: Some(OtlpProtocol::Grpc),
             ..TracingConfig::default()
         };
-        let err = Settings::resolve(&cfg, env(&[])).unwrap_err().to_string();
-        assert!(err.contains("tracing.protocol"), "{err}");
-        let err = Settings::resolve(
-            &TracingConfig {
-                otlp_endpoint: Some("http://c:4318".into()),
-                ..TracingConfig::default()
-            },
-            env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
+        // No `/v1/traces`: the path is gRPC's. The config's protocol wins over the variables.
+        let vars = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
+        assert_eq!(
+            grpc(&cfg, &vars),
+            (OtlpProtocol::Grpc, "http://c:4317/".into())
+        );
+        let base = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://env:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ];
+        assert_eq!(
+            grpc(&TracingConfig::default(), &base),
+            (OtlpProtocol::Grpc, "https://env:4317".into())
+        );
+        // The signal's own variables win over the general ones.
+        let signal = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ];
+        assert_eq!(
+            grpc(&TracingConfig::default(), &signal),
+            (OtlpProtocol::Grpc, "http://env:4318".into())
+        );
+        let http = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318")];
+        assert_eq!(
+            grpc(&TracingConfig::default(), &http),
+            (
+                OtlpProtocol::HttpProtobuf,
+                "http://env:4318/v1/traces".into()
+            )
+        );
+    }
+
+    #[test]
+    fn an_unknown_protocol_or_unusable_url_from_a_variable_is_refused_naming_it() {
+        let cfg = TracingConfig {
+            otlp_endpoint: Some("http://c:4318".into()),
+            ..TracingConfig::default()
+        };
+        let err = Settings::resolve(&cfg, env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]))
+            .unwrap_err();
+        assert_eq!(err.key, "tracing.protocol");
+        assert!(err.message.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{err}");
+        for (var, url) in [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://c/x"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
+        ] {
+            let err = Settings::resolve(&TracingConfig::default(), env(&[(var, url)])).unwrap_err();
+            assert_eq!(err.key, "tracing.otlp_endpoint");
+            assert!(err.message.starts_with(var), "{err}");
+        }
+        // With tracing off, the protocol variable is not read.
+        assert!(Settings::resolve(
+            &TracingConfig::default(),
+            env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])
         )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{err}");
+        .unwrap()
+        .is_none());
     }
 
     fn settings(ratio: f64) -> Settings {

@@ -129,7 +129,13 @@ pub fn check(config: &Config) -> Result<Report, LoadError> {
         let message = e.message.strip_prefix(&prefix).unwrap_or(&e.message);
         file(e.key, &path, message.to_string())
     })?;
-    check_document(config)
+    let mut report = check_document(config)?;
+    let tracing = crate::otel::summary(&config.tracing).map_err(|e| LoadError::Setup {
+        key: e.key,
+        message: e.message,
+    })?;
+    report.summary.push_str(&tracing);
+    Ok(report)
 }
 
 /// Compiles the document `validation.openapi` names (or the built-in one) and its router, and
@@ -287,5 +293,19 @@ mod tests {
             r.summary.contains("the built-in document: 1 operation\n"),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn grpc_tracing_is_accepted_and_shown_with_its_url_masked() {
+        let mut c = Config::default();
+        c.tracing.otlp_endpoint = Some("https://user:hunter2@collector:4317".into());
+        c.tracing.protocol = Some(crate::config::OtlpProtocol::Grpc);
+        let r = check(&c).unwrap();
+        assert!(
+            r.summary
+                .contains("# tracing: OTLP grpc to https://***@collector:4317\n"),
+            "{r:?}"
+        );
+        assert!(!r.summary.contains("hunter2"), "{r:?}");
     }
 }
