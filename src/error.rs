@@ -2,13 +2,16 @@
 //! RFC 9457 problem (gateway.md §2). Errors are sorted by where they came from: the client gets a
 //! 4xx, the upstream a 502 or 504, the gateway itself a 500.
 
+use std::borrow::Cow;
+
 use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
-use serde::Serialize;
 
 use crate::contract::{HeaderProblem, Location, Violation, Violations};
 use crate::outcome::{Outcome, OutcomeKind, Reason, UpstreamErrorKind};
 use crate::{full_body, Body, BoxError};
+
+mod json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -78,7 +81,9 @@ pub(crate) const RATELIMIT_POLICY: http::HeaderName =
 /// How long a client is asked to wait after a 503.
 const RETRY_AFTER_SECS: u64 = 1;
 
-#[derive(Serialize)]
+/// The serde rendering the hand-written one replaced, kept as the tests' reference.
+#[cfg(test)]
+#[derive(serde::Serialize)]
 struct Problem<'a> {
     #[serde(rename = "type")]
     kind: String,
@@ -91,15 +96,16 @@ struct Problem<'a> {
     errors: Vec<ProblemItem<'a>>,
 }
 
-#[derive(Serialize)]
+/// One item of a problem's `errors`; exactly one of `pointer`, `parameter`, `header` is set.
+#[cfg_attr(test, derive(serde::Serialize))]
 struct ProblemItem<'a> {
     code: &'a str,
     detail: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pointer: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     parameter: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     header: Option<&'a str>,
 }
 
@@ -112,6 +118,25 @@ impl<'a> ProblemItem<'a> {
             parameter: None,
             header: Some(p.header),
         }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        json::key(out, true, "code");
+        json::string(out, self.code);
+        json::key(out, false, "detail");
+        json::string(out, self.detail);
+        for (name, value) in [
+            ("pointer", self.pointer),
+            ("parameter", self.parameter),
+            ("header", self.header),
+        ] {
+            if let Some(value) = value {
+                json::key(out, false, name);
+                json::string(out, value);
+            }
+        }
+        out.push(b'}');
     }
 
     fn from_violation(v: &'a Violation) -> Self {
@@ -248,16 +273,16 @@ impl GatewayError {
         }
     }
 
-    fn detail(&self) -> String {
+    fn detail(&self) -> Cow<'static, str> {
         use GatewayError::*;
         match self {
-            BadRequest(d) => (*d).to_string(),
+            BadRequest(d) => Cow::Borrowed(*d),
             Unauthorized { reason, .. } => match reason {
                 Reason::SessionToken => "X-Session-Token is missing, repeated or malformed".into(),
                 _ => "Authorization must be one `Bearer <token>` header".into(),
             },
             UnsupportedMediaType(_) => "Content-Type must be application/json (utf-8)".into(),
-            PayloadTooLarge { limit } => format!("the body must be at most {limit} bytes"),
+            PayloadTooLarge { limit } => format!("the body must be at most {limit} bytes").into(),
             RequestTimeout => "the request body did not arrive in time".into(),
             ClientAborted => "the request body ended before it was complete".into(),
             ExpectationFailed => "only `Expect: 100-continue` is supported".into(),
@@ -266,8 +291,9 @@ impl GatewayError {
                 "{} violation(s) of the contract; the first {} are listed",
                 v.total(),
                 v.len()
-            ),
-            InvalidRequest(v) => format!("{} violation(s) of the contract", v.total()),
+            )
+            .into(),
+            InvalidRequest(v) => format!("{} violation(s) of the contract", v.total()).into(),
             InvalidSession => "the session is not valid".into(),
             Overloaded => "the gateway is at its concurrency limit; retry later".into(),
             ClientOverloaded => {
@@ -275,7 +301,7 @@ impl GatewayError {
             }
             SessionUnavailable => "the session could not be checked; retry later".into(),
             RateLimited { retry_after, .. } => {
-                format!("a rate limit is exhausted; retry in {retry_after} s")
+                format!("a rate limit is exhausted; retry in {retry_after} s").into()
             }
             Upstream { kind, .. } => match kind {
                 UpstreamErrorKind::Connect => "the upstream could not be reached".into(),
@@ -293,28 +319,7 @@ impl GatewayError {
     pub(crate) fn into_response(self, instance: &str, request_id: &str) -> Response<Body> {
         let (status, slug, title) = self.status();
         let outcome = self.outcome();
-        let errors: Vec<ProblemItem<'_>> = match &self {
-            GatewayError::Unauthorized { problems, .. }
-            | GatewayError::UnsupportedMediaType(problems) => {
-                problems.iter().map(ProblemItem::from_header).collect()
-            }
-            GatewayError::InvalidRequest(v) => v.iter().map(ProblemItem::from_violation).collect(),
-            _ => Vec::new(),
-        };
-        let problem = Problem {
-            kind: format!("urn:companies-gateway:problem:{slug}"),
-            title,
-            status: status.as_u16(),
-            detail: self.detail(),
-            instance,
-            request_id,
-            errors,
-        };
-        // Sized for the usual problem, so serialising does not grow the buffer item by item.
-        let mut body = Vec::with_capacity(384 + 192 * problem.errors.len());
-        if serde_json::to_writer(&mut body, &problem).is_err() {
-            body.clear();
-        }
+        let body = self.render(slug, title, status, instance, request_id);
         let mut response = Response::new(full_body(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -358,6 +363,72 @@ impl GatewayError {
             .extensions_mut()
             .insert(crate::outcome::ProblemSlug(slug));
         response
+    }
+
+    /// The problem body, in serde_json's compact form with the members in `Problem`'s order
+    /// (tests compare it with that rendering byte for byte).
+    fn render(
+        &self,
+        slug: &str,
+        title: &str,
+        status: StatusCode,
+        instance: &str,
+        request_id: &str,
+    ) -> Vec<u8> {
+        let items: &[_] = match self {
+            GatewayError::InvalidRequest(v) => v,
+            _ => &[],
+        };
+        let headers: &[HeaderProblem] = match self {
+            GatewayError::Unauthorized { problems, .. }
+            | GatewayError::UnsupportedMediaType(problems) => problems,
+            _ => &[],
+        };
+        // Sized for the usual problem, so writing does not grow the buffer item by item.
+        let mut out = Vec::with_capacity(384 + 192 * (items.len() + headers.len()));
+        out.extend_from_slice(b"{\"type\":\"urn:companies-gateway:problem:");
+        // Slugs are fixed lowercase words: nothing to escape.
+        out.extend_from_slice(slug.as_bytes());
+        out.push(b'"');
+        json::key(&mut out, false, "title");
+        json::string(&mut out, title);
+        json::key(&mut out, false, "status");
+        json::uint(&mut out, u64::from(status.as_u16()));
+        json::key(&mut out, false, "detail");
+        self.write_detail(&mut out);
+        json::key(&mut out, false, "instance");
+        json::string(&mut out, instance);
+        json::key(&mut out, false, "request_id");
+        json::string(&mut out, request_id);
+        if !items.is_empty() || !headers.is_empty() {
+            json::key(&mut out, false, "errors");
+            out.push(b'[');
+            let all = headers
+                .iter()
+                .map(ProblemItem::from_header)
+                .chain(items.iter().map(ProblemItem::from_violation));
+            for (i, item) in all.enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                item.write(&mut out);
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+        out
+    }
+
+    /// `detail()` as a JSON string, without formatting it first in the usual rejection.
+    fn write_detail(&self, out: &mut Vec<u8>) {
+        match self {
+            GatewayError::InvalidRequest(v) if v.unlisted() == 0 => {
+                out.push(b'"');
+                json::uint(out, v.total());
+                out.extend_from_slice(b" violation(s) of the contract\"");
+            }
+            _ => json::string(out, &self.detail()),
+        }
     }
 
     /// An upstream error of `kind`.
@@ -563,6 +634,113 @@ mod tests {
         assert_eq!(res.headers()["ratelimit"], "\"burst\";r=0;t=7");
         assert_eq!(body["type"], "urn:companies-gateway:problem:rate-limited");
         assert_eq!(body["status"], 429);
+    }
+
+    /// The body as the serde rendering wrote it before the hand-written one.
+    fn by_serde(err: &GatewayError, instance: &str, request_id: &str) -> Vec<u8> {
+        let (status, slug, title) = err.status();
+        let errors: Vec<ProblemItem<'_>> = match err {
+            GatewayError::Unauthorized { problems, .. }
+            | GatewayError::UnsupportedMediaType(problems) => {
+                problems.iter().map(ProblemItem::from_header).collect()
+            }
+            GatewayError::InvalidRequest(v) => v.iter().map(ProblemItem::from_violation).collect(),
+            _ => Vec::new(),
+        };
+        let problem = Problem {
+            kind: format!("urn:companies-gateway:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: err.detail().into_owned(),
+            instance,
+            request_id,
+            errors,
+        };
+        serde_json::to_vec(&problem).unwrap()
+    }
+
+    #[tokio::test]
+    async fn problem_bodies_are_byte_for_byte_what_serde_json_wrote() {
+        let header = |header, code, detail: &str| HeaderProblem {
+            header,
+            code,
+            detail: detail.to_owned(),
+        };
+        let violation = |location, detail: &str| Violation {
+            field: Field::Name,
+            code: Code::MaxLength,
+            location,
+            detail: detail.to_owned(),
+        };
+        let many: Vec<Violation> = (0..130)
+            .map(|i| {
+                violation(
+                    Location::Pointer(format!("/phones/{i}")),
+                    "must be a string",
+                )
+            })
+            .collect();
+        let all = vec![
+            GatewayError::BadRequest("a \"quoted\" \\ detail\n"),
+            GatewayError::Unauthorized {
+                reason: Reason::Authorization,
+                problems: vec![
+                    header("Authorization", "missing", "required"),
+                    header("X-Api-Key", "malformed", "bad byte \u{1} \u{7f} é \u{2028}"),
+                ],
+            },
+            GatewayError::UnsupportedMediaType(vec![header(
+                "Content-Type",
+                "unsupported",
+                "got \"text/plain\"",
+            )]),
+            GatewayError::PayloadTooLarge { limit: 65536 },
+            GatewayError::InvalidRequest(Violations::from(vec![
+                violation(
+                    Location::Pointer("/na\"me~1x".into()),
+                    "must be at most 3\tchars",
+                ),
+                violation(
+                    Location::Path("companyId"),
+                    "companyId must be a decimal integer",
+                ),
+                violation(
+                    Location::Query("unknown"),
+                    "unknown query parameter \"\u{0}\"",
+                ),
+                violation(
+                    Location::Header("X-Session-Token"),
+                    "X-Session-Token too long",
+                ),
+            ])),
+            GatewayError::InvalidRequest(Violations::from(many)),
+            GatewayError::InvalidRequest(Violations::default()),
+            GatewayError::RateLimited {
+                retry_after: 7,
+                policy: HeaderValue::from_static("\"burst\";q=10;w=60"),
+                state: HeaderValue::from_static("\"burst\";r=0;t=7"),
+            },
+            GatewayError::upstream(UpstreamErrorKind::Protocol, "x"),
+            GatewayError::Undecided("session"),
+        ];
+        for err in all {
+            for (instance, request_id) in [
+                (
+                    "/companies/v2/rs/1/contacts/2",
+                    "0193a7c4-5c4e-7b1f-9a0e-3f1d2c4b5a69",
+                ),
+                ("/x\"y\\z/\u{1b}é", "rid\n\u{0}"),
+            ] {
+                let want = by_serde(&err, instance, request_id);
+                let (status, slug, title) = err.status();
+                let got = err.render(slug, title, status, instance, request_id);
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    String::from_utf8(want).unwrap(),
+                    "{err:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

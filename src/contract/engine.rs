@@ -373,11 +373,17 @@ fn tree_eq(a: &Tree<'_>, b: &Tree<'_>) -> bool {
 // The checks of one node, shared by the streaming walk and the buffered tree.
 
 /// "a string or null", "an array of strings": what a node's `type` allows.
-fn expected(schemas: &Schemas, node: &Node, root: bool) -> String {
-    let mut parts: Vec<Cow<'static, str>> = Vec::new();
+fn expected(out: &mut String, schemas: &Schemas, node: &Node, root: bool) {
+    // (text, plural of the items) per allowed type, in this order; no list to allocate.
+    let mut parts: [(&str, &str); 6] = [("", ""); 6];
+    let mut n = 0;
+    let mut part = |text: &'static str, of: &'static str| {
+        parts[n] = (text, of);
+        n += 1;
+    };
     let t = node.types;
     if t & ty::OBJECT != 0 {
-        parts.push(if root { "a JSON object" } else { "an object" }.into());
+        part(if root { "a JSON object" } else { "an object" }, "");
     }
     if t & ty::ARRAY != 0 {
         let of = node
@@ -385,29 +391,34 @@ fn expected(schemas: &Schemas, node: &Node, root: bool) -> String {
             .filter(|_| node.prefix_items.is_empty())
             .map(|id| schemas.node(id).types)
             .and_then(plural);
-        parts.push(match of {
-            Some(of) => format!("an array of {of}").into(),
-            None => "an array".into(),
-        });
+        match of {
+            Some(of) => part("an array of ", of),
+            None => part("an array", ""),
+        }
     }
     if t & ty::STRING != 0 {
-        parts.push("a string".into());
+        part("a string", "");
     }
     if t & ty::NUMBER != 0 {
-        parts.push("a number".into());
+        part("a number", "");
     } else if t & ty::INTEGER != 0 {
-        parts.push("an integer".into());
+        part("an integer", "");
     }
     if t & ty::BOOLEAN != 0 {
-        parts.push("a boolean".into());
+        part("a boolean", "");
     }
     if t & ty::NULL != 0 {
-        parts.push("null".into());
+        part("null", "");
     }
-    match parts.split_last() {
-        None => "nothing".to_owned(),
-        Some((last, [])) => last.to_string(),
-        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    if n == 0 {
+        out.push_str("nothing");
+    }
+    for (i, (text, of)) in parts[..n].iter().enumerate() {
+        if i > 0 {
+            out.push_str(if i + 1 == n { " or " } else { ", " });
+        }
+        out.push_str(text);
+        out.push_str(of);
     }
 }
 
@@ -473,15 +484,18 @@ impl Cx<'_> {
             _ => Code::Type,
         };
         if ctx.root {
-            let detail = format!("the body must be {}", expected(self.schemas, node, true));
+            let mut detail = String::with_capacity(64);
+            detail.push_str("the body must be ");
+            expected(&mut detail, self.schemas, node, true);
             report.add_at(at, ctx.field, code, ctx.path, detail);
         } else {
             report.add(ctx.field, code, ctx.path, || {
-                format!(
-                    "must be {}, got {}",
-                    expected(self.schemas, node, false),
-                    shape.describe()
-                )
+                let mut detail = String::with_capacity(64);
+                detail.push_str("must be ");
+                expected(&mut detail, self.schemas, node, false);
+                detail.push_str(", got ");
+                detail.push_str(shape.describe());
+                detail
             });
         }
         false
@@ -915,26 +929,27 @@ impl<'a> Path<'a> {
 
     /// The RFC 6901 pointer, `""` for the root.
     fn pointer(&self) -> String {
-        let mut steps = Vec::new();
-        let mut at = Some(self);
-        while let Some(path) = at {
-            steps.push(path.step);
-            at = path.parent;
-        }
         let mut out = String::new();
-        for step in steps.iter().rev() {
-            match step {
-                Step::Root => {}
-                Step::Key(key) => {
-                    out.push('/');
-                    push_pointer_token(&mut out, key);
-                }
-                Step::Index(index) => {
-                    let _ = write!(out, "/{index}");
-                }
+        self.write_pointer(&mut out);
+        out
+    }
+
+    /// The parents' steps first, then this one; no list of steps to allocate (the depth is
+    /// bounded by MAX_NESTING).
+    fn write_pointer(&self, out: &mut String) {
+        if let Some(parent) = self.parent {
+            parent.write_pointer(out);
+        }
+        match self.step {
+            Step::Root => {}
+            Step::Key(key) => {
+                out.push('/');
+                push_pointer_token(out, key);
+            }
+            Step::Index(index) => {
+                let _ = write!(out, "/{index}");
             }
         }
-        out
     }
 }
 

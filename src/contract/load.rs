@@ -172,7 +172,12 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
-    fn finish(self, schemas: Arc<super::schema::Schemas>) -> Operation {
+    fn finish(mut self, schemas: Arc<super::schema::Schemas>) -> Operation {
+        for param in &mut self.params {
+            if matches!(param.place, Place::Path(_)) {
+                param.int_range = super::params::integer_range(&schemas, param.node);
+            }
+        }
         let mut fields: Vec<Field> = self.params.iter().map(|p| p.field).collect();
         if let Some(body) = &self.body {
             for media in &body.media {
@@ -430,6 +435,7 @@ impl<'d> Plan<'_, 'd> {
             required: required || matches!(map.get("in").and_then(Value::as_str), Some("path")),
             node,
             explode,
+            int_range: None,
         }))
     }
 

@@ -84,6 +84,10 @@ pub(crate) struct Param {
     pub required: bool,
     pub node: Option<NodeId>,
     pub explode: bool,
+    /// Set (at the end of the compile) when the schema is a plain integer whose only
+    /// constraints are an i64 range: a path value spelled as a decimal i64 within it passes
+    /// without the generic check (`integer_range`).
+    pub int_range: Option<(i64, i64)>,
 }
 
 impl Param {
@@ -103,6 +107,43 @@ impl Param {
             detail,
         }
     }
+}
+
+/// The inclusive range of a schema that accepts exactly the decimal i64 text within it, when
+/// nothing else about it needs checking: type `integer` (or `integer` and `null`), no format but
+/// `int32`/`int64`, bounds that are integers, and no other keyword that applies to a number.
+/// Such a parameter's value read by `typed` is `Num::I`, and the generic check of it passes
+/// exactly when it is in this range, so the two agree on every value the shortcut accepts.
+pub(crate) fn integer_range(schemas: &Schemas, id: Option<NodeId>) -> Option<(i64, i64)> {
+    let node = schemas.node(id?);
+    let plain = node.types & !ty::NULL == ty::INTEGER
+        && !node.never
+        && !node.read_only
+        && !node.checks_more
+        && node.enum_values.is_none()
+        && node.const_value.is_none()
+        && node.multiple_of.is_none()
+        && node.all_of.is_empty()
+        && node.any_of.is_empty()
+        && node.one_of.is_empty()
+        && node.not.is_none();
+    if !plain {
+        return None;
+    }
+    let (mut lo, mut hi) = match node.format {
+        None | Some(Format::Int64) => (i64::MIN, i64::MAX),
+        Some(Format::Int32) => (i64::from(i32::MIN), i64::from(i32::MAX)),
+        Some(_) => return None,
+    };
+    if let Some(min) = &node.minimum {
+        let v = min.value.as_i64()?;
+        lo = lo.max(if min.exclusive { v.checked_add(1)? } else { v });
+    }
+    if let Some(max) = &node.maximum {
+        let v = max.value.as_i64()?;
+        hi = hi.min(if max.exclusive { v.checked_sub(1)? } else { v });
+    }
+    Some((lo, hi))
 }
 
 /// The label of every unknown query parameter: a client's name never becomes a label.
@@ -347,7 +388,15 @@ pub(crate) fn check_params(
     for param in params {
         if let Place::Path(i) = param.place {
             match path_params.get(i) {
-                Some(raw) => param.check(schemas, &[raw], out),
+                Some(raw) => {
+                    // The usual integer id: one parse, no value tree, no report.
+                    if let Some((lo, hi)) = param.int_range {
+                        if decimal_i64(raw).is_some_and(|n| lo <= n && n <= hi) {
+                            continue;
+                        }
+                    }
+                    param.check(schemas, &[raw], out)
+                }
                 None => {
                     out.push(param.violation(Code::Required, format!("{} is required", param.name)))
                 }
@@ -453,6 +502,102 @@ fn header_text(bytes: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The integer shortcut of path parameters gives the generic check's verdict, violations and
+    /// all, on every schema and value below; and it is taken where it should be.
+    #[test]
+    fn the_integer_path_shortcut_agrees_with_the_generic_check() {
+        let schemas = [
+            (r#"{"type": "integer"}"#, Some((i64::MIN, i64::MAX))),
+            (
+                r#"{"type": "integer", "format": "int64", "minimum": -9223372036854775808, "maximum": 9223372036854775807}"#,
+                Some((i64::MIN, i64::MAX)),
+            ),
+            (
+                r#"{"type": "integer", "format": "int32"}"#,
+                Some((-2147483648, 2147483647)),
+            ),
+            (
+                r#"{"type": "integer", "minimum": 1, "maximum": 10}"#,
+                Some((1, 10)),
+            ),
+            (
+                r#"{"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10}"#,
+                Some((1, 9)),
+            ),
+            (
+                r#"{"type": ["integer", "null"], "maximum": -5}"#,
+                Some((i64::MIN, -5)),
+            ),
+            (r#"{"type": "integer", "minimum": 0.5}"#, None),
+            (
+                r#"{"type": "integer", "maximum": 18446744073709551615}"#,
+                None,
+            ),
+            (r#"{"type": "integer", "multipleOf": 2}"#, None),
+            (r#"{"type": "integer", "enum": [1, 2]}"#, None),
+            (r#"{"type": "integer", "not": {"const": 3}}"#, None),
+            (r#"{"type": "integer", "format": "double"}"#, None),
+            (r#"{"type": "number"}"#, None),
+            (r#"{"type": ["integer", "string"]}"#, None),
+            (r#"{"minimum": 1}"#, None),
+            (r#"{"type": "integer", "readOnly": true}"#, None),
+        ];
+        let values = [
+            "0",
+            "1",
+            "5",
+            "9",
+            "10",
+            "11",
+            "-0",
+            "-1",
+            "-5",
+            "-6",
+            "007",
+            "+1",
+            "1.0",
+            "1e2",
+            "",
+            "x",
+            "%31",
+            "2147483647",
+            "2147483648",
+            "-2147483648",
+            "-2147483649",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "18446744073709551615",
+        ];
+        for (schema, range) in schemas {
+            let doc = format!(
+                r#"{{"openapi": "3.1.0", "info": {{"title": "t", "version": "1"}}, "paths": {{"/a/{{id}}": {{"get": {{"operationId": "getA", "parameters": [{{"name": "id", "in": "path", "required": true, "schema": {schema}}}], "responses": {{"200": {{"description": "ok"}}}}}}}}}}}}"#
+            );
+            let api = Api::from_text(&doc, &CompileOptions::default()).expect(schema);
+            let op = &api.operations()[0];
+            assert_eq!(op.params[0].int_range, range, "{schema}");
+            let mut generic = op.params.clone();
+            generic[0].int_range = None;
+            for value in values {
+                let check = |params: &[Param]| {
+                    let mut out = Violations::default();
+                    check_params(
+                        &op.schemas,
+                        params,
+                        UnknownQuery::Allow,
+                        &[value],
+                        None,
+                        &HeaderMap::new(),
+                        &mut out,
+                    );
+                    out
+                };
+                assert_eq!(check(&op.params), check(&generic), "{schema} {value:?}");
+            }
+        }
+    }
 
     #[test]
     fn header_text_reads_as_to_str_does() {

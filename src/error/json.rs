@@ -1,0 +1,136 @@
+//! A problem body written straight into bytes: the few JSON shapes a problem has (strings, one
+//! unsigned integer, objects and one array), with serde_json's compact layout and escaping
+//! byte for byte, without serde's per-field dispatch (a rejection's body cost ~5k instructions
+//! through `serde_json::to_writer`).
+
+/// Appends `s` as a JSON string, escaped as serde_json escapes it: `"` and `\`, the two-letter
+/// escapes for backspace, form feed, newline, carriage return and tab, `\u00xx` (lowercase hex)
+/// for the other control characters; everything else, DEL and non-ASCII included, as it is.
+pub(super) fn string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    // The usual text has nothing to escape: one scan without an early exit (the compiler
+    // vectorises it), then one copy.
+    let plain = !bytes.chunks(32).any(|c| {
+        c.iter().fold(false, |esc, &b| {
+            esc | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
+    });
+    if plain {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends `n` in decimal.
+pub(super) fn uint(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `"key":` after a `{` or a previous member (`first` says which). The keys are the
+/// problem's own member names: plain words with nothing to escape.
+pub(super) fn key(out: &mut Vec<u8>, first: bool, key: &'static str) {
+    debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    if !first {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn by_serde(s: &str) -> String {
+        serde_json::to_string(s).unwrap()
+    }
+
+    fn by_hand(s: &str) -> String {
+        let mut out = Vec::new();
+        string(&mut out, s);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn every_char_below_0x80_and_some_above_escape_as_serde_json_does() {
+        for c in (0u32..0x80).chain([0x80, 0xe9, 0x2028, 0x2029, 0xfeff, 0x1f600]) {
+            let s = format!("a{}b", char::from_u32(c).unwrap());
+            assert_eq!(by_hand(&s), by_serde(&s), "{c:#x}");
+        }
+        assert_eq!(by_hand(""), "\"\"");
+        assert_eq!(by_hand("\"\\\u{1}\u{1f}"), r#""\"\\\u0001\u001f""#);
+    }
+
+    #[test]
+    fn integers_print_as_serde_json_prints_them() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            400,
+            503,
+            12345,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            uint(&mut out, n);
+            assert_eq!(out, serde_json::to_vec(&n).unwrap());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_escapes_as_serde_json_does(s in any::<String>()) {
+            prop_assert_eq!(by_hand(&s), by_serde(&s));
+        }
+
+        #[test]
+        fn control_heavy_strings_escape_as_serde_json_does(s in "[\\x00-\\x20\"\\\\a-z\\x7f\u{80}-\u{10ffff}]{0,40}") {
+            prop_assert_eq!(by_hand(&s), by_serde(&s));
+        }
+    }
+}
