@@ -153,7 +153,10 @@ impl Session {
                     if let Some(entry) =
                         shared::local_entry(&self.cache.ttls, valid, expires_ms, now)
                     {
-                        self.cache.cache.insert(key, entry.into()).await;
+                        self.cache
+                            .cache
+                            .insert(key, Packed::stamped(entry, now))
+                            .await;
                         self.update_gauge();
                         return Self::answer(entry.verdict).map(|()| key);
                     }
@@ -161,7 +164,10 @@ impl Session {
             }
             // Nothing else to ask: valid until the upstream says otherwise.
             let entry = self.cache.ttls.valid_entry(now, None, exp);
-            self.cache.cache.insert(key, entry.into()).await;
+            self.cache
+                .cache
+                .insert(key, Packed::stamped(entry, now))
+                .await;
             self.update_gauge();
             return Ok(key);
         };
@@ -174,6 +180,9 @@ impl Session {
             .entry(key)
             .or_try_insert_with(async {
                 ran.store(true, Ordering::Relaxed);
+                // Stamped with the start of the decision, before any answer it rests on: a verdict
+                // counts as made no later than what it knows (see `Packed::dropped_after_gap`).
+                let made = now;
                 // The store first: another replica's verdict, or the lock to make it for all.
                 let mut held = None;
                 if let Some(tier) = tier {
@@ -193,7 +202,7 @@ impl Session {
                     if let Some(entry) = found.and_then(|(valid, ms)| {
                         shared::local_entry(&self.cache.ttls, valid, ms, now)
                     }) {
-                        return Ok(Packed::from(entry));
+                        return Ok(Packed::stamped(entry, made));
                     }
                     held = Some((id, lock));
                 }
@@ -218,7 +227,7 @@ impl Session {
                         if let (Some(tier), Some((id, lock))) = (tier, held) {
                             tier.put(id, entry, now, lock, key);
                         }
-                        Ok(Packed::from(entry))
+                        Ok(Packed::stamped(entry, made))
                     }
                     Err(e) => {
                         self.metrics
@@ -258,7 +267,10 @@ impl Session {
     pub(crate) async fn learn_invalid(&self, key: Key, tokens: Option<Tokens>) {
         let now = self.cache.now();
         let entry = self.cache.ttls.invalid_entry(now);
-        self.cache.cache.insert(key, entry.into()).await;
+        self.cache
+            .cache
+            .insert(key, Packed::stamped(entry, now))
+            .await;
         if let (Some(tier), Some(tokens)) = (&self.cache.shared, tokens) {
             tier.put(tier.id(&tokens.0, &tokens.1), entry, now, false, key);
         }
