@@ -537,6 +537,57 @@ async fn without_a_store_limits_hold_per_replica_by_client() {
 }
 
 #[tokio::test]
+async fn a_session_has_one_budget_on_routes_that_check_it_and_routes_that_do_not() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
+    config.rate_limit = vec![RateLimitConfig {
+        name: "per-session".into(),
+        key: RateKey::Session,
+        route: "*".into(),
+        rate: 3,
+        per: Dur::secs(30),
+        burst: None,
+    }];
+    config.validate().expect("valid");
+    let gw = start_gateway(config).await;
+    // The PATCH requires the session token (the session layer judges it and hands its key on);
+    // the GET does not (the limiter keys the same tokens itself).
+    let read = |session: &str| {
+        Request::get(format!("http://{}{ROUTE}", gw.public_addr))
+            .header("authorization", "Bearer test-token")
+            .header("x-session-token", session)
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let states = [
+        send(request(&gw, "one")).await,
+        send(read("one")).await,
+        send(request(&gw, "one")).await,
+    ];
+    let states: Vec<_> = states
+        .iter()
+        .map(|got| {
+            let state = got.headers["ratelimit"].to_str().expect("text");
+            (got.status.as_u16(), state.to_string())
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (200, "\"per-session\";r=2;t=0".to_string()),
+            (200, "\"per-session\";r=1;t=0".to_string()),
+            (200, "\"per-session\";r=0;t=10".to_string()),
+        ]
+    );
+    assert_eq!(send(read("one")).await.status, 429);
+    // Another session token has its own budget.
+    let other = send(read("two")).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.headers["ratelimit"], "\"per-session\";r=2;t=0");
+}
+
+#[tokio::test]
 async fn a_store_that_is_down_at_start_up_leaves_a_working_gateway() {
     let redis = Redis {
         child: Command::new("true").spawn().expect("true"),

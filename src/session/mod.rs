@@ -33,7 +33,16 @@ use jwt::{JwtInfo, JwtKey};
 /// context that carries one was judged by the session layer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SessionVerdict {
-    _judged: (),
+    /// The session's cache key (`SessionCache::hasher` of the bearer and the token), or `None`
+    /// when the request carries no token: a later layer keys on it without hashing the tokens
+    /// again (the rate limiter).
+    key: Option<Key>,
+}
+
+impl SessionVerdict {
+    pub(crate) fn key(&self) -> Option<Key> {
+        self.key
+    }
 }
 
 /// What the session layer does with a request, from its context.
@@ -350,7 +359,7 @@ where
             // alternatives an operation accepts.
             let mut req = req;
             if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
-                ctx.set_session(SessionVerdict { _judged: () });
+                ctx.set_session(SessionVerdict { key: None });
             }
             return ResponseFuture {
                 state: State::Calling {
@@ -430,7 +439,7 @@ where
                         )));
                     };
                     if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
-                        ctx.set_session(SessionVerdict { _judged: () });
+                        ctx.set_session(SessionVerdict { key: Some(key) });
                     }
                     State::Calling {
                         fut: inner.call(req),
@@ -509,7 +518,7 @@ mod tests {
         assert_eq!(c.undecided(), Some("contract"));
         c.set_contract(ContractState::Passed);
         assert_eq!(c.undecided(), Some("session"));
-        c.set_session(SessionVerdict { _judged: () });
+        c.set_session(SessionVerdict { key: None });
         assert_eq!(c.undecided(), None);
         // No operation: nothing to decide.
         assert_eq!(ctx("POST", "/anything").undecided(), None);
