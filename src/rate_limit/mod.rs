@@ -258,33 +258,23 @@ impl Limiter {
         h.finish128().as_u128()
     }
 
-    /// The store's key of each limit a request meets: `<prefix>rl:<name>:<HMAC>`, the HMAC of
-    /// the bearer and the session token (made once for every session limit), of the address,
-    /// or of the route's slot.
-    fn store_names(
-        &self,
-        store: &Store,
-        keys: &[(usize, Material)],
-        req: &Request<Body>,
-    ) -> Vec<String> {
-        let mut session: Option<String> = None;
+    /// The store's key of each limit a request meets: `<prefix>rl:<name>:<id>`. For a session,
+    /// the id is the session's key in hex: a keyed hash of the bearer and the token that every
+    /// replica derives from `key_secret_file` (the revocation messages name sessions by it too),
+    /// so no HMAC over the tokens is made per request. An address or a route's slot is HMACed.
+    fn store_names(&self, store: &Store, keys: &[(usize, Material)]) -> Vec<String> {
         keys.iter()
             .map(|(i, m)| {
-                let id = match m {
-                    Material::Session(_) => session
-                        .get_or_insert_with(|| {
-                            let header = |name: &HeaderName| {
-                                req.headers()
-                                    .get(name)
-                                    .map_or(&b""[..], HeaderValue::as_bytes)
-                            };
-                            store.hmac_hex(&[header(&AUTHORIZATION), header(&self.token_header)])
-                        })
-                        .clone(),
-                    Material::Client(ip) => store.hmac_hex(&[ip]),
-                    Material::Route(slot) => store.hmac_hex(&[&slot.to_le_bytes()]),
-                };
-                store.key("rl", &format!("{}:{id}", self.limits[*i].name))
+                let prefix = store.key("rl", &self.limits[*i].name);
+                let mut name = String::with_capacity(prefix.len() + 33);
+                name.push_str(&prefix);
+                name.push(':');
+                match m {
+                    Material::Session(key) => push_hex(&mut name, &key.to_be_bytes()),
+                    Material::Client(ip) => name.push_str(&store.hmac_hex(&[ip])),
+                    Material::Route(slot) => name.push_str(&store.hmac_hex(&[&slot.to_le_bytes()])),
+                }
+                name
             })
             .collect()
     }
@@ -392,6 +382,15 @@ fn state_header(name: &str, remaining: u64, reset: u64) -> HeaderValue {
     out.extend_from_slice(t);
     // The name was checked at load (letters, digits, `_-.`), so this cannot fail.
     HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Appends `bytes` in lower-case hex.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
 }
 
 /// What a limit keys a request by.
@@ -544,7 +543,7 @@ where
                 Err(e) => ResponseFuture::Refused { err: Some(e) },
             };
         };
-        let names = limiter.store_names(&store, &keys, &req);
+        let names = limiter.store_names(&store, &keys);
         let route = ctx.label().to_owned();
         let limiter = limiter.clone();
         let clone = self.inner.clone();
@@ -590,6 +589,17 @@ mod tests {
             state_header("a", u64::MAX, 10),
             format!("\"a\";r={};t=10", u64::MAX).as_str()
         );
+    }
+
+    #[test]
+    fn hex_is_written_as_format_writes_it() {
+        let key: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+        let mut hex = String::new();
+        push_hex(&mut hex, &key.to_be_bytes());
+        assert_eq!(hex, format!("{key:032x}"));
+        let mut short = String::new();
+        push_hex(&mut short, &[0, 9, 0xa0, 0xff]);
+        assert_eq!(short, "0009a0ff");
     }
 
     #[test]
