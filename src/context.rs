@@ -144,6 +144,11 @@ impl RequestCtx {
         self.session = Some(verdict);
     }
 
+    /// The session layer's verdict, once it judged the request.
+    pub(crate) fn session(&self) -> Option<&SessionVerdict> {
+        self.session.as_ref()
+    }
+
     /// The decision still missing before the request may reach the upstream, if any: an
     /// operation's request must have passed the contract (or be reported by report mode) and,
     /// where the operation requires it, carry a session verdict.

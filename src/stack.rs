@@ -284,6 +284,7 @@ pub(crate) fn parts_with(
     let limiter = Limiter::new(
         &config.rate_limit,
         &labels,
+        cache.hasher.clone(),
         store.clone(),
         &config.listener.trusted_proxies,
         compile_options(config)?.token_header,

@@ -166,6 +166,35 @@ fn problem_type(got: &Got) -> String {
     got.json()["type"].as_str().unwrap_or("").to_string()
 }
 
+/// A sign of life on every replica's revocations subscription: a message revoking nobody,
+/// published on the channel, and awaited until each replica counted it. Verdicts cached before it
+/// are older than any gap that follows.
+async fn sign_of_life(redis: &Redis, gws: &[Running]) {
+    let mut before = Vec::new();
+    for gw in gws {
+        before.push(metric(gw, "gateway_session_revocations_received_total").await);
+    }
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg("cgw:revoked")
+        .arg(format!("{:032x}", 1))
+        .query_async(&mut conn)
+        .await
+        .expect("publish");
+    assert_eq!(receivers as usize, gws.len(), "every replica subscribed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (gw, before) in gws.iter().zip(before) {
+        while metric(gw, "gateway_session_revocations_received_total").await <= before {
+            assert!(Instant::now() < deadline, "a replica never got the message");
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn concurrent_first_requests_at_three_replicas_make_one_introspection_call() {
     let redis = Redis::start().await;
@@ -362,6 +391,8 @@ async fn the_store_killed_and_restarted_costs_no_5xx_and_sharing_recovers() {
     let intro = r.intro.as_ref().expect("intro");
     assert_eq!(send(request(a, "kept")).await.status, 200);
     assert_eq!(send(request(b, "kept")).await.status, 200);
+    // The subscription was alive after those verdicts were made.
+    sign_of_life(&redis, &r.gws).await;
 
     redis.kill();
     // Down: every replica goes on alone, and nothing is a 5xx.
@@ -387,8 +418,9 @@ async fn the_store_killed_and_restarted_costs_no_5xx_and_sharing_recovers() {
     assert_eq!(send(request(a, "kept")).await.status, 401);
 
     let _redis = Redis::on(port);
-    // B re-subscribes and, having missed messages, drops its valid verdicts: it asks again and
-    // refuses the session. Until then it may still forward it; never a 5xx.
+    // B re-subscribes and, having maybe missed messages, drops its valid verdicts made before the
+    // gap (the sign of life above): it asks again and refuses the session. Until then it may
+    // still forward it; never a 5xx.
     let restarted = Instant::now();
     loop {
         let got = send(request(b, "kept")).await;
@@ -423,6 +455,47 @@ async fn the_store_killed_and_restarted_costs_no_5xx_and_sharing_recovers() {
         assert!(Instant::now() < deadline, "the store never served B again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn after_a_gap_verdicts_made_before_it_are_asked_again_and_those_made_during_it_are_kept() {
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let r = replicas(1, &redis, Some(Verdict::status(200)), |_| {}).await;
+    let gw = &r.gws[0];
+    let intro = r.intro.as_ref().expect("intro");
+    assert_eq!(send(request(gw, "before")).await.status, 200);
+    assert_eq!(intro.calls(), 1);
+    sign_of_life(&redis, &r.gws).await;
+
+    // The gap begins at that sign at the latest. A verdict made after it (the store is down:
+    // introspection decides) is newer than the gap. Stamps are in milliseconds, and the same
+    // millisecond counts as before the gap: let one pass.
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(send(request(gw, "during")).await.status, 200);
+    assert_eq!(intro.calls(), 2);
+    // Both are served from the local cache while the store is down.
+    assert_eq!(send(request(gw, "before")).await.status, 200);
+    assert_eq!(send(request(gw, "during")).await.status, 200);
+    assert_eq!(intro.calls(), 2);
+
+    let _redis = Redis::on(port);
+    // Once re-subscribed, "before" is no longer in the local cache: it is asked again.
+    let restarted = Instant::now();
+    while intro.calls() < 3 {
+        assert_eq!(send(request(gw, "before")).await.status, 200);
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "the replica never dropped the verdict made before the gap"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(intro.calls(), 3);
+    // "during" still is.
+    assert_eq!(send(request(gw, "during")).await.status, 200);
+    assert_eq!(send(request(gw, "before")).await.status, 200);
+    assert_eq!(intro.calls(), 3);
 }
 
 #[tokio::test]
@@ -461,6 +534,57 @@ async fn without_a_store_limits_hold_per_replica_by_client() {
         .await,
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_session_has_one_budget_on_routes_that_check_it_and_routes_that_do_not() {
+    let pki = Pki::new();
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let mut config = test_config(&mock.url(""), Some(pki.ca_file()));
+    config.rate_limit = vec![RateLimitConfig {
+        name: "per-session".into(),
+        key: RateKey::Session,
+        route: "*".into(),
+        rate: 3,
+        per: Dur::secs(30),
+        burst: None,
+    }];
+    config.validate().expect("valid");
+    let gw = start_gateway(config).await;
+    // The PATCH requires the session token (the session layer judges it and hands its key on);
+    // the GET does not (the limiter keys the same tokens itself).
+    let read = |session: &str| {
+        Request::get(format!("http://{}{ROUTE}", gw.public_addr))
+            .header("authorization", "Bearer test-token")
+            .header("x-session-token", session)
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let states = [
+        send(request(&gw, "one")).await,
+        send(read("one")).await,
+        send(request(&gw, "one")).await,
+    ];
+    let states: Vec<_> = states
+        .iter()
+        .map(|got| {
+            let state = got.headers["ratelimit"].to_str().expect("text");
+            (got.status.as_u16(), state.to_string())
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (200, "\"per-session\";r=2;t=0".to_string()),
+            (200, "\"per-session\";r=1;t=0".to_string()),
+            (200, "\"per-session\";r=0;t=10".to_string()),
+        ]
+    );
+    assert_eq!(send(read("one")).await.status, 429);
+    // Another session token has its own budget.
+    let other = send(read("two")).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.headers["ratelimit"], "\"per-session\";r=2;t=0");
 }
 
 #[tokio::test]

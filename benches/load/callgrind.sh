@@ -12,6 +12,11 @@
 # CG_OUT [] a directory to keep the two dumps in (callgrind_annotate CG_OUT/forward.out).
 # EXTRA_CONF [] a TOML file appended to the gateway's config, to price a feature against the same run
 # without it (e.g. EXTRA_CONF=benches/load/conf/rate-limit.toml).
+# SHARED [] set to 1: a redis-server started here (free loopback port, no persistence) is the
+# gateway's `[shared]` store (with EXTRA_CONF's limits, shared ones), and each path also prints
+# "<path>-store <commands/request> <command>=<calls> ..." from the store's INFO commandstats
+# around the measured requests (the subscription's PINGs, one a second, are counted apart).
+# Needs redis-server and redis-cli.
 # Prints one line per path: "forward <Ir/request>" (valid PATCH, 200 from the upstream) and
 # "reject <Ir/request>" (body breaking the contract, 400 answered locally). Needs valgrind, nginx,
 # python3, openssl. 127.0.0.1 only; the temp dir is removed on exit.
@@ -89,6 +94,19 @@ python3 "$HELPERS" render "$HERE/conf/gateway.toml.in" "$CONF" \
   "PORT=$PORT" "ADMIN_PORT=$ADMIN" "UPSTREAM_PORT=$UP_H1" "CA=$PKI/ca.pem" \
   "HTTP2=false" "CACHE_CAPACITY=100000" "VALID_TTL=60s"
 if [[ -n ${EXTRA_CONF:-} ]]; then cat "$EXTRA_CONF" >>"$CONF"; fi
+if [[ -n ${SHARED:-} ]]; then
+  for tool in redis-server redis-cli; do command -v "$tool" >/dev/null || die "$tool not found"; done
+  REDIS_PORT=$(python3 "$HELPERS" ports 1)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    >"$TMP/redis.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port "$!" "$REDIS_PORT" redis-server
+  head -c 32 /dev/urandom | base64 >"$TMP/key-secret"
+  # timeout: valgrind slows the gateway ~50x, and a store operation timed out would be decided
+  # locally instead (and not priced); the default 25 ms is for a gateway at full speed.
+  printf '\n[shared]\nredis_url = "redis://127.0.0.1:%s/"\nkey_secret_file = "%s"\ntimeout = "2s"\n' \
+    "$REDIS_PORT" "$TMP/key-secret" >>"$CONF"
+fi
 if ! "$GATEWAY_BIN" --check-config --config "$CONF" >/dev/null 2>&1; then
   # An older gateway without per-client caps: drop that section (caps off either way).
   python3 - "$CONF" <<'EOF'
@@ -130,10 +148,28 @@ EOF
 }
 
 printf '{"notify":"yes"}' >"$TMP/invalid.json"
+commandstats() { [[ -z ${SHARED:-} ]] || redis-cli -p "$REDIS_PORT" INFO commandstats >"$1"; }
+# store_line name before after: the commands the store ran per request between the snapshots.
+store_line() {
+  python3 - "$1" "$2" "$3" "$N" <<'EOF'
+import re, sys
+name, before, after, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def calls(path):
+    text = open(path).read()
+    return {m[1]: int(m[2]) for m in re.finditer(r"^cmdstat_(\S+?):calls=(\d+)", text, re.M)}
+b, a = calls(before), calls(after)
+delta = {k: a[k] - b.get(k, 0) for k in a if a[k] != b.get(k, 0) and k != "info"}
+ping = delta.pop("ping", 0)
+detail = "".join(f" {k}={v}" for k, v in sorted(delta.items()))
+print(f"{name}-store {sum(delta.values()) / n:.3f}{detail} (ping={ping}, the subscription's)")
+EOF
+}
 measure() { # name body status
   send "$2" "$WARMUP_N" "$3"
   callgrind_control -z "$GW" >/dev/null 2>&1
+  commandstats "$TMP/stats.before"
   send "$2" "$N" "$3"
+  commandstats "$TMP/stats.after"
   rm -f "$TMP"/cg.*.*
   callgrind_control -d "$GW" >/dev/null 2>&1
   local dump
@@ -142,6 +178,7 @@ measure() { # name body status
   [[ -z ${CG_OUT:-} ]] || { mkdir -p "$CG_OUT"; cp "$dump" "$CG_OUT/$1.out"; }
   ir=$(awk '/^(summary|totals):/ { print $2; exit }' "$dump")
   echo "$1 $(( ir / N ))"
+  [[ -z ${SHARED:-} ]] || store_line "$1" "$TMP/stats.before" "$TMP/stats.after"
 }
 measure forward "$EXAMPLES/update-contact.request.json" 200
 measure reject "$TMP/invalid.json" 400

@@ -29,7 +29,7 @@ use crate::config::{RateKey, RateLimitConfig};
 use crate::context::RequestCtx;
 use crate::error::{GatewayError, RATELIMIT};
 use crate::metrics::Metrics;
-use crate::session::cache::KeyBits;
+use crate::session::cache::{Key, KeyBits, KeyHasher};
 use crate::shared::Store;
 use crate::upstream::SetupError;
 use crate::Body;
@@ -50,6 +50,8 @@ struct Limit {
     /// `RateLimit: "<name>";r=<i>;t=0` for the first remaining counts, made once: a request within
     /// its limits then clones one (a reference count) instead of writing and allocating it.
     states: Vec<HeaderValue>,
+    /// Mixed into a session key to make this limit's per-replica key (random per process).
+    salt: u128,
 }
 
 /// How many `RateLimit` values each limit keeps ready.
@@ -125,6 +127,9 @@ pub(crate) struct Limiter {
     /// SipHash keys of the per-replica table (random per process).
     k0: u64,
     k1: u64,
+    /// The session cache's key hasher: a request the session layer did not judge is keyed as
+    /// if it had (the same `Key` of the bearer and the token).
+    session_keys: KeyHasher,
     store: Option<Arc<Store>>,
     trusted_proxies: Vec<IpNet>,
     token_header: HeaderName,
@@ -134,14 +139,17 @@ pub(crate) struct Limiter {
 impl Limiter {
     /// Compiles the limits against the loaded document's route labels (`labels[i]` is operation
     /// `i`'s): a limit on a route the document does not have is refused, naming the key.
+    /// `session_keys` is the session cache's hasher.
     pub(crate) fn new(
         configs: &[RateLimitConfig],
         labels: &[&str],
+        session_keys: KeyHasher,
         store: Option<Arc<Store>>,
         trusted_proxies: &[IpNet],
         token_header: HeaderName,
         metrics: &Metrics,
     ) -> Result<Limiter, SetupError> {
+        let seed = |n: u8| std::collections::hash_map::RandomState::new().hash_one(n);
         let mut limits = Vec::with_capacity(configs.len());
         let mut by_slot = vec![Vec::new(); labels.len() + 1];
         let routes = check_routes(configs, labels).map_err(SetupError::Config)?;
@@ -165,9 +173,9 @@ impl Limiter {
                 rule: Rule::new(c.rate, c.per.0.as_micros() as u64, c.burst()),
                 policy,
                 states: (0..ready).map(|r| state_header(&c.name, r, 0)).collect(),
+                salt: (u128::from(seed(2)) << 64) | u128::from(seed(3)),
             });
         }
-        let seed = |n: u8| std::collections::hash_map::RandomState::new().hash_one(n);
         Ok(Limiter {
             limits,
             by_slot,
@@ -178,6 +186,7 @@ impl Limiter {
             epoch: Instant::now(),
             k0: seed(0),
             k1: seed(1),
+            session_keys,
             store,
             trusted_proxies: trusted_proxies.to_vec(),
             token_header,
@@ -189,40 +198,85 @@ impl Limiter {
         self.epoch.elapsed().as_micros() as u64
     }
 
-    /// What a request is keyed by under `limit`, or `None` when it has nothing to key on.
-    fn material(&self, limit: &Limit, req: &Request<Body>, ctx: &RequestCtx) -> Option<Material> {
-        match limit.key {
-            RateKey::Session => {
-                // Clones of parsed header values share their bytes: no copy.
-                let token = req.headers().get(&self.token_header)?.clone();
-                let bearer = req
-                    .headers()
-                    .get(AUTHORIZATION)
-                    .cloned()
-                    .unwrap_or(HeaderValue::from_static(""));
-                Some(Material::Session(bearer, token))
-            }
-            RateKey::Client => {
-                let conn = ctx.conn.as_ref()?;
-                let ip = crate::shed_client::client_ip(conn, &self.trusted_proxies, req.headers());
-                Some(Material::Client(match ip {
-                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                    IpAddr::V6(v6) => v6.octets(),
-                }))
-            }
-            RateKey::Route => Some(Material::Route((ctx.route_slot() as u64).to_le_bytes())),
+    /// The session's key: the session layer's when it judged the request (no second pass over
+    /// the tokens), else the same hash made here; `None` without a session token.
+    fn session_key(&self, req: &Request<Body>, ctx: &RequestCtx) -> Option<Key> {
+        if let Some(verdict) = ctx.session() {
+            return verdict.key();
         }
+        let token = req.headers().get(&self.token_header)?;
+        let bearer = req
+            .headers()
+            .get(AUTHORIZATION)
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        Some(self.session_keys.key(bearer, token.as_bytes()))
     }
 
-    /// The per-replica key of `material` under limit `i`.
+    /// What a request is keyed by under each limit that applies to its route (a limit with
+    /// nothing to key on is left out): the session's key is made at most once.
+    fn materials(&self, applicable: &[usize], req: &Request<Body>, ctx: &RequestCtx) -> Keys {
+        let mut session: Option<Option<Key>> = None;
+        let mut keys = Keys::new();
+        for &i in applicable {
+            let material = match self.limits[i].key {
+                RateKey::Session => {
+                    match *session.get_or_insert_with(|| self.session_key(req, ctx)) {
+                        Some(key) => Material::Session(key),
+                        None => continue,
+                    }
+                }
+                RateKey::Client => {
+                    let Some(conn) = ctx.conn.as_ref() else {
+                        continue;
+                    };
+                    let ip =
+                        crate::shed_client::client_ip(conn, &self.trusted_proxies, req.headers());
+                    Material::Client(match ip {
+                        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                        IpAddr::V6(v6) => v6.octets(),
+                    })
+                }
+                RateKey::Route => Material::Route(ctx.route_slot() as u64),
+            };
+            keys.push((i, material));
+        }
+        keys
+    }
+
+    /// The per-replica key of `material` under limit `i`. A session key is already a keyed hash
+    /// (uniform, and nobody can aim at it), so the limit's random salt is mixed in without
+    /// hashing again; an address or a slot is hashed with the limit.
     fn local_key(&self, i: usize, material: &Material) -> u128 {
+        let bytes: &[u8] = match material {
+            Material::Session(key) => return key ^ self.limits[i].salt,
+            Material::Client(ip) => ip,
+            Material::Route(slot) => &slot.to_le_bytes(),
+        };
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write_usize(i);
-        material.feed(|b| {
-            h.write_usize(b.len());
-            h.write(b);
-        });
+        h.write(bytes);
         h.finish128().as_u128()
+    }
+
+    /// The store's key of each limit a request meets: `<prefix>rl:<name>:<id>`. For a session,
+    /// the id is the session's key in hex: a keyed hash of the bearer and the token that every
+    /// replica derives from `key_secret_file` (the revocation messages name sessions by it too),
+    /// so no HMAC over the tokens is made per request. An address or a route's slot is HMACed.
+    fn store_names(&self, store: &Store, keys: &[(usize, Material)]) -> Vec<String> {
+        keys.iter()
+            .map(|(i, m)| {
+                let prefix = store.key("rl", &self.limits[*i].name);
+                let mut name = String::with_capacity(prefix.len() + 33);
+                name.push_str(&prefix);
+                name.push(':');
+                match m {
+                    Material::Session(key) => push_hex(&mut name, &key.to_be_bytes()),
+                    Material::Client(ip) => name.push_str(&store.hmac_hex(&[ip])),
+                    Material::Route(slot) => name.push_str(&store.hmac_hex(&[&slot.to_le_bytes()])),
+                }
+                name
+            })
+            .collect()
     }
 
     /// Decides on the per-replica table, all or nothing. Pure but for the table.
@@ -248,7 +302,9 @@ impl Limiter {
                 table.prune_at = (table.tats.len() * 2).max(1024);
             }
             for (k, j) in local.iter().zip(&judged) {
-                if table.tats.len() < MAX_LOCAL_KEYS || table.tats.contains_key(k) {
+                if let Some(tat) = table.tats.get_mut(k) {
+                    *tat = j.decision.new_tat;
+                } else if table.tats.len() < MAX_LOCAL_KEYS {
                     table.tats.insert(*k, j.decision.new_tat);
                 }
             }
@@ -256,23 +312,22 @@ impl Limiter {
         judged
     }
 
-    /// Decides on the store, on its clock, or `None` when the store did not answer.
+    /// Decides on the store, on its clock, or `None` when the store did not answer. `names` are
+    /// `store_names(keys)`.
     async fn decide_shared(
         &self,
         store: &Store,
         keys: &[(usize, Material)],
+        names: &[String],
     ) -> Option<Few<Judged>> {
-        let mut names = Vec::with_capacity(keys.len());
-        let mut rules = Vec::with_capacity(keys.len());
-        for (i, m) in keys {
-            let limit = &self.limits[*i];
-            let mut parts: Vec<&[u8]> = Vec::with_capacity(2);
-            m.feed(|b| parts.push(b));
-            let id = store.hmac_hex(&parts);
-            names.push(store.key("rl", &format!("{}:{id}", limit.name)));
-            rules.push((limit.rule.interval_us, limit.rule.tolerance_us));
-        }
-        let (now, tats) = store.rate(&names, &rules).await.ok()?;
+        let rules: Few<(u64, u64)> = keys
+            .iter()
+            .map(|(i, _)| {
+                let rule = self.limits[*i].rule;
+                (rule.interval_us, rule.tolerance_us)
+            })
+            .collect();
+        let (now, tats) = store.rate(names, &rules).await.ok()?;
         Some(
             keys.iter()
                 .zip(tats)
@@ -316,52 +371,41 @@ impl Limiter {
 
 /// `"<name>";r=<remaining>;t=<reset>`, written without `fmt` (on every limited request).
 fn state_header(name: &str, remaining: u64, reset: u64) -> HeaderValue {
-    fn digits(out: &mut Vec<u8>, mut n: u64) {
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        out.extend_from_slice(&buf[i..]);
-    }
-    let mut out = Vec::with_capacity(name.len() + 48);
+    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (r, t) = (r.format(remaining).as_bytes(), t.format(reset).as_bytes());
+    let mut out = Vec::with_capacity(name.len() + r.len() + t.len() + 8);
     out.push(b'"');
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\";r=");
-    digits(&mut out, remaining);
+    out.extend_from_slice(r);
     out.extend_from_slice(b";t=");
-    digits(&mut out, reset);
+    out.extend_from_slice(t);
     // The name was checked at load (letters, digits, `_-.`), so this cannot fail.
     HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or(HeaderValue::from_static(""))
 }
 
+/// Appends `bytes` in lower-case hex.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+}
+
 /// What a limit keys a request by.
+#[derive(Debug, Clone, Copy)]
 enum Material {
-    /// The bearer and the session token.
-    Session(HeaderValue, HeaderValue),
+    /// The session's key (a keyed hash of the bearer and the session token).
+    Session(Key),
     /// The client's address, IPv4 mapped into IPv6.
     Client([u8; 16]),
     /// The route's slot.
-    Route([u8; 8]),
+    Route(u64),
 }
 
-impl Material {
-    fn feed<'a>(&'a self, mut f: impl FnMut(&'a [u8])) {
-        match self {
-            Material::Session(bearer, token) => {
-                f(bearer.as_bytes());
-                f(token.as_bytes());
-            }
-            Material::Client(ip) => f(ip),
-            Material::Route(slot) => f(slot),
-        }
-    }
-}
+/// A request's limits and what each keys it by.
+type Keys = Few<(usize, Material)>;
 
 #[derive(Clone)]
 pub struct RateLimitLayer {
@@ -486,10 +530,7 @@ where
             .by_slot
             .get(ctx.route_slot())
             .map_or(&[][..], Vec::as_slice);
-        let keys: Few<(usize, Material)> = applicable
-            .iter()
-            .filter_map(|&i| Some((i, limiter.material(&limiter.limits[i], &req, ctx)?)))
-            .collect();
+        let keys = limiter.materials(applicable, &req, ctx);
         if keys.is_empty() {
             return pass(&mut self.inner, req);
         }
@@ -502,13 +543,14 @@ where
                 Err(e) => ResponseFuture::Refused { err: Some(e) },
             };
         };
+        let names = limiter.store_names(&store, &keys);
         let route = ctx.label().to_owned();
         let limiter = limiter.clone();
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::Deciding {
             deciding: Box::pin(async move {
-                let judged = match limiter.decide_shared(&store, &keys).await {
+                let judged = match limiter.decide_shared(&store, &keys, &names).await {
                     Some(judged) => judged,
                     // The store failed: this replica's own budget decides.
                     None => limiter.decide_local(&keys),
@@ -550,6 +592,17 @@ mod tests {
     }
 
     #[test]
+    fn hex_is_written_as_format_writes_it() {
+        let key: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+        let mut hex = String::new();
+        push_hex(&mut hex, &key.to_be_bytes());
+        assert_eq!(hex, format!("{key:032x}"));
+        let mut short = String::new();
+        push_hex(&mut short, &[0, 9, 0xa0, 0xff]);
+        assert_eq!(short, "0009a0ff");
+    }
+
+    #[test]
     fn the_headers_name_the_refusing_limit_else_the_closest_to_exhaustion() {
         assert_eq!(headline(&[]), None);
         let a = judged(0, true, 5, 0);
@@ -567,6 +620,7 @@ mod tests {
         Limiter::new(
             configs,
             &["update_contact", "get_company"],
+            KeyHasher::default(),
             None,
             &[],
             HeaderName::from_static("x-session-token"),
@@ -607,14 +661,8 @@ mod tests {
         let l = limiter(&[config("wide", "*", 3, None), config("narrow", "*", 1, None)]).unwrap();
         let keys = || {
             vec![
-                (
-                    0,
-                    Material::Session(HeaderValue::from_static("b"), HeaderValue::from_static("s")),
-                ),
-                (
-                    1,
-                    Material::Session(HeaderValue::from_static("b"), HeaderValue::from_static("s")),
-                ),
+                (0, Material::Session(l.session_keys.key(b"b", b"s"))),
+                (1, Material::Session(l.session_keys.key(b"b", b"s"))),
             ]
         };
         let first = l.decide_local(&keys());
@@ -649,10 +697,7 @@ mod tests {
             3
         );
         // Another session has its own budget.
-        let other = l.decide_local(&[(
-            1,
-            Material::Session(HeaderValue::from_static("b"), HeaderValue::from_static("t")),
-        )]);
+        let other = l.decide_local(&[(1, Material::Session(l.session_keys.key(b"b", b"t")))]);
         assert!(other[0].decision.allowed);
     }
 }

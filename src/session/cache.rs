@@ -71,15 +71,65 @@ impl Entry {
     }
 }
 
-/// An entry as the cache stores it: expiry in milliseconds, shifted, and the verdict in the low
-/// bit. Eight bytes instead of twenty-four; moka's own bookkeeping dominates each entry anyway.
+/// An entry as the cache stores it, in eight bytes (moka's own bookkeeping dominates each entry
+/// anyway): the verdict in bit 0, the expiry in milliseconds in the next 42 bits (to the year
+/// 2109), and in the top 21 bits how long before its expiry the entry was made (milliseconds, up to
+/// ~35 min; all ones: unknown). The age lets a re-subscription to revocations tell the verdicts
+/// made before a gap from those made during it (`made_before`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Packed(u64);
 
+const EXPIRES_BITS: u32 = 42;
+const EXPIRES_MAX: u64 = (1 << EXPIRES_BITS) - 1;
+/// The age field's all-ones value: made at an unknown time, so older than any gap.
+const AGE_UNKNOWN: u64 = (1 << (63 - EXPIRES_BITS)) - 1;
+
+impl Packed {
+    /// `entry`, made (cached) at `made`. An entry whose TTL exceeds the age field (~35 min) is
+    /// stamped unknown: it then counts as made before any gap (re-checked after one), never after.
+    pub fn stamped(entry: Entry, made: Duration) -> Packed {
+        let expires = u64::try_from(entry.expires.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(EXPIRES_MAX);
+        let made = u64::try_from(made.as_millis()).unwrap_or(u64::MAX);
+        let age = match expires.checked_sub(made) {
+            Some(age) if age < AGE_UNKNOWN => age,
+            // Made after its own expiry (a clock step) or too long ago to say: unknown.
+            _ => AGE_UNKNOWN,
+        };
+        Packed(
+            (age << (EXPIRES_BITS + 1))
+                | (expires << 1)
+                | u64::from(entry.verdict == Verdict::Valid),
+        )
+    }
+
+    fn expires_ms(self) -> u64 {
+        (self.0 >> 1) & EXPIRES_MAX
+    }
+
+    /// When the entry was made, to the millisecond (floored); `None` when unknown.
+    pub fn made(self) -> Option<Duration> {
+        let age = self.0 >> (EXPIRES_BITS + 1);
+        (age != AGE_UNKNOWN).then(|| Duration::from_millis(self.expires_ms().saturating_sub(age)))
+    }
+
+    /// Whether a re-subscription after a gap in the revocations that began at `gap_began` drops
+    /// this entry: a valid verdict that may have been made before the gap (the same millisecond
+    /// counts as before, and so does an unknown time), which may have missed its revocation. Pure.
+    pub fn dropped_after_gap(self, gap_began: Duration) -> bool {
+        if self.0 & 1 == 0 {
+            return false;
+        }
+        let gap = u64::try_from(gap_began.as_millis()).unwrap_or(u64::MAX);
+        self.made().is_none_or(|m| m.as_millis() as u64 <= gap)
+    }
+}
+
+/// Without a time of making: unknown, so older than any gap.
 impl From<Entry> for Packed {
     fn from(e: Entry) -> Packed {
-        let ms = u64::try_from(e.expires.as_millis()).unwrap_or(u64::MAX >> 1);
-        Packed((ms.min(u64::MAX >> 1) << 1) | u64::from(e.verdict == Verdict::Valid))
+        Packed::stamped(e, Duration::MAX)
     }
 }
 
@@ -91,7 +141,7 @@ impl From<Packed> for Entry {
             } else {
                 Verdict::Invalid
             },
-            expires: Duration::from_millis(p.0 >> 1),
+            expires: Duration::from_millis(p.expires_ms()),
         }
     }
 }
@@ -242,7 +292,7 @@ impl SessionCache {
     }
 
     /// The same cache as a tier in front of `store`: keys derived from the store's secret, and
-    /// valid verdicts that can be cleared at once (after a gap in the revocations).
+    /// valid verdicts that can be cleared by when they were made (after a gap in the revocations).
     pub(crate) fn with_store(self, capacity: u64, store: Arc<crate::shared::Store>) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity)
@@ -250,7 +300,7 @@ impl SessionCache {
             .support_invalidation_closures()
             .build_with_hasher(KeyBits);
         let (k0, k1) = store.derived_keys("companies-gateway session cache key");
-        let shared = super::shared::SharedTier::start(store, cache.clone());
+        let shared = super::shared::SharedTier::start(store, cache.clone(), self.clock.clone());
         SessionCache {
             cache,
             clock: self.clock,
@@ -337,6 +387,66 @@ mod tests {
             assert_eq!(Entry::from(Packed::from(e)), e);
         }
         assert_eq!(std::mem::size_of::<Packed>(), 8);
+    }
+
+    #[test]
+    fn a_stamp_says_when_an_entry_was_made_without_growing_it() {
+        let made = Duration::from_millis(1_800_000_000_123) + Duration::from_micros(900);
+        let e = Entry {
+            verdict: Verdict::Valid,
+            expires: made + Duration::from_secs(60),
+        };
+        let p = Packed::stamped(e, made);
+        assert_eq!(std::mem::size_of::<Packed>(), 8);
+        // The expiry and verdict read back as before; the time of making to the millisecond.
+        assert_eq!(
+            Entry::from(p).expires,
+            Duration::from_millis(1_800_000_060_123)
+        );
+        assert_eq!(Entry::from(p).verdict, Verdict::Valid);
+        assert_eq!(p.made(), Some(Duration::from_millis(1_800_000_000_123)));
+        // The longest age that fits (~35 min) is kept; past it, and for an entry made after its
+        // own expiry, the time is unknown.
+        let long = Duration::from_millis(AGE_UNKNOWN - 1);
+        let e_long = Entry {
+            expires: made + long,
+            ..e
+        };
+        assert!(Packed::stamped(e_long, made).made().is_some());
+        let e_longer = Entry {
+            expires: made + long + Duration::from_millis(1),
+            ..e
+        };
+        assert_eq!(Packed::stamped(e_longer, made).made(), None);
+        assert_eq!(
+            Packed::stamped(e, e.expires + Duration::from_secs(1)).made(),
+            None
+        );
+        assert_eq!(Packed::from(e).made(), None);
+    }
+
+    #[test]
+    fn after_a_gap_only_valid_verdicts_made_before_it_began_are_dropped() {
+        let gap = Duration::from_millis(1_800_000_000_500);
+        let entry = |verdict| Entry {
+            verdict,
+            expires: gap + Duration::from_secs(30),
+        };
+        let ms = Duration::from_millis;
+        let valid = |made| Packed::stamped(entry(Verdict::Valid), made);
+        assert!(valid(gap - ms(1)).dropped_after_gap(gap));
+        assert!(valid(gap - Duration::from_secs(20)).dropped_after_gap(gap));
+        // The same millisecond may be either side: dropped (one re-check), never kept wrongly.
+        assert!(valid(gap + Duration::from_micros(999)).dropped_after_gap(gap));
+        assert!(!valid(gap + ms(1)).dropped_after_gap(gap));
+        assert!(!valid(gap + Duration::from_secs(10)).dropped_after_gap(gap));
+        // Unknown: as old as can be.
+        assert!(Packed::from(entry(Verdict::Valid)).dropped_after_gap(gap));
+        // An invalid verdict stays whenever it was made: a missed message cannot make it valid.
+        for made in [gap - ms(1), gap + ms(1)] {
+            assert!(!Packed::stamped(entry(Verdict::Invalid), made).dropped_after_gap(gap));
+        }
+        assert!(!Packed::from(entry(Verdict::Invalid)).dropped_after_gap(gap));
     }
 
     #[test]

@@ -33,7 +33,16 @@ use jwt::{JwtInfo, JwtKey};
 /// context that carries one was judged by the session layer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SessionVerdict {
-    _judged: (),
+    /// The session's cache key (`SessionCache::hasher` of the bearer and the token), or `None`
+    /// when the request carries no token: a later layer keys on it without hashing the tokens
+    /// again (the rate limiter).
+    key: Option<Key>,
+}
+
+impl SessionVerdict {
+    pub(crate) fn key(&self) -> Option<Key> {
+        self.key
+    }
 }
 
 /// What the session layer does with a request, from its context.
@@ -153,7 +162,10 @@ impl Session {
                     if let Some(entry) =
                         shared::local_entry(&self.cache.ttls, valid, expires_ms, now)
                     {
-                        self.cache.cache.insert(key, entry.into()).await;
+                        self.cache
+                            .cache
+                            .insert(key, Packed::stamped(entry, now))
+                            .await;
                         self.update_gauge();
                         return Self::answer(entry.verdict).map(|()| key);
                     }
@@ -161,7 +173,10 @@ impl Session {
             }
             // Nothing else to ask: valid until the upstream says otherwise.
             let entry = self.cache.ttls.valid_entry(now, None, exp);
-            self.cache.cache.insert(key, entry.into()).await;
+            self.cache
+                .cache
+                .insert(key, Packed::stamped(entry, now))
+                .await;
             self.update_gauge();
             return Ok(key);
         };
@@ -174,6 +189,9 @@ impl Session {
             .entry(key)
             .or_try_insert_with(async {
                 ran.store(true, Ordering::Relaxed);
+                // Stamped with the start of the decision, before any answer it rests on: a verdict
+                // counts as made no later than what it knows (see `Packed::dropped_after_gap`).
+                let made = now;
                 // The store first: another replica's verdict, or the lock to make it for all.
                 let mut held = None;
                 if let Some(tier) = tier {
@@ -193,7 +211,7 @@ impl Session {
                     if let Some(entry) = found.and_then(|(valid, ms)| {
                         shared::local_entry(&self.cache.ttls, valid, ms, now)
                     }) {
-                        return Ok(Packed::from(entry));
+                        return Ok(Packed::stamped(entry, made));
                     }
                     held = Some((id, lock));
                 }
@@ -218,7 +236,7 @@ impl Session {
                         if let (Some(tier), Some((id, lock))) = (tier, held) {
                             tier.put(id, entry, now, lock, key);
                         }
-                        Ok(Packed::from(entry))
+                        Ok(Packed::stamped(entry, made))
                     }
                     Err(e) => {
                         self.metrics
@@ -258,7 +276,10 @@ impl Session {
     pub(crate) async fn learn_invalid(&self, key: Key, tokens: Option<Tokens>) {
         let now = self.cache.now();
         let entry = self.cache.ttls.invalid_entry(now);
-        self.cache.cache.insert(key, entry.into()).await;
+        self.cache
+            .cache
+            .insert(key, Packed::stamped(entry, now))
+            .await;
         if let (Some(tier), Some(tokens)) = (&self.cache.shared, tokens) {
             tier.put(tier.id(&tokens.0, &tokens.1), entry, now, false, key);
         }
@@ -338,7 +359,7 @@ where
             // alternatives an operation accepts.
             let mut req = req;
             if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
-                ctx.set_session(SessionVerdict { _judged: () });
+                ctx.set_session(SessionVerdict { key: None });
             }
             return ResponseFuture {
                 state: State::Calling {
@@ -418,7 +439,7 @@ where
                         )));
                     };
                     if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
-                        ctx.set_session(SessionVerdict { _judged: () });
+                        ctx.set_session(SessionVerdict { key: Some(key) });
                     }
                     State::Calling {
                         fut: inner.call(req),
@@ -497,7 +518,7 @@ mod tests {
         assert_eq!(c.undecided(), Some("contract"));
         c.set_contract(ContractState::Passed);
         assert_eq!(c.undecided(), Some("session"));
-        c.set_session(SessionVerdict { _judged: () });
+        c.set_session(SessionVerdict { key: None });
         assert_eq!(c.undecided(), None);
         // No operation: nothing to decide.
         assert_eq!(ctx("POST", "/anything").undecided(), None);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use moka::future::Cache;
 
-use super::cache::{Entry, Key, KeyBits, Packed, Ttls, Verdict};
+use super::cache::{Clock, Entry, Key, KeyBits, Packed, Ttls, Verdict};
 use crate::shared::revocations::{subscribe, Subscription};
 pub(crate) use crate::shared::Lookup;
 use crate::shared::Store;
@@ -42,11 +42,17 @@ pub(crate) fn local_entry(
 
 impl SharedTier {
     /// Subscribes to revocations: a revoked session's valid verdict leaves `cache`; after a gap
-    /// in the subscription every valid verdict does.
-    pub(crate) fn start(store: Arc<Store>, cache: Cache<Key, Packed, KeyBits>) -> Self {
+    /// in the subscription every valid verdict made before the gap began does (`clock` is the
+    /// cache's, which stamps each entry).
+    pub(crate) fn start(
+        store: Arc<Store>,
+        cache: Cache<Key, Packed, KeyBits>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let on_revoked = cache.clone();
         let subscription = subscribe(
             store.clone(),
+            move || clock.now(),
             move |key: u128| {
                 let cache = on_revoked.clone();
                 async move {
@@ -59,9 +65,9 @@ impl SharedTier {
                     }
                 }
             },
-            move || {
+            move |gap_began| {
                 if let Err(e) =
-                    cache.invalidate_entries_if(|_, p| Entry::from(*p).verdict == Verdict::Valid)
+                    cache.invalidate_entries_if(move |_, p| p.dropped_after_gap(gap_began))
                 {
                     tracing::warn!(error = %e, "could not clear local valid verdicts");
                 }

@@ -223,10 +223,9 @@ impl Store {
             ctx.update(p);
         }
         let tag = ctx.sign();
-        tag.as_ref()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        let mut hex = String::with_capacity(32);
+        crate::rate_limit::push_hex(&mut hex, &tag.as_ref()[..16]);
+        hex
     }
 
     /// Two 64-bit keys derived from the secret for `purpose`: every replica derives the same.
