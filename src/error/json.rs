@@ -50,18 +50,8 @@ pub(super) fn string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends `n` in decimal.
-pub(super) fn uint(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+pub(super) fn uint(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends `"key":` after a `{` or a previous member (`first` says which). The keys are the
