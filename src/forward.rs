@@ -27,7 +27,7 @@ use crate::context::{ContractState, RequestCtx};
 use crate::error::GatewayError;
 use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_overrides, ConnInfo};
 use crate::otel::ClientSpan;
-use crate::outcome::{Outcome, UpstreamErrorKind, UpstreamTiming};
+use crate::outcome::{Outcome, UpstreamAddr, UpstreamErrorKind, UpstreamTiming};
 use crate::pool::{Pool, PoolError, PooledBody, SendFuture};
 use crate::{box_body, Body, BoxError};
 
@@ -304,6 +304,7 @@ fn poll_state(
                                 status: res.status(),
                                 elapsed: started.elapsed(),
                                 validated,
+                                addr: res.extensions().get::<UpstreamAddr>().map(|a| a.0),
                             };
                             let mut res = client_response(res);
                             res.extensions_mut().insert(Outcome::forwarded(timing));

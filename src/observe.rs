@@ -164,7 +164,7 @@ impl Pending {
                 outcome: outcome.kind.as_str(),
                 reason: outcome.reason.map(|r| r.as_str()),
                 upstream_status: upstream.map(|t| t.status.as_u16()),
-                upstream_addr: None,
+                upstream_addr: upstream.and_then(|t| t.addr),
                 duration_us: elapsed.as_micros() as u64,
                 upstream_us: upstream.map(|t| t.elapsed.as_micros() as u64),
                 bytes_in: l.bytes_in,

@@ -46,7 +46,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::config::{UpstreamConfig, UpstreamTarget};
 use crate::endpoints::{Endpoint, EndpointMetrics, Endpoints, InFlight, OutlierSettings, Source};
 use crate::metrics::MetricSet;
-use crate::outcome::UpstreamErrorKind;
+use crate::outcome::{UpstreamAddr, UpstreamErrorKind};
 use crate::retry::{self, Failure, Replay, RetryBudget, RetryPolicy};
 use crate::upstream::{ConnectError, Connector, SetupError, UpstreamTls};
 use crate::Body;
@@ -414,7 +414,8 @@ impl Inner {
         loop {
             let ep = self.endpoints.pick(&list, &tried);
             let (failure, unsent, last) = match self.attempt(&ep, req).await {
-                Ok(res) => {
+                Ok(mut res) => {
+                    res.extensions_mut().insert(UpstreamAddr(ep.addr));
                     let status = res.status();
                     if is_outlier_status(status) {
                         self.endpoints.failure(&ep);
