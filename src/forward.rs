@@ -26,7 +26,7 @@ use crate::config::UpstreamTarget;
 use crate::context::{ContractState, RequestCtx};
 use crate::error::GatewayError;
 use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_overrides, ConnInfo};
-use crate::otel::ClientSpan;
+use crate::otel::{self, ClientSpan, UpstreamSpans};
 use crate::outcome::{Outcome, UpstreamAddr, UpstreamErrorKind, UpstreamTiming};
 use crate::pool::{Pool, PoolError, PooledBody, SendFuture};
 use crate::{box_body, Body, BoxError};
@@ -149,7 +149,7 @@ impl Service<Request<Body>> for Forward {
         };
         let mut span = None;
         let state = match prepared {
-            Ok(mut req) => {
+            Ok(req) => {
                 let cfg = &self.cfg;
                 // The whole body, when known, so that an idempotent request can be replayed
                 // (never looked up for PATCH or POST, which are not).
@@ -162,16 +162,10 @@ impl Service<Request<Body>> for Forward {
                 } else {
                     None
                 };
-                // One upstream attempt starts here: its CLIENT span, the parent of the
-                // `traceparent` the upstream gets (an invalid one from the client is replaced).
-                span = trace.as_ref().and_then(|parent| {
-                    let target = &cfg.target;
-                    let port = target.authority.port_u16().unwrap_or(443);
-                    ClientSpan::start(parent, req.method(), target.authority.host(), port)
-                });
-                if let Some(span) = &span {
-                    span.inject(req.headers_mut());
-                }
+                // Each upstream attempt gets its CLIENT span from the pool, the parent of the
+                // `traceparent` it carries (an invalid one from the client is replaced).
+                let spans = trace.map(|t| UpstreamSpans::new(t, cfg.target.authority.clone()));
+                span = spans.as_ref().and_then(UpstreamSpans::last);
                 // A body still to come is watched; the timer starts when it has been sent.
                 let (req, body, first) = if req.body().is_end_stream() {
                     (req, None, cfg.request_timeout)
@@ -182,7 +176,7 @@ impl Service<Request<Body>> for Forward {
                     (req, Some(rx), cfg.body_read_timeout + cfg.request_timeout)
                 };
                 State::Sending {
-                    fut: self.pool.send(req, whole),
+                    fut: self.pool.send(req, whole, spans),
                     timer: tokio::time::sleep(first),
                     body,
                     request_timeout: cfg.request_timeout,
@@ -219,8 +213,8 @@ pin_project! {
         state: State,
         started: Instant,
         validated: bool,
-        // The attempt's CLIENT span, ended with the response head or the error.
-        span: Option<ClientSpan>,
+        // The last attempt's recorded CLIENT span, ended with the response head or the error.
+        span: Option<Arc<std::sync::Mutex<Option<ClientSpan>>>>,
     }
 }
 
@@ -256,7 +250,7 @@ impl Future for ResponseFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(poll_state(this.state, this.started, *this.validated, cx));
-        if let Some(span) = this.span.take() {
+        if let Some(span) = this.span.take().and_then(|open| otel::take_open(&open)) {
             match &result {
                 Ok(res) => span.answered(res.status()),
                 Err(e) => span.failed(

@@ -20,7 +20,7 @@ use crate::access_log::{AccessLog, Line};
 use crate::context::{RequestCtx, Routes};
 use crate::headers::ConnInfo;
 use crate::metrics::{method_index, method_name, Metrics};
-use crate::otel::{self, ServerEnd, ServerRequest, Telemetry};
+use crate::otel::{self, ServerEnd, ServerRequest, Telemetry, Trace};
 use crate::outcome::{Outcome, OutcomeKind, ProblemSlug};
 use crate::request_id::RequestId;
 use crate::shed_client::client_ip;
@@ -88,8 +88,8 @@ struct Pending {
     client: Option<ConnInfo>,
     client_ip: Option<IpAddr>,
     logged: Option<Box<Logged>>,
-    /// The SERVER span's context.
-    trace: Option<opentelemetry::Context>,
+    /// The request's trace (its SERVER span when sampled).
+    trace: Option<Trace>,
 }
 
 /// What the response told, beyond its status and outcome.
@@ -138,9 +138,9 @@ impl Pending {
                 );
             }
         }
-        if let Some(cx) = &self.trace {
+        if let Some(trace) = &self.trace {
             otel::end_server(
-                cx,
+                trace,
                 &ServerEnd {
                     status,
                     outcome: outcome.kind.as_str(),
@@ -252,9 +252,9 @@ where
             logged,
             trace: trace.clone(),
         };
-        if let Some(cx) = &trace {
+        if let Some(t) = &trace {
             if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
-                ctx.trace = Some(cx.clone());
+                ctx.trace = Some(t.clone());
             }
         }
         ResponseFuture {
@@ -295,7 +295,7 @@ pin_project! {
         inner: F,
         guard: Guard,
         // Current while the layers below run, so that introspection finds its parent span.
-        trace: Option<opentelemetry::Context>,
+        trace: Option<Trace>,
     }
 }
 
@@ -308,10 +308,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let attached = this.trace.as_ref().map(|t| t.clone().attach());
-        let result = this.inner.poll(cx);
-        drop(attached);
-        let result = ready!(result);
+        let inner = this.inner;
+        let result = ready!(otel::within(this.trace, || inner.poll(cx)));
         if let Some(p) = this.guard.0.take() {
             p.metrics.inflight_requests.dec();
             match &result {

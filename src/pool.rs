@@ -46,6 +46,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::config::{UpstreamConfig, UpstreamTarget};
 use crate::endpoints::{Endpoint, EndpointMetrics, Endpoints, InFlight, OutlierSettings, Source};
 use crate::metrics::MetricSet;
+use crate::otel::{AttemptEnd, UpstreamSpans};
 use crate::outcome::{UpstreamAddr, UpstreamErrorKind};
 use crate::retry::{self, Failure, Replay, RetryBudget, RetryPolicy};
 use crate::upstream::{ConnectError, Connector, SetupError, UpstreamTls};
@@ -354,8 +355,14 @@ impl Pool {
     /// Sends `req` (origin-form URI) on a pooled connection, or a new one, retrying where
     /// section 9 allows. `body`: the request's whole body when it is known (empty, or the
     /// validated route's buffered one), so that an idempotent request can be replayed.
-    pub(crate) fn send(&self, req: Request<Body>, body: Option<Bytes>) -> SendFuture {
-        Box::pin(self.inner.clone().send(req, body))
+    /// `spans`: the request's trace, one CLIENT span per attempt.
+    pub(crate) fn send(
+        &self,
+        req: Request<Body>,
+        body: Option<Bytes>,
+        spans: Option<UpstreamSpans>,
+    ) -> SendFuture {
+        Box::pin(self.inner.clone().send(req, body, spans))
     }
 }
 
@@ -393,6 +400,7 @@ impl Inner {
         self: Arc<Self>,
         req: Request<Body>,
         body: Option<Bytes>,
+        spans: Option<UpstreamSpans>,
     ) -> Result<Response<PooledBody>, PoolError> {
         self.retry.budget.record_request();
         let list = self.endpoints.current().await.map_err(|source| {
@@ -413,6 +421,9 @@ impl Inner {
         let mut retries = 0;
         loop {
             let ep = self.endpoints.pick(&list, &tried);
+            if let Some(spans) = &spans {
+                spans.attempt(&mut req);
+            }
             let (failure, unsent, last) = match self.attempt(&ep, req).await {
                 Ok(mut res) => {
                     res.extensions_mut().insert(UpstreamAddr(ep.addr));
@@ -459,6 +470,12 @@ impl Inner {
                 (None, Some(replay)) => replay.request(),
                 (None, None) => return last,
             };
+            if let Some(spans) = &spans {
+                spans.retrying(match &last {
+                    Ok(res) => AttemptEnd::Answered(res.status()),
+                    Err(e) => AttemptEnd::Failed(e.kind().as_str()),
+                });
+            }
             // The failed response (a 502/503) closes its connection when dropped.
             drop(last);
             self.retry.count(reason);
@@ -469,8 +486,8 @@ impl Inner {
         }
     }
 
-    /// One attempt: one address, one connection, one request, up to the response head. (The
-    /// upstream CLIENT span belongs around this.) A pooled connection found closed before the
+    /// One attempt: one address, one connection, one request, up to the response head (its
+    /// CLIENT span started before by `send`). A pooled connection found closed before the
     /// request was written hands it back, and the next idle one is tried within the attempt.
     async fn attempt(
         self: &Arc<Self>,

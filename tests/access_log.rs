@@ -177,10 +177,7 @@ async fn a_text_line_carries_the_trace_ids_and_quotes_free_text() {
     assert!(l.contains(r#" path="/o/x\"%20status=999" "#), "{l}");
     assert!(l.contains(" route=other "), "{l}");
     assert!(l.contains(" status=200 outcome=forwarded "), "{l}");
-    assert!(
-        l.contains(&format!(" upstream_addr={} ", mock.addr)),
-        "{l}"
-    );
+    assert!(l.contains(&format!(" upstream_addr={} ", mock.addr)), "{l}");
     assert!(!l.contains("QUERYSECRET"), "{l}");
     assert!(!l.contains("status=999 "), "{l}");
     assert!(!l.contains("=\"\""), "{l}");
