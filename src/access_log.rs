@@ -6,7 +6,6 @@
 //! line is dropped and counted in `gateway_access_log_dropped_total`. Whether the log is on is
 //! still the subscriber's decision (`log.level`, `RUST_LOG`): the target is `access`, level info.
 
-use std::cell::RefCell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -104,22 +103,15 @@ impl AccessLog {
         })
     }
 
-    /// Formats `line` and queues it; drops and counts it when the queue is full.
+    /// Formats `line` straight into the pending batch; drops and counts it when the batch is
+    /// full. The lock is held while formatting (about a microsecond): one copy less than a
+    /// line formatted aside and appended.
     pub(crate) fn log(&self, line: &Line<'_>) {
-        thread_local! {
-            static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
-        }
+        let now = SystemTime::now();
         let format = self.inner.format;
-        SCRATCH.with(|scratch| {
-            let Ok(mut buf) = scratch.try_borrow_mut() else {
-                return;
-            };
-            buf.clear();
-            match format {
-                LogFormat::Text => write_text(&mut buf, line, SystemTime::now()),
-                LogFormat::Json => write_json(&mut buf, line, SystemTime::now()),
-            }
-            self.inner.shared.push(&buf);
+        self.inner.shared.push_with(|buf| match format {
+            LogFormat::Text => write_text(buf, line, now),
+            LogFormat::Json => write_json(buf, line, now),
         });
     }
 }
@@ -139,19 +131,25 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, line: &[u8]) {
+    /// Appends one line, written by `format`, to the pending batch, unless that would take the
+    /// batch past [`MAX_PENDING`]: then the line is taken back out and counted as dropped.
+    fn push_with(&self, format: impl FnOnce(&mut Vec<u8>)) {
         let mut p = self.lock();
-        if p.buf.len() + line.len() > MAX_PENDING {
-            drop(p);
-            self.dropped.inc();
-            return;
+        let start = p.buf.len();
+        if start < MAX_PENDING {
+            format(&mut p.buf);
+            if p.buf.len() <= MAX_PENDING {
+                let wake = std::mem::replace(&mut p.idle, false);
+                drop(p);
+                if wake {
+                    self.wake.notify_one();
+                }
+                return;
+            }
+            p.buf.truncate(start);
         }
-        p.buf.extend_from_slice(line);
-        let wake = std::mem::replace(&mut p.idle, false);
         drop(p);
-        if wake {
-            self.wake.notify_one();
-        }
+        self.dropped.inc();
     }
 
     /// The writer thread: takes the whole pending batch, writes it at once, lingers, repeats.
@@ -431,13 +429,27 @@ fn padded(buf: &mut Vec<u8>, n: u64, width: usize) {
 
 fn ip(buf: &mut Vec<u8>, ip: IpAddr) {
     match ip {
+        // Into a stack buffer and appended once: four `itoa`s and seven pushes cost 3× more.
         IpAddr::V4(v4) => {
+            let mut out = [0u8; 15];
+            let mut n = 0;
             for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    buf.push(b'.');
+                    out[n] = b'.';
+                    n += 1;
                 }
-                int(buf, o.into());
+                if o >= 100 {
+                    out[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    out[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                out[n] = b'0' + o % 10;
+                n += 1;
             }
+            buf.extend_from_slice(&out[..n]);
         }
         // Rare enough to go through `Display`'s zero compression.
         IpAddr::V6(v6) => {
@@ -646,6 +658,22 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_addresses_are_formatted_like_display() {
+        for text in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "192.168.1.20",
+            "1.99.100.255",
+        ] {
+            let addr: IpAddr = text.parse().unwrap();
+            let mut b = Vec::new();
+            ip(&mut b, addr);
+            assert_eq!(b, addr.to_string().as_bytes());
+        }
+    }
+
+    #[test]
     fn the_user_agent_is_cut_to_256_bytes() {
         let ua = vec![b'a'; 1000];
         let line = Line {
@@ -685,7 +713,7 @@ mod tests {
         write_text(&mut one, &full(), SystemTime::now());
         let fit = MAX_PENDING / one.len();
         for _ in 0..fit + 3 {
-            shared.push(&one);
+            shared.push_with(|b| b.extend_from_slice(&one));
         }
         assert_eq!(shared.dropped.get(), 3);
         assert_eq!(shared.lock().buf.len(), fit * one.len());

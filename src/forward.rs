@@ -164,7 +164,7 @@ impl Service<Request<Body>> for Forward {
                 };
                 // Each upstream attempt gets its CLIENT span from the pool, the parent of the
                 // `traceparent` it carries (an invalid one from the client is replaced).
-                let spans = trace.map(|t| UpstreamSpans::new(t, cfg.target.authority.clone()));
+                let spans = trace.map(|t| UpstreamSpans::new(t, &cfg.target.authority));
                 span = spans.as_ref().and_then(UpstreamSpans::last);
                 // A body still to come is watched; the timer starts when it has been sent.
                 let (req, body, first) = if req.body().is_end_stream() {

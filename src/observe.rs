@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use http::header::{HOST, USER_AGENT};
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
 use ipnet::IpNet;
 use pin_project_lite::pin_project;
@@ -65,10 +65,12 @@ pub struct ObserveService<S> {
     layer: ObserveLayer,
 }
 
-/// What the access line needs beyond the metrics; kept only when the log is on.
+/// What the access line needs beyond the metrics; kept only when the log is on. Shared
+/// handles on the request's bytes (refcounts), no copies.
 struct Logged {
     log: AccessLog,
-    path: String,
+    /// The path is read from it when the line is written.
+    uri: Uri,
     version: Version,
     authority: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
@@ -87,7 +89,7 @@ struct Pending {
     request_id: Option<RequestId>,
     client: Option<ConnInfo>,
     client_ip: Option<IpAddr>,
-    logged: Option<Box<Logged>>,
+    logged: Option<Logged>,
     /// The request's trace (its SERVER span when sampled).
     trace: Option<Trace>,
 }
@@ -157,7 +159,7 @@ impl Pending {
                 span_id: ids.map(|i| i.1),
                 method: method_name(self.method),
                 route,
-                path: Some(l.path.as_str()),
+                path: Some(l.uri.path()),
                 protocol: Some(protocol(l.version)),
                 authority: l.authority.as_ref().map(HeaderValue::as_bytes),
                 status: status.as_u16(),
@@ -226,9 +228,9 @@ where
             })
         });
         let logged = match &layer.access {
-            Some(log) if logging => Some(Box::new(Logged {
+            Some(log) if logging => Some(Logged {
                 log: log.clone(),
-                path: req.uri().path().to_string(),
+                uri: req.uri().clone(),
                 version: req.version(),
                 authority: req.headers().get(HOST).cloned().or_else(|| {
                     req.uri()
@@ -237,7 +239,7 @@ where
                 }),
                 user_agent: req.headers().get(USER_AGENT).cloned(),
                 bytes_in: req.body().size_hint().exact(),
-            })),
+            }),
             _ => None,
         };
         let pending = Pending {

@@ -267,7 +267,7 @@ impl Telemetry {
     /// SDK's span, its attributes set now.
     pub(crate) fn start_server(&self, req: &ServerRequest<'_>) -> Trace {
         let mut parent = Context::new();
-        if req.headers.contains_key("traceparent") {
+        if req.headers.contains_key(&TRACEPARENT) {
             let cx = TraceContextPropagator::new()
                 .extract_with_context(&parent, &HeaderExtractor(req.headers));
             let sc = cx.span().span_context().clone();
@@ -348,15 +348,19 @@ pub(crate) enum Trace {
 pub(crate) struct Unsampled {
     trace_id: [u8; 16],
     span_id: [u8; 8],
-    state: Option<HeaderValue>,
+    /// Boxed: rare, and the request context that carries a trace stays small.
+    state: Option<Box<HeaderValue>>,
 }
 
 thread_local! {
     /// The trace id the gateway's sampler already drew for a root it samples, for [`Ids`] to hand
     /// the SDK (whose span builder ignores a root's trace id): set and cleared around one start.
     static NEXT_TRACE_ID: std::cell::Cell<Option<TraceId>> = const { std::cell::Cell::new(None) };
-    /// The trace of the request being polled on this thread (see [`within`]).
+    /// The sampled trace of the request being polled on this thread (see [`within`]).
     static CURRENT: std::cell::Cell<Option<Trace>> = const { std::cell::Cell::new(None) };
+    /// The trace id of the unsampled request being polled on this thread: plain bytes, so that
+    /// setting it around every poll costs next to nothing.
+    static CURRENT_UNSAMPLED: std::cell::Cell<Option<[u8; 16]>> = const { std::cell::Cell::new(None) };
 }
 
 /// The SDK's ids (a per-thread `SmallRng`), except a root's trace id already drawn and sampled.
@@ -392,23 +396,33 @@ fn sampled(ratio: f64, trace_id: TraceId) -> bool {
     (u64::from_be_bytes(low) >> 1) < bound
 }
 
-fn state_header(state: &opentelemetry::trace::TraceState) -> Option<HeaderValue> {
+fn state_header(state: &opentelemetry::trace::TraceState) -> Option<Box<HeaderValue>> {
     let header = state.header();
     (!header.is_empty())
-        .then(|| HeaderValue::from_str(&header).ok())
+        .then(|| HeaderValue::from_str(&header).ok().map(Box::new))
         .flatten()
 }
 
 /// Runs `f` (a poll of the layers below the observer) with `trace` as the thread's current
 /// trace, for introspection's CLIENT span: moved in and back, never cloned.
+/// An unsampled trace lends only its trace id: introspection's `traceparent` then has a fresh
+/// span id and flags 00, without the caller's `tracestate` (which goes upstream only).
 pub(crate) fn within<R>(trace: &mut Option<Trace>, f: impl FnOnce() -> R) -> R {
-    if trace.is_none() {
-        return f();
+    match trace {
+        None => f(),
+        Some(Trace::Unsampled(u)) => {
+            let outer = CURRENT_UNSAMPLED.replace(Some(u.trace_id));
+            let r = f();
+            CURRENT_UNSAMPLED.set(outer);
+            r
+        }
+        Some(Trace::Sdk(_)) => {
+            let outer = CURRENT.replace(trace.take());
+            let r = f();
+            *trace = CURRENT.replace(outer);
+            r
+        }
     }
-    let outer = CURRENT.replace(trace.take());
-    let r = f();
-    *trace = CURRENT.replace(outer);
-    r
 }
 
 /// What the SERVER span is started from.
@@ -532,6 +546,13 @@ impl ClientSpan {
     /// A child of the trace being polled on this thread, if any (introspection runs within the
     /// request's, see [`within`]).
     pub(crate) fn start_in_current(method: &Method, host: &str, port: u16) -> Option<ClientSpan> {
+        if let Some(trace_id) = CURRENT_UNSAMPLED.get() {
+            return Some(ClientSpan::Unsampled(Unsampled {
+                trace_id,
+                span_id: new_span_id(),
+                state: None,
+            }));
+        }
         let trace = CURRENT.take();
         let span = trace
             .as_ref()
@@ -541,6 +562,7 @@ impl ClientSpan {
     }
 
     /// Whether the span records: only then is there anything to end.
+    #[cfg(test)]
     pub(crate) fn is_recording(&self) -> bool {
         match self {
             ClientSpan::Sdk(cx) => cx.span().is_recording(),
@@ -576,7 +598,7 @@ impl ClientSpan {
             headers.insert(TRACEPARENT.clone(), v);
         }
         if let Some(v) = state {
-            headers.insert(TRACESTATE.clone(), v);
+            headers.insert(TRACESTATE.clone(), *v);
         }
     }
 
@@ -625,48 +647,58 @@ pub(crate) enum AttemptEnd {
 /// forwarder ends the last one, with the call's outcome as the client sees it.
 pub(crate) struct UpstreamSpans {
     parent: Trace,
-    authority: http::uri::Authority,
-    /// The attempt's recorded span, shared with the forwarder; `None` when nothing records.
-    open: Option<Arc<std::sync::Mutex<Option<ClientSpan>>>>,
+    /// The attempt's recorded span, shared with the forwarder, and the upstream's authority for
+    /// its attributes; `None` when nothing records.
+    open: Option<(
+        Arc<std::sync::Mutex<Option<ClientSpan>>>,
+        http::uri::Authority,
+    )>,
 }
 
 impl UpstreamSpans {
     /// Recorded spans get a slot the forwarder ends the last one through.
-    pub(crate) fn new(parent: Trace, authority: http::uri::Authority) -> UpstreamSpans {
+    pub(crate) fn new(parent: Trace, authority: &http::uri::Authority) -> UpstreamSpans {
         let records = match &parent {
             Trace::Sdk(cx) => cx.span().is_recording(),
             Trace::Unsampled(_) => false,
         };
         UpstreamSpans {
             parent,
-            authority,
-            open: records.then(Arc::default),
+            open: records.then(|| (Arc::default(), authority.clone())),
         }
     }
 
     /// The slot of the open attempt's span, for the forwarder to end the last one.
     pub(crate) fn last(&self) -> Option<Arc<std::sync::Mutex<Option<ClientSpan>>>> {
-        self.open.clone()
+        self.open.as_ref().map(|(open, _)| open.clone())
     }
 
     /// An attempt starts: its own CLIENT span, set as the request's `traceparent`.
     pub(crate) fn attempt<B>(&self, req: &mut Request<B>) {
-        let port = self.authority.port_u16().unwrap_or(443);
-        let Some(span) = ClientSpan::start(&self.parent, req.method(), self.authority.host(), port)
+        let Some((open, authority)) = &self.open else {
+            // Nothing records: only a fresh span id to propagate.
+            if let Some(span) = ClientSpan::start(&self.parent, req.method(), "", 0) {
+                span.inject(req.headers_mut());
+            }
+            return;
+        };
+        let port = authority.port_u16().unwrap_or(443);
+        let Some(span) = ClientSpan::start(&self.parent, req.method(), authority.host(), port)
         else {
             return;
         };
         span.inject(req.headers_mut());
-        if let (Some(open), true) = (&self.open, span.is_recording()) {
-            if let Ok(mut open) = open.lock() {
-                *open = Some(span);
-            }
+        if let Ok(mut open) = open.lock() {
+            *open = Some(span);
         }
     }
 
     /// The attempt ended and another follows: its span ends with its own outcome.
     pub(crate) fn retrying(&self, end: AttemptEnd) {
-        let span = self.open.as_ref().and_then(|open| open.lock().ok()?.take());
+        let span = self
+            .open
+            .as_ref()
+            .and_then(|(open, _)| open.lock().ok()?.take());
         match (span, end) {
             (Some(span), AttemptEnd::Answered(status)) => span.answered(status),
             (Some(span), AttemptEnd::Failed(kind)) => span.failed(kind),
