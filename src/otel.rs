@@ -329,7 +329,6 @@ impl Telemetry {
             }
             span.set_attributes(attrs);
         }
-        drop(span);
         Trace::Sdk(cx)
     }
 }
@@ -539,7 +538,6 @@ impl ClientSpan {
                 KeyValue::new("server.port", i64::from(port)),
             ]);
         }
-        drop(span);
         Some(ClientSpan::Sdk(cx))
     }
 
