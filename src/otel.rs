@@ -266,10 +266,19 @@ impl Telemetry {
     /// unsampled parent, or a root past the ratio) gets only ids, no SDK object; a sampled one the
     /// SDK's span, its attributes set now.
     pub(crate) fn start_server(&self, req: &ServerRequest<'_>) -> Trace {
-        let mut parent = Context::new();
-        if req.headers.contains_key(&TRACEPARENT) {
+        // One pass over the names for both (no hashing): most requests carry neither.
+        let (mut has_parent, mut has_state) = (false, false);
+        for name in req.headers.keys() {
+            if *name == TRACEPARENT {
+                has_parent = true;
+            } else if *name == TRACESTATE {
+                has_state = true;
+            }
+        }
+        let mut parent = None;
+        if has_parent {
             let cx = TraceContextPropagator::new()
-                .extract_with_context(&parent, &HeaderExtractor(req.headers));
+                .extract_with_context(&Context::new(), &HeaderExtractor(req.headers));
             let sc = cx.span().span_context().clone();
             if sc.is_valid() {
                 if self.ratio.is_some() && !sc.is_sampled() {
@@ -278,24 +287,27 @@ impl Telemetry {
                         trace_id: sc.trace_id().to_bytes(),
                         span_id: new_span_id(),
                         state: state_header(sc.trace_state()),
+                        strip_state: has_state,
                     });
                 }
-                parent = cx;
+                parent = Some(cx);
             }
         }
-        let root = !parent.has_active_span();
-        if let (true, Some(ratio)) = (root, self.ratio) {
+        if let (None, Some(ratio)) = (&parent, self.ratio) {
             let trace_id = RandomIdGenerator::default().new_trace_id();
             if !sampled(ratio, trace_id) {
                 return Trace::Unsampled(Unsampled {
                     trace_id: trace_id.to_bytes(),
                     span_id: new_span_id(),
                     state: None,
+                    // A new trace: the client's `tracestate` is not passed on.
+                    strip_state: has_state,
                 });
             }
             // The SDK samples it again, on this trace id: the same decision.
             NEXT_TRACE_ID.set(Some(trace_id));
         }
+        let parent = parent.unwrap_or_default();
         let span = self
             .tracer
             .span_builder(req.method)
@@ -349,17 +361,16 @@ pub(crate) struct Unsampled {
     span_id: [u8; 8],
     /// Boxed: rare, and the request context that carries a trace stays small.
     state: Option<Box<HeaderValue>>,
+    /// The client sent a `tracestate` that must not go on (no `state` replaces it).
+    strip_state: bool,
 }
 
 thread_local! {
     /// The trace id the gateway's sampler already drew for a root it samples, for [`Ids`] to hand
     /// the SDK (whose span builder ignores a root's trace id): set and cleared around one start.
     static NEXT_TRACE_ID: std::cell::Cell<Option<TraceId>> = const { std::cell::Cell::new(None) };
-    /// The sampled trace of the request being polled on this thread (see [`within`]).
+    /// The trace of the request being polled on this thread (see [`within`]).
     static CURRENT: std::cell::Cell<Option<Trace>> = const { std::cell::Cell::new(None) };
-    /// The trace id of the unsampled request being polled on this thread: plain bytes, so that
-    /// setting it around every poll costs next to nothing.
-    static CURRENT_UNSAMPLED: std::cell::Cell<Option<[u8; 16]>> = const { std::cell::Cell::new(None) };
 }
 
 /// The SDK's ids (a per-thread `SmallRng`), except a root's trace id already drawn and sampled.
@@ -403,25 +414,16 @@ fn state_header(state: &opentelemetry::trace::TraceState) -> Option<Box<HeaderVa
 }
 
 /// Runs `f` (a poll of the layers below the observer) with `trace` as the thread's current
-/// trace, for introspection's CLIENT span: moved in and back, never cloned.
-/// An unsampled trace lends only its trace id: introspection's `traceparent` then has a fresh
-/// span id and flags 00, without the caller's `tracestate` (which goes upstream only).
+/// trace, for introspection's CLIENT span: moved in and back, never cloned. An unsampled trace
+/// is a few plain words, so this costs next to nothing.
 pub(crate) fn within<R>(trace: &mut Option<Trace>, f: impl FnOnce() -> R) -> R {
-    match trace {
-        None => f(),
-        Some(Trace::Unsampled(u)) => {
-            let outer = CURRENT_UNSAMPLED.replace(Some(u.trace_id));
-            let r = f();
-            CURRENT_UNSAMPLED.set(outer);
-            r
-        }
-        Some(Trace::Sdk(_)) => {
-            let outer = CURRENT.replace(trace.take());
-            let r = f();
-            *trace = CURRENT.replace(outer);
-            r
-        }
+    if trace.is_none() {
+        return f();
     }
+    let outer = CURRENT.replace(trace.take());
+    let r = f();
+    *trace = CURRENT.replace(outer);
+    r
 }
 
 /// What the SERVER span is started from.
@@ -543,14 +545,9 @@ impl ClientSpan {
 
     /// A child of the trace being polled on this thread, if any (introspection runs within the
     /// request's, see [`within`]).
+    /// An unsampled request's introspection carries a fresh span id, flags 00 and the caller's
+    /// `tracestate`, as its upstream call does.
     pub(crate) fn start_in_current(method: &Method, host: &str, port: u16) -> Option<ClientSpan> {
-        if let Some(trace_id) = CURRENT_UNSAMPLED.get() {
-            return Some(ClientSpan::Unsampled(Unsampled {
-                trace_id,
-                span_id: new_span_id(),
-                state: None,
-            }));
-        }
         let trace = CURRENT.take();
         let span = trace
             .as_ref()
@@ -571,7 +568,7 @@ impl ClientSpan {
     /// Sets `traceparent` (and `tracestate`) to this span, replacing what the client sent.
     /// Written by hand: the propagator's `format!`s cost more than the rest of an unsampled span.
     pub(crate) fn inject(&self, headers: &mut HeaderMap) {
-        let (trace_id, span_id, flags, state) = match self {
+        let (trace_id, span_id, flags, state, strip) = match self {
             ClientSpan::Sdk(cx) => {
                 let span = cx.span();
                 let sc = span.span_context();
@@ -580,9 +577,10 @@ impl ClientSpan {
                     sc.span_id().to_bytes(),
                     sc.trace_flags().to_u8(),
                     state_header(sc.trace_state()),
+                    true,
                 )
             }
-            ClientSpan::Unsampled(u) => (u.trace_id, u.span_id, 0, u.state.clone()),
+            ClientSpan::Unsampled(u) => (u.trace_id, u.span_id, 0, u.state.clone(), u.strip_state),
         };
         let mut tp = [0u8; 55];
         tp[..3].copy_from_slice(b"00-");
@@ -591,12 +589,19 @@ impl ClientSpan {
         hex_into(&mut tp[36..52], &span_id);
         tp[52] = b'-';
         hex_into(&mut tp[53..55], &[flags]);
-        headers.remove(&TRACESTATE);
         if let Ok(v) = HeaderValue::from_bytes(&tp) {
             headers.insert(TRACEPARENT.clone(), v);
         }
-        if let Some(v) = state {
-            headers.insert(TRACESTATE.clone(), *v);
+        // `insert` replaces every value the client sent; a removal only when nothing replaces
+        // them (looked up only when the client sent one, for an unsampled request).
+        match state {
+            Some(v) => {
+                headers.insert(TRACESTATE.clone(), *v);
+            }
+            None if strip => {
+                headers.remove(&TRACESTATE);
+            }
+            None => {}
         }
     }
 
@@ -713,12 +718,20 @@ pub(crate) fn take_open(open: &std::sync::Mutex<Option<ClientSpan>>) -> Option<C
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
-/// Lower-case hex of `bytes` into `out` (twice as long).
+/// Lower-case hex of `bytes` into `out` (twice as long), a byte's two digits at a time.
 fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    static PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
+        pair.copy_from_slice(&PAIRS[usize::from(*b)]);
     }
 }
 
@@ -1120,6 +1133,61 @@ mod tests {
         drop(root);
         t.flush();
         assert_eq!(exporter.0.lock().unwrap().len(), 1, "only the sampled root");
+    }
+
+    #[test]
+    fn introspection_within_an_unsampled_request_carries_its_tracestate() {
+        let t = Telemetry::with_exporter(Memory::default(), &settings(1.0), counter(), counter());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
+        );
+        h.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        let mut trace = Some(t.start_server(&request(&h)));
+        let out = within(&mut trace, || {
+            let span = ClientSpan::start_in_current(&Method::POST, "idp", 443).unwrap();
+            let mut out = HeaderMap::new();
+            span.inject(&mut out);
+            out
+        });
+        assert!(trace.is_some(), "the trace is moved back after the poll");
+        let tp = out["traceparent"].to_str().unwrap();
+        assert!(
+            tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{tp}"
+        );
+        assert!(!tp.contains("b7ad6b7169203331"), "a fresh span id: {tp}");
+        assert!(tp.ends_with("-00"), "{tp}");
+        assert_eq!(out["tracestate"], "vendor=x");
+        // Outside the poll there is no current trace.
+        assert!(ClientSpan::start_in_current(&Method::POST, "idp", 443).is_none());
+    }
+
+    #[test]
+    fn a_new_trace_does_not_pass_the_clients_tracestate_on() {
+        let t = Telemetry::with_exporter(Memory::default(), &settings(0.0), counter(), counter());
+        let mut h = HeaderMap::new();
+        // No traceparent, or an invalid one: a new trace, and its tracestate is dropped.
+        h.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        for tp in [None, Some("00-zz-b7ad6b7169203331-01")] {
+            if let Some(tp) = tp {
+                h.insert("traceparent", HeaderValue::from_static(tp));
+            }
+            let cx = t.start_server(&request(&h));
+            let span = ClientSpan::start(&cx, &Method::GET, "up", 443).unwrap();
+            let mut out = h.clone();
+            span.inject(&mut out);
+            assert!(out.get("tracestate").is_none(), "{out:?}");
+            assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
+        }
+        // Without one there is nothing to remove, and nothing is added.
+        let cx = t.start_server(&request(&HeaderMap::new()));
+        let mut out = HeaderMap::new();
+        ClientSpan::start(&cx, &Method::GET, "up", 443)
+            .unwrap()
+            .inject(&mut out);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]
