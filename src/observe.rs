@@ -209,8 +209,7 @@ where
         layer.metrics.inflight_requests.inc();
         let ctx = req.extensions().get::<RequestCtx>();
         let conn = ctx.and_then(|c| c.conn);
-        let logging =
-            layer.access.is_some() && tracing::enabled!(target: "access", tracing::Level::INFO);
+        let logging = layer.access.is_some() && crate::telemetry::access_enabled();
         // The client after `trusted_proxies`, for the log and the span.
         let client_ip = (logging || layer.telemetry.is_some())
             .then(|| conn.map(|c| client_ip(&c, &layer.trusted_proxies, req.headers())))
