@@ -294,7 +294,7 @@ impl Telemetry {
             }
         }
         if let (None, Some(ratio)) = (&parent, self.ratio) {
-            let trace_id = RandomIdGenerator::default().new_trace_id();
+            let trace_id = new_trace_id();
             if !sampled(ratio, trace_id) {
                 return Trace::Unsampled(Unsampled {
                     trace_id: trace_id.to_bytes(),
@@ -371,6 +371,11 @@ thread_local! {
     static NEXT_TRACE_ID: std::cell::Cell<Option<TraceId>> = const { std::cell::Cell::new(None) };
     /// The trace of the request being polled on this thread (see [`within`]).
     static CURRENT: std::cell::Cell<Option<Trace>> = const { std::cell::Cell::new(None) };
+    /// The trace id of the unsampled request without a `tracestate` being polled on this thread:
+    /// plain bytes, so that setting it around every poll costs next to nothing.
+    static CURRENT_UNSAMPLED: std::cell::Cell<Option<[u8; 16]>> = const { std::cell::Cell::new(None) };
+    /// The state of [`next_id`]'s generator; 0 until seeded.
+    static ID_STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// The SDK's ids (a per-thread `SmallRng`), except a root's trace id already drawn and sampled.
@@ -390,7 +395,33 @@ impl IdGenerator for Ids {
 }
 
 fn new_span_id() -> [u8; 8] {
-    RandomIdGenerator::default().new_span_id().to_bytes()
+    next_id().to_be_bytes()
+}
+
+/// A new trace id for a root: the gateway's sampler decides on it, and a sampled one is handed to
+/// the SDK as is.
+fn new_trace_id() -> TraceId {
+    let id = (u128::from(next_id()) << 64) | u128::from(next_id());
+    TraceId::from(id)
+}
+
+/// The ids' generator: wyrand on a per-thread state seeded once from the SDK's `SmallRng`
+/// (itself seeded by the OS). Not cryptographic, as the SDK's is not: ids need to be unique, not
+/// secret. Never 0, which W3C reads as invalid.
+fn next_id() -> u64 {
+    let mut state = ID_STATE.get();
+    if state == 0 {
+        state = u64::from_be_bytes(RandomIdGenerator::default().new_span_id().to_bytes()) | 1;
+    }
+    state = state.wrapping_add(0xa076_1d64_78bd_642f);
+    ID_STATE.set(state);
+    let t = u128::from(state) * u128::from(state ^ 0xe703_7ed1_a0b4_28db);
+    let id = ((t >> 64) as u64) ^ (t as u64);
+    if id == 0 {
+        1
+    } else {
+        id
+    }
 }
 
 /// `TraceIdRatioBased`'s rule, as the SDK applies it (`sample_based_on_probability`): the low 63
@@ -417,8 +448,20 @@ fn state_header(state: &opentelemetry::trace::TraceState) -> Option<Box<HeaderVa
 /// trace, for introspection's CLIENT span: moved in and back, never cloned. An unsampled trace
 /// is a few plain words, so this costs next to nothing.
 pub(crate) fn within<R>(trace: &mut Option<Trace>, f: impl FnOnce() -> R) -> R {
-    if trace.is_none() {
-        return f();
+    match trace {
+        None => return f(),
+        // The common case: only the trace id is lent.
+        Some(Trace::Unsampled(Unsampled {
+            trace_id,
+            state: None,
+            ..
+        })) => {
+            let outer = CURRENT_UNSAMPLED.replace(Some(*trace_id));
+            let r = f();
+            CURRENT_UNSAMPLED.set(outer);
+            return r;
+        }
+        Some(_) => {}
     }
     let outer = CURRENT.replace(trace.take());
     let r = f();
@@ -548,6 +591,14 @@ impl ClientSpan {
     /// An unsampled request's introspection carries a fresh span id, flags 00 and the caller's
     /// `tracestate`, as its upstream call does.
     pub(crate) fn start_in_current(method: &Method, host: &str, port: u16) -> Option<ClientSpan> {
+        if let Some(trace_id) = CURRENT_UNSAMPLED.get() {
+            return Some(ClientSpan::Unsampled(Unsampled {
+                trace_id,
+                span_id: new_span_id(),
+                state: None,
+                strip_state: false,
+            }));
+        }
         let trace = CURRENT.take();
         let span = trace
             .as_ref()
@@ -1094,6 +1145,24 @@ mod tests {
             let share = yes as f64 / 20_000.0;
             assert!((share - ratio).abs() < 0.02, "{ratio}: {share}");
         }
+    }
+
+    #[test]
+    fn the_gateways_own_ids_are_distinct_nonzero_and_follow_the_ratio() {
+        let mut seen = std::collections::HashSet::new();
+        let mut yes = 0;
+        for _ in 0..20_000 {
+            let id = new_trace_id();
+            assert_ne!(id, TraceId::INVALID);
+            assert!(seen.insert(id), "repeated {id:?}");
+            yes += usize::from(sampled(0.05, id));
+            assert_ne!(new_span_id(), [0; 8]);
+        }
+        let share = yes as f64 / 20_000.0;
+        assert!((share - 0.05).abs() < 0.01, "{share}");
+        // Another thread starts from its own seed.
+        let other = std::thread::spawn(new_trace_id).join().unwrap();
+        assert!(!seen.contains(&other));
     }
 
     #[test]
