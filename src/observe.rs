@@ -222,7 +222,8 @@ where
                 version: req.version(),
                 tls: conn.is_some_and(|c| c.tls),
                 client: client_ip,
-                user_agent: req.headers().get(USER_AGENT),
+                // Looked up only for a sampled request.
+                user_agent: None,
                 headers: req.headers(),
             })
         });

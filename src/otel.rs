@@ -332,7 +332,10 @@ impl Telemetry {
             if let Some(ip) = req.client {
                 attrs.push(KeyValue::new("client.address", ip.to_string()));
             }
-            if let Some(ua) = req.user_agent {
+            if let Some(ua) = req
+                .user_agent
+                .or_else(|| req.headers.get(http::header::USER_AGENT))
+            {
                 let ua = &ua.as_bytes()[..ua.len().min(MAX_USER_AGENT)];
                 attrs.push(KeyValue::new(
                     "user_agent.original",
@@ -479,6 +482,7 @@ pub(crate) struct ServerRequest<'a> {
     pub version: Version,
     pub tls: bool,
     pub client: Option<std::net::IpAddr>,
+    /// `None`: looked up in `headers`, only when the span records.
     pub user_agent: Option<&'a HeaderValue>,
     pub headers: &'a HeaderMap,
 }
