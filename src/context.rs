@@ -70,8 +70,8 @@ pub struct RequestCtx {
     pub conn: Option<ConnInfo>,
     contract: ContractState,
     session: Option<SessionVerdict>,
-    /// The SERVER span's context when tracing is on: the upstream CLIENT span's parent.
-    pub(crate) trace: Option<opentelemetry::Context>,
+    /// The request's trace when tracing is on: the upstream CLIENT spans' parent.
+    pub(crate) trace: Option<crate::otel::Trace>,
 }
 
 impl RequestCtx {

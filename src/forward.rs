@@ -32,8 +32,8 @@ use crate::config::UpstreamTarget;
 use crate::context::{ContractState, RequestCtx};
 use crate::error::GatewayError;
 use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_overrides, ConnInfo};
-use crate::otel::ClientSpan;
-use crate::outcome::{Outcome, UpstreamErrorKind, UpstreamTiming};
+use crate::otel::{self, ClientSpan, UpstreamSpans};
+use crate::outcome::{Outcome, UpstreamAddr, UpstreamErrorKind, UpstreamTiming};
 use crate::pool::{Pool, PoolError, PooledBody, SendFuture};
 use crate::{box_body, full_body, Body, BoxError};
 
@@ -155,7 +155,7 @@ impl Service<Request<Body>> for Forward {
         };
         let mut span = None;
         let state = match prepared {
-            Ok(mut req) => {
+            Ok(req) => {
                 let cfg = &self.cfg;
                 // The whole body, when known, so that an idempotent request can be replayed
                 // (never looked up for PATCH or POST, which are not).
@@ -178,26 +178,21 @@ impl Service<Request<Body>> for Forward {
                     ),
                     _ => None,
                 };
-                // One upstream attempt starts here: its CLIENT span, the parent of the
-                // `traceparent` the upstream gets (an invalid one from the client is replaced).
-                span = trace.as_ref().and_then(|parent| {
-                    let target = &cfg.target;
-                    let port = target.authority.port_u16().unwrap_or(443);
-                    ClientSpan::start(parent, req.method(), target.authority.host(), port)
-                });
-                if let Some(span) = &span {
-                    span.inject(req.headers_mut());
-                }
+                // Each upstream attempt gets its CLIENT span from the pool, the parent of the
+                // `traceparent` it carries (an invalid one from the client is replaced).
+                let spans = trace.map(|t| UpstreamSpans::new(t, &cfg.target.authority));
+                span = spans.as_ref().and_then(UpstreamSpans::last);
                 if let Some(len) = collect {
-                    // Boxed: the common case's future stays as small as before.
                     let (parts, body) = req.into_parts();
                     // Boxed as a `Send` future here: inside the async fn, rustc cannot prove
                     // `Limited`'s error conversion for every lifetime.
                     let read: Collect = Box::pin(Limited::new(body, len as usize).collect());
+                    // Boxed: the common case's future stays as small as before.
                     State::Collecting {
                         fut: Box::pin(collect_body(parts, read, len, cfg.body_read_timeout)),
                         pool: self.pool.clone(),
                         request_timeout: cfg.request_timeout,
+                        spans,
                     }
                 } else {
                     // A body still to come is watched; the timer starts when it has been sent.
@@ -210,7 +205,7 @@ impl Service<Request<Body>> for Forward {
                         (req, Some(rx), cfg.body_read_timeout + cfg.request_timeout)
                     };
                     State::Sending {
-                        fut: self.pool.send(req, whole),
+                        fut: self.pool.send(req, whole, spans),
                         timer: tokio::time::sleep(first),
                         body,
                         request_timeout: cfg.request_timeout,
@@ -243,6 +238,8 @@ pin_project! {
             fut: Collecting,
             pool: Pool,
             request_timeout: Duration,
+            // The trace's attempts, handed to the pool with the body.
+            spans: Option<UpstreamSpans>,
         },
         Sending {
             #[pin] fut: SendFuture,
@@ -261,8 +258,8 @@ pin_project! {
         state: State,
         started: Instant,
         validated: bool,
-        // The attempt's CLIENT span, ended with the response head or the error.
-        span: Option<ClientSpan>,
+        // The last attempt's recorded CLIENT span, ended with the response head or the error.
+        span: Option<Arc<std::sync::Mutex<Option<ClientSpan>>>>,
     }
 }
 
@@ -298,7 +295,7 @@ impl Future for ResponseFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(poll_state(this.state, this.started, *this.validated, cx));
-        if let Some(span) = this.span.take() {
+        if let Some(span) = this.span.take().and_then(|open| otel::take_open(&open)) {
             match &result {
                 Ok(res) => span.answered(res.status()),
                 Err(e) => span.failed(
@@ -354,10 +351,11 @@ fn poll_state(
                 fut,
                 pool,
                 request_timeout,
+                spans,
             } => {
                 let next = match ready!(fut.as_mut().poll(cx)) {
                     Ok((req, bytes)) => State::Sending {
-                        fut: pool.send(req, Some(bytes)),
+                        fut: pool.send(req, Some(bytes), spans.take()),
                         timer: tokio::time::sleep(*request_timeout),
                         body: None,
                         request_timeout: *request_timeout,
@@ -393,6 +391,7 @@ fn poll_state(
                                 status: res.status(),
                                 elapsed: started.elapsed(),
                                 validated,
+                                addr: res.extensions().get::<UpstreamAddr>().map(|a| a.0),
                             };
                             let mut res = client_response(res);
                             res.extensions_mut().insert(Outcome::forwarded(timing));

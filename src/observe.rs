@@ -10,7 +10,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use http::header::{HOST, USER_AGENT};
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
 use ipnet::IpNet;
 use pin_project_lite::pin_project;
@@ -20,7 +20,7 @@ use crate::access_log::{AccessLog, Line};
 use crate::context::{RequestCtx, Routes};
 use crate::headers::ConnInfo;
 use crate::metrics::{method_index, method_name, Metrics};
-use crate::otel::{self, ServerEnd, ServerRequest, Telemetry};
+use crate::otel::{self, ServerEnd, ServerRequest, Telemetry, Trace};
 use crate::outcome::{Outcome, OutcomeKind, ProblemSlug};
 use crate::request_id::RequestId;
 use crate::shed_client::client_ip;
@@ -65,10 +65,12 @@ pub struct ObserveService<S> {
     layer: ObserveLayer,
 }
 
-/// What the access line needs beyond the metrics; kept only when the log is on.
+/// What the access line needs beyond the metrics; kept only when the log is on. Shared
+/// handles on the request's bytes (refcounts), no copies.
 struct Logged {
     log: AccessLog,
-    path: String,
+    /// The path is read from it when the line is written.
+    uri: Uri,
     version: Version,
     authority: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
@@ -87,9 +89,9 @@ struct Pending {
     request_id: Option<RequestId>,
     client: Option<ConnInfo>,
     client_ip: Option<IpAddr>,
-    logged: Option<Box<Logged>>,
-    /// The SERVER span's context.
-    trace: Option<opentelemetry::Context>,
+    logged: Option<Logged>,
+    /// The request's trace (its SERVER span when sampled).
+    trace: Option<Trace>,
 }
 
 /// What the response told, beyond its status and outcome.
@@ -138,9 +140,9 @@ impl Pending {
                 );
             }
         }
-        if let Some(cx) = &self.trace {
+        if let Some(trace) = &self.trace {
             otel::end_server(
-                cx,
+                trace,
                 &ServerEnd {
                     status,
                     outcome: outcome.kind.as_str(),
@@ -157,14 +159,14 @@ impl Pending {
                 span_id: ids.map(|i| i.1),
                 method: method_name(self.method),
                 route,
-                path: Some(l.path.as_str()),
+                path: Some(l.uri.path()),
                 protocol: Some(protocol(l.version)),
                 authority: l.authority.as_ref().map(HeaderValue::as_bytes),
                 status: status.as_u16(),
                 outcome: outcome.kind.as_str(),
                 reason: outcome.reason.map(|r| r.as_str()),
                 upstream_status: upstream.map(|t| t.status.as_u16()),
-                upstream_addr: None,
+                upstream_addr: upstream.and_then(|t| t.addr),
                 duration_us: elapsed.as_micros() as u64,
                 upstream_us: upstream.map(|t| t.elapsed.as_micros() as u64),
                 bytes_in: l.bytes_in,
@@ -207,8 +209,7 @@ where
         layer.metrics.inflight_requests.inc();
         let ctx = req.extensions().get::<RequestCtx>();
         let conn = ctx.and_then(|c| c.conn);
-        let logging =
-            layer.access.is_some() && tracing::enabled!(target: "access", tracing::Level::INFO);
+        let logging = layer.access.is_some() && crate::telemetry::access_enabled();
         // The client after `trusted_proxies`, for the log and the span.
         let client_ip = (logging || layer.telemetry.is_some())
             .then(|| conn.map(|c| client_ip(&c, &layer.trusted_proxies, req.headers())))
@@ -221,14 +222,15 @@ where
                 version: req.version(),
                 tls: conn.is_some_and(|c| c.tls),
                 client: client_ip,
-                user_agent: req.headers().get(USER_AGENT),
+                // Looked up only for a sampled request.
+                user_agent: None,
                 headers: req.headers(),
             })
         });
         let logged = match &layer.access {
-            Some(log) if logging => Some(Box::new(Logged {
+            Some(log) if logging => Some(Logged {
                 log: log.clone(),
-                path: req.uri().path().to_string(),
+                uri: req.uri().clone(),
                 version: req.version(),
                 authority: req.headers().get(HOST).cloned().or_else(|| {
                     req.uri()
@@ -237,7 +239,7 @@ where
                 }),
                 user_agent: req.headers().get(USER_AGENT).cloned(),
                 bytes_in: req.body().size_hint().exact(),
-            })),
+            }),
             _ => None,
         };
         let pending = Pending {
@@ -252,9 +254,9 @@ where
             logged,
             trace: trace.clone(),
         };
-        if let Some(cx) = &trace {
+        if let Some(t) = &trace {
             if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
-                ctx.trace = Some(cx.clone());
+                ctx.trace = Some(t.clone());
             }
         }
         ResponseFuture {
@@ -295,7 +297,7 @@ pin_project! {
         inner: F,
         guard: Guard,
         // Current while the layers below run, so that introspection finds its parent span.
-        trace: Option<opentelemetry::Context>,
+        trace: Option<Trace>,
     }
 }
 
@@ -308,10 +310,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let attached = this.trace.as_ref().map(|t| t.clone().attach());
-        let result = this.inner.poll(cx);
-        drop(attached);
-        let result = ready!(result);
+        let inner = this.inner;
+        let result = ready!(otel::within(this.trace, || inner.poll(cx)));
         if let Some(p) = this.guard.0.take() {
             p.metrics.inflight_requests.dec();
             match &result {

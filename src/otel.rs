@@ -26,6 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HttpClient, HttpError};
@@ -33,8 +34,8 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData,
-    SpanExporter, SpanProcessor,
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, Sampler, SdkTracer,
+    SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
@@ -191,6 +192,9 @@ pub(crate) fn summary(cfg: &TracingConfig) -> Result<String, Invalid> {
 #[derive(Clone, Debug)]
 pub(crate) struct Telemetry {
     tracer: SdkTracer,
+    /// The root sampling ratio when the gateway's own sampler applies (parent-based): requests it
+    /// does not sample never reach the SDK. `None`: `OTEL_TRACES_SAMPLER` chose, the SDK decides.
+    ratio: Option<f64>,
     _provider: Arc<ShutDown>,
 }
 
@@ -289,6 +293,7 @@ impl Telemetry {
             resource = resource.with_service_name(name.clone());
         }
         let mut provider = SdkTracerProvider::builder()
+            .with_id_generator(Ids)
             .with_span_processor(processor)
             .with_resource(resource.build());
         if let Some(ratio) = settings.sample_ratio {
@@ -300,6 +305,7 @@ impl Telemetry {
         let provider = provider.build();
         Telemetry {
             tracer: provider.tracer("companies-gateway"),
+            ratio: settings.sample_ratio,
             _provider: Arc::new(ShutDown(provider)),
         }
     }
@@ -311,20 +317,58 @@ impl Telemetry {
     }
 
     /// Starts the SERVER span of a request: a valid incoming `traceparent` (and `tracestate`) is
-    /// continued, anything else starts a new trace. Attributes known now are set only when the
-    /// span records, so an unsampled request pays for the ids and little more.
-    pub(crate) fn start_server(&self, req: &ServerRequest<'_>) -> Context {
-        let parent = if req.headers.contains_key("traceparent") {
-            TraceContextPropagator::new()
-                .extract_with_context(&Context::new(), &HeaderExtractor(req.headers))
-        } else {
-            Context::new()
-        };
+    /// continued, anything else starts a new trace. A request the gateway's sampler drops (an
+    /// unsampled parent, or a root past the ratio) gets only ids, no SDK object; a sampled one the
+    /// SDK's span, its attributes set now.
+    pub(crate) fn start_server(&self, req: &ServerRequest<'_>) -> Trace {
+        // One pass over the names for both (no hashing): most requests carry neither.
+        let (mut has_parent, mut has_state) = (false, false);
+        for name in req.headers.keys() {
+            if *name == TRACEPARENT {
+                has_parent = true;
+            } else if *name == TRACESTATE {
+                has_state = true;
+            }
+        }
+        let mut parent = None;
+        if has_parent {
+            let cx = TraceContextPropagator::new()
+                .extract_with_context(&Context::new(), &HeaderExtractor(req.headers));
+            let sc = cx.span().span_context().clone();
+            if sc.is_valid() {
+                if self.ratio.is_some() && !sc.is_sampled() {
+                    // Parent-based: an unsampled parent's decision is kept.
+                    return Trace::Unsampled(Unsampled {
+                        trace_id: sc.trace_id().to_bytes(),
+                        span_id: new_span_id(),
+                        state: state_header(sc.trace_state()),
+                        strip_state: has_state,
+                    });
+                }
+                parent = Some(cx);
+            }
+        }
+        if let (None, Some(ratio)) = (&parent, self.ratio) {
+            let trace_id = new_trace_id();
+            if !sampled(ratio, trace_id) {
+                return Trace::Unsampled(Unsampled {
+                    trace_id: trace_id.to_bytes(),
+                    span_id: new_span_id(),
+                    state: None,
+                    // A new trace: the client's `tracestate` is not passed on.
+                    strip_state: has_state,
+                });
+            }
+            // The SDK samples it again, on this trace id: the same decision.
+            NEXT_TRACE_ID.set(Some(trace_id));
+        }
+        let parent = parent.unwrap_or_default();
         let span = self
             .tracer
             .span_builder(req.method)
             .with_kind(SpanKind::Server)
             .start_with_context(&self.tracer, &parent);
+        NEXT_TRACE_ID.set(None);
         let cx = parent
             .with_value(InContext(self.tracer.clone()))
             .with_span(span);
@@ -343,7 +387,10 @@ impl Telemetry {
             if let Some(ip) = req.client {
                 attrs.push(KeyValue::new("client.address", ip.to_string()));
             }
-            if let Some(ua) = req.user_agent {
+            if let Some(ua) = req
+                .user_agent
+                .or_else(|| req.headers.get(http::header::USER_AGENT))
+            {
                 let ua = &ua.as_bytes()[..ua.len().min(MAX_USER_AGENT)];
                 attrs.push(KeyValue::new(
                     "user_agent.original",
@@ -352,8 +399,132 @@ impl Telemetry {
             }
             span.set_attributes(attrs);
         }
-        cx
+        Trace::Sdk(cx)
     }
+}
+
+/// A request's trace, as the observer, the forwarder and introspection see it.
+#[derive(Clone, Debug)]
+pub(crate) enum Trace {
+    /// The SDK's SERVER span in its context (sampled, or the SDK's own sampler decided).
+    Sdk(Context),
+    /// Not sampled by the gateway's sampler: only what propagation needs.
+    Unsampled(Unsampled),
+}
+
+/// The ids of an unsampled request, and the caller's `tracestate` to pass on.
+#[derive(Clone, Debug)]
+pub(crate) struct Unsampled {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    /// Boxed: rare, and the request context that carries a trace stays small.
+    state: Option<Box<HeaderValue>>,
+    /// The client sent a `tracestate` that must not go on (no `state` replaces it).
+    strip_state: bool,
+}
+
+thread_local! {
+    /// The trace id the gateway's sampler already drew for a root it samples, for [`Ids`] to hand
+    /// the SDK (whose span builder ignores a root's trace id): set and cleared around one start.
+    static NEXT_TRACE_ID: std::cell::Cell<Option<TraceId>> = const { std::cell::Cell::new(None) };
+    /// The trace of the request being polled on this thread (see [`within`]).
+    static CURRENT: std::cell::Cell<Option<Trace>> = const { std::cell::Cell::new(None) };
+    /// The trace id of the unsampled request without a `tracestate` being polled on this thread:
+    /// plain bytes, so that setting it around every poll costs next to nothing.
+    static CURRENT_UNSAMPLED: std::cell::Cell<Option<[u8; 16]>> = const { std::cell::Cell::new(None) };
+    /// The state of [`next_id`]'s generator; 0 until seeded.
+    static ID_STATE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The SDK's ids (a per-thread `SmallRng`), except a root's trace id already drawn and sampled.
+#[derive(Debug)]
+struct Ids;
+
+impl IdGenerator for Ids {
+    fn new_trace_id(&self) -> TraceId {
+        NEXT_TRACE_ID
+            .take()
+            .unwrap_or_else(|| RandomIdGenerator::default().new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        RandomIdGenerator::default().new_span_id()
+    }
+}
+
+fn new_span_id() -> [u8; 8] {
+    next_id().to_be_bytes()
+}
+
+/// A new trace id for a root: the gateway's sampler decides on it, and a sampled one is handed to
+/// the SDK as is.
+fn new_trace_id() -> TraceId {
+    let id = (u128::from(next_id()) << 64) | u128::from(next_id());
+    TraceId::from(id)
+}
+
+/// The ids' generator: wyrand on a per-thread state seeded once from the SDK's `SmallRng`
+/// (itself seeded by the OS). Not cryptographic, as the SDK's is not: ids need to be unique, not
+/// secret. Never 0, which W3C reads as invalid.
+fn next_id() -> u64 {
+    let mut state = ID_STATE.get();
+    if state == 0 {
+        state = u64::from_be_bytes(RandomIdGenerator::default().new_span_id().to_bytes()) | 1;
+    }
+    state = state.wrapping_add(0xa076_1d64_78bd_642f);
+    ID_STATE.set(state);
+    let t = u128::from(state) * u128::from(state ^ 0xe703_7ed1_a0b4_28db);
+    let id = ((t >> 64) as u64) ^ (t as u64);
+    if id == 0 {
+        1
+    } else {
+        id
+    }
+}
+
+/// `TraceIdRatioBased`'s rule, as the SDK applies it (`sample_based_on_probability`): the low 63
+/// bits of the trace id below `ratio` of their range.
+fn sampled(ratio: f64, trace_id: TraceId) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let bytes = trace_id.to_bytes();
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&bytes[8..]);
+    (u64::from_be_bytes(low) >> 1) < bound
+}
+
+fn state_header(state: &opentelemetry::trace::TraceState) -> Option<Box<HeaderValue>> {
+    let header = state.header();
+    (!header.is_empty())
+        .then(|| HeaderValue::from_str(&header).ok().map(Box::new))
+        .flatten()
+}
+
+/// Runs `f` (a poll of the layers below the observer) with `trace` as the thread's current
+/// trace, for introspection's CLIENT span: moved in and back, never cloned. An unsampled trace
+/// is a few plain words, so this costs next to nothing.
+pub(crate) fn within<R>(trace: &mut Option<Trace>, f: impl FnOnce() -> R) -> R {
+    match trace {
+        None => return f(),
+        // The common case: only the trace id is lent.
+        Some(Trace::Unsampled(Unsampled {
+            trace_id,
+            state: None,
+            ..
+        })) => {
+            let outer = CURRENT_UNSAMPLED.replace(Some(*trace_id));
+            let r = f();
+            CURRENT_UNSAMPLED.set(outer);
+            return r;
+        }
+        Some(_) => {}
+    }
+    let outer = CURRENT.replace(trace.take());
+    let r = f();
+    *trace = CURRENT.replace(outer);
+    r
 }
 
 /// What the SERVER span is started from.
@@ -366,6 +537,7 @@ pub(crate) struct ServerRequest<'a> {
     pub version: Version,
     pub tls: bool,
     pub client: Option<std::net::IpAddr>,
+    /// `None`: looked up in `headers`, only when the span records.
     pub user_agent: Option<&'a HeaderValue>,
     pub headers: &'a HeaderMap,
 }
@@ -379,8 +551,11 @@ pub(crate) struct ServerEnd<'a> {
     pub problem: Option<&'a str>,
 }
 
-/// Ends the SERVER span in `cx`. Status is Error only for 5xx.
-pub(crate) fn end_server(cx: &Context, end: &ServerEnd<'_>) {
+/// Ends the SERVER span of `trace`. Status is Error only for 5xx.
+pub(crate) fn end_server(trace: &Trace, end: &ServerEnd<'_>) {
+    let Trace::Sdk(cx) = trace else {
+        return;
+    };
     let span = cx.span();
     if span.is_recording() {
         let mut attrs = vec![
@@ -417,23 +592,41 @@ fn protocol_version(v: Version) -> &'static str {
 }
 
 /// The trace and span ids of the SERVER span, for the access log.
-pub(crate) fn ids(cx: &Context) -> ([u8; 16], [u8; 8]) {
-    let sc = cx.span().span_context().clone();
-    (sc.trace_id().to_bytes(), sc.span_id().to_bytes())
+pub(crate) fn ids(trace: &Trace) -> ([u8; 16], [u8; 8]) {
+    match trace {
+        Trace::Sdk(cx) => {
+            let span = cx.span();
+            let sc = span.span_context();
+            (sc.trace_id().to_bytes(), sc.span_id().to_bytes())
+        }
+        Trace::Unsampled(u) => (u.trace_id, u.span_id),
+    }
 }
 
-/// A CLIENT span: one per upstream attempt, one per introspection call. Ends when finished or,
-/// if the call is abandoned, when dropped.
-pub(crate) struct ClientSpan(Context);
+/// A CLIENT span: one per upstream attempt, one per introspection call. A recorded one ends when
+/// finished or, if the call is abandoned, when dropped; an unsampled one is only its ids.
+pub(crate) enum ClientSpan {
+    Sdk(Context),
+    Unsampled(Unsampled),
+}
 
 impl ClientSpan {
-    /// A child of the span in `parent`, when tracing is on (the tracer travels in the context).
+    /// A child of `parent`'s span (the tracer travels in an SDK context).
     pub(crate) fn start(
-        parent: &Context,
+        parent: &Trace,
         method: &Method,
         host: &str,
         port: u16,
     ) -> Option<ClientSpan> {
+        let parent = match parent {
+            Trace::Sdk(cx) => cx,
+            Trace::Unsampled(u) => {
+                return Some(ClientSpan::Unsampled(Unsampled {
+                    span_id: new_span_id(),
+                    ..u.clone()
+                }))
+            }
+        };
         let tracer = &parent.get::<InContext>()?.0;
         let method = semconv_method(method);
         let span = tracer
@@ -449,41 +642,85 @@ impl ClientSpan {
                 KeyValue::new("server.port", i64::from(port)),
             ]);
         }
-        Some(ClientSpan(cx))
+        Some(ClientSpan::Sdk(cx))
     }
 
-    /// The span that the current task runs in, if any (introspection runs within the request's).
+    /// A child of the trace being polled on this thread, if any (introspection runs within the
+    /// request's, see [`within`]).
+    /// An unsampled request's introspection carries a fresh span id, flags 00 and the caller's
+    /// `tracestate`, as its upstream call does.
     pub(crate) fn start_in_current(method: &Method, host: &str, port: u16) -> Option<ClientSpan> {
-        ClientSpan::start(&Context::current(), method, host, port)
+        if let Some(trace_id) = CURRENT_UNSAMPLED.get() {
+            return Some(ClientSpan::Unsampled(Unsampled {
+                trace_id,
+                span_id: new_span_id(),
+                state: None,
+                strip_state: false,
+            }));
+        }
+        let trace = CURRENT.take();
+        let span = trace
+            .as_ref()
+            .and_then(|t| ClientSpan::start(t, method, host, port));
+        CURRENT.set(trace);
+        span
+    }
+
+    /// Whether the span records: only then is there anything to end.
+    #[cfg(test)]
+    pub(crate) fn is_recording(&self) -> bool {
+        match self {
+            ClientSpan::Sdk(cx) => cx.span().is_recording(),
+            ClientSpan::Unsampled(_) => false,
+        }
     }
 
     /// Sets `traceparent` (and `tracestate`) to this span, replacing what the client sent.
     /// Written by hand: the propagator's `format!`s cost more than the rest of an unsampled span.
     pub(crate) fn inject(&self, headers: &mut HeaderMap) {
-        let span = self.0.span();
-        let sc = span.span_context();
+        let (trace_id, span_id, flags, state, strip) = match self {
+            ClientSpan::Sdk(cx) => {
+                let span = cx.span();
+                let sc = span.span_context();
+                (
+                    sc.trace_id().to_bytes(),
+                    sc.span_id().to_bytes(),
+                    sc.trace_flags().to_u8(),
+                    state_header(sc.trace_state()),
+                    true,
+                )
+            }
+            ClientSpan::Unsampled(u) => (u.trace_id, u.span_id, 0, u.state.clone(), u.strip_state),
+        };
         let mut tp = [0u8; 55];
         tp[..3].copy_from_slice(b"00-");
-        hex_into(&mut tp[3..35], &sc.trace_id().to_bytes());
+        hex_into(&mut tp[3..35], &trace_id);
         tp[35] = b'-';
-        hex_into(&mut tp[36..52], &sc.span_id().to_bytes());
+        hex_into(&mut tp[36..52], &span_id);
         tp[52] = b'-';
-        hex_into(&mut tp[53..55], &[sc.trace_flags().to_u8()]);
-        headers.remove(&TRACESTATE);
+        hex_into(&mut tp[53..55], &[flags]);
         if let Ok(v) = HeaderValue::from_bytes(&tp) {
             headers.insert(TRACEPARENT.clone(), v);
         }
-        let state = sc.trace_state().header();
-        if !state.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&state) {
-                headers.insert(TRACESTATE.clone(), v);
+        // `insert` replaces every value the client sent; a removal only when nothing replaces
+        // them (looked up only when the client sent one, for an unsampled request).
+        match state {
+            Some(v) => {
+                headers.insert(TRACESTATE.clone(), *v);
             }
+            None if strip => {
+                headers.remove(&TRACESTATE);
+            }
+            None => {}
         }
     }
 
     /// The peer answered with `status`.
     pub(crate) fn answered(self, status: StatusCode) {
-        let span = self.0.span();
+        let ClientSpan::Sdk(cx) = self else {
+            return;
+        };
+        let span = cx.span();
         if span.is_recording() {
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",
@@ -499,7 +736,10 @@ impl ClientSpan {
 
     /// The call failed without an answer; `kind` is a closed label (`connect`, `timeout`, …).
     pub(crate) fn failed(self, kind: &'static str) {
-        let span = self.0.span();
+        let ClientSpan::Sdk(cx) = self else {
+            return;
+        };
+        let span = cx.span();
         if span.is_recording() {
             span.set_attribute(KeyValue::new("error.type", kind));
             span.set_status(Status::error(""));
@@ -508,15 +748,100 @@ impl ClientSpan {
     }
 }
 
+/// How an upstream attempt ended, for its CLIENT span.
+pub(crate) enum AttemptEnd {
+    Answered(StatusCode),
+    /// A closed label (`connect`, `reset`, …).
+    Failed(&'static str),
+}
+
+/// The upstream call's CLIENT spans, one per attempt: the pool starts one as each attempt
+/// starts (its id the `traceparent` that attempt carries) and ends it when it retries; the
+/// forwarder ends the last one, with the call's outcome as the client sees it.
+pub(crate) struct UpstreamSpans {
+    parent: Trace,
+    /// The attempt's recorded span, shared with the forwarder, and the upstream's authority for
+    /// its attributes; `None` when nothing records.
+    open: Option<(
+        Arc<std::sync::Mutex<Option<ClientSpan>>>,
+        http::uri::Authority,
+    )>,
+}
+
+impl UpstreamSpans {
+    /// Recorded spans get a slot the forwarder ends the last one through.
+    pub(crate) fn new(parent: Trace, authority: &http::uri::Authority) -> UpstreamSpans {
+        let records = match &parent {
+            Trace::Sdk(cx) => cx.span().is_recording(),
+            Trace::Unsampled(_) => false,
+        };
+        UpstreamSpans {
+            parent,
+            open: records.then(|| (Arc::default(), authority.clone())),
+        }
+    }
+
+    /// The slot of the open attempt's span, for the forwarder to end the last one.
+    pub(crate) fn last(&self) -> Option<Arc<std::sync::Mutex<Option<ClientSpan>>>> {
+        self.open.as_ref().map(|(open, _)| open.clone())
+    }
+
+    /// An attempt starts: its own CLIENT span, set as the request's `traceparent`.
+    pub(crate) fn attempt<B>(&self, req: &mut Request<B>) {
+        let Some((open, authority)) = &self.open else {
+            // Nothing records: only a fresh span id to propagate.
+            if let Some(span) = ClientSpan::start(&self.parent, req.method(), "", 0) {
+                span.inject(req.headers_mut());
+            }
+            return;
+        };
+        let port = authority.port_u16().unwrap_or(443);
+        let Some(span) = ClientSpan::start(&self.parent, req.method(), authority.host(), port)
+        else {
+            return;
+        };
+        span.inject(req.headers_mut());
+        if let Ok(mut open) = open.lock() {
+            *open = Some(span);
+        }
+    }
+
+    /// The attempt ended and another follows: its span ends with its own outcome.
+    pub(crate) fn retrying(&self, end: AttemptEnd) {
+        let span = self
+            .open
+            .as_ref()
+            .and_then(|(open, _)| open.lock().ok()?.take());
+        match (span, end) {
+            (Some(span), AttemptEnd::Answered(status)) => span.answered(status),
+            (Some(span), AttemptEnd::Failed(kind)) => span.failed(kind),
+            (None, _) => {}
+        }
+    }
+}
+
+/// Ends the last attempt's span left in `open`, if any.
+pub(crate) fn take_open(open: &std::sync::Mutex<Option<ClientSpan>>) -> Option<ClientSpan> {
+    open.lock().ok()?.take()
+}
+
 static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
-/// Lower-case hex of `bytes` into `out` (twice as long).
+/// Lower-case hex of `bytes` into `out` (twice as long), a byte's two digits at a time.
 fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    static PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
+        pair.copy_from_slice(&PAIRS[usize::from(*b)]);
     }
 }
 
@@ -829,8 +1154,9 @@ mod tests {
         let mut h = HeaderMap::new();
         // Ratio 0: a root is not sampled, but still has ids to propagate.
         let cx = t.start_server(&request(&h));
-        assert!(!cx.span().span_context().is_sampled());
-        assert!(cx.span().span_context().is_valid());
+        assert!(matches!(cx, Trace::Unsampled(_)), "no SDK span: {cx:?}");
+        assert_ne!(ids(&cx).0, [0; 16]);
+        assert_ne!(ids(&cx).1, [0; 8]);
         end_server(
             &cx,
             &ServerEnd {
@@ -847,7 +1173,7 @@ mod tests {
         );
         h.insert("tracestate", HeaderValue::from_static("vendor=x"));
         let cx = t.start_server(&request(&h));
-        let sc: SpanContext = cx.span().span_context().clone();
+        let sc: SpanContext = span_context(&cx);
         assert!(sc.is_sampled());
         assert_eq!(
             format!("{:032x}", sc.trace_id()),
@@ -882,7 +1208,7 @@ mod tests {
         );
         let cx = t.start_server(&request(&h));
         assert_ne!(
-            format!("{:032x}", cx.span().span_context().trace_id()),
+            format!("{:032x}", TraceId::from_bytes(ids(&cx).0)),
             "0af7651916cd43dd8448eb211c80319c"
         );
         drop(cx);
@@ -901,6 +1227,147 @@ mod tests {
         assert_eq!(server.name, "PATCH /companies/v2/{companyId}");
         assert!(matches!(server.status, Status::Error { .. }));
         assert!(matches!(client.status, Status::Error { .. }));
+    }
+
+    fn span_context(t: &Trace) -> SpanContext {
+        match t {
+            Trace::Sdk(cx) => cx.span().span_context().clone(),
+            Trace::Unsampled(u) => panic!("unsampled: {u:?}"),
+        }
+    }
+
+    #[test]
+    fn the_gateways_root_decision_is_the_sdks_ratio_sampler() {
+        use opentelemetry_sdk::trace::ShouldSample;
+        let gen = RandomIdGenerator::default();
+        for ratio in [0.0, 0.01, 0.05, 0.5, 0.999, 1.0] {
+            let sdk = Sampler::TraceIdRatioBased(ratio);
+            let mut yes = 0;
+            for _ in 0..20_000 {
+                let id = gen.new_trace_id();
+                let decision = sdk
+                    .should_sample(None, id, "x", &SpanKind::Server, &[], &[])
+                    .decision;
+                let want = decision == opentelemetry_sdk::trace::SamplingDecision::RecordAndSample;
+                assert_eq!(sampled(ratio, id), want, "{ratio} {id:?}");
+                yes += usize::from(want);
+            }
+            // The ids are random enough for the ratio to show.
+            let share = yes as f64 / 20_000.0;
+            assert!((share - ratio).abs() < 0.02, "{ratio}: {share}");
+        }
+    }
+
+    #[test]
+    fn the_gateways_own_ids_are_distinct_nonzero_and_follow_the_ratio() {
+        let mut seen = std::collections::HashSet::new();
+        let mut yes = 0;
+        for _ in 0..20_000 {
+            let id = new_trace_id();
+            assert_ne!(id, TraceId::INVALID);
+            assert!(seen.insert(id), "repeated {id:?}");
+            yes += usize::from(sampled(0.05, id));
+            assert_ne!(new_span_id(), [0; 8]);
+        }
+        let share = yes as f64 / 20_000.0;
+        assert!((share - 0.05).abs() < 0.01, "{share}");
+        // Another thread starts from its own seed.
+        let other = std::thread::spawn(new_trace_id).join().unwrap();
+        assert!(!seen.contains(&other));
+    }
+
+    #[test]
+    fn an_unsampled_request_propagates_fresh_span_ids_with_flags_00_and_its_tracestate() {
+        let exporter = Memory::default();
+        let t = Telemetry::with_exporter(exporter.clone(), &settings(1.0), counter(), counter());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
+        );
+        h.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        // Ratio 1, but the parent's "not sampled" is kept: ids only.
+        let cx = t.start_server(&request(&h));
+        assert!(matches!(cx, Trace::Unsampled(_)));
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let span = ClientSpan::start(&cx, &Method::GET, "up", 443).unwrap();
+            assert!(!span.is_recording());
+            let mut out = HeaderMap::new();
+            span.inject(&mut out);
+            let (trace, parent, flags) = {
+                let tp = out["traceparent"].to_str().unwrap().to_string();
+                let p: Vec<String> = tp.split('-').map(str::to_string).collect();
+                (p[1].clone(), p[2].clone(), p[3].clone())
+            };
+            assert_eq!(trace, "0af7651916cd43dd8448eb211c80319c");
+            assert_ne!(parent, "b7ad6b7169203331");
+            assert_eq!(flags, "00");
+            assert_eq!(out["tracestate"], "vendor=x");
+            seen.push(parent);
+        }
+        assert_ne!(seen[0], seen[1], "each attempt has its own span id");
+        // A root at ratio 1 is sampled through the SDK, on the trace id the gateway drew.
+        let root = t.start_server(&request(&HeaderMap::new()));
+        assert!(span_context(&root).is_sampled());
+        drop(root);
+        t.flush();
+        assert_eq!(exporter.0.lock().unwrap().len(), 1, "only the sampled root");
+    }
+
+    #[test]
+    fn introspection_within_an_unsampled_request_carries_its_tracestate() {
+        let t = Telemetry::with_exporter(Memory::default(), &settings(1.0), counter(), counter());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
+        );
+        h.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        let mut trace = Some(t.start_server(&request(&h)));
+        let out = within(&mut trace, || {
+            let span = ClientSpan::start_in_current(&Method::POST, "idp", 443).unwrap();
+            let mut out = HeaderMap::new();
+            span.inject(&mut out);
+            out
+        });
+        assert!(trace.is_some(), "the trace is moved back after the poll");
+        let tp = out["traceparent"].to_str().unwrap();
+        assert!(
+            tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{tp}"
+        );
+        assert!(!tp.contains("b7ad6b7169203331"), "a fresh span id: {tp}");
+        assert!(tp.ends_with("-00"), "{tp}");
+        assert_eq!(out["tracestate"], "vendor=x");
+        // Outside the poll there is no current trace.
+        assert!(ClientSpan::start_in_current(&Method::POST, "idp", 443).is_none());
+    }
+
+    #[test]
+    fn a_new_trace_does_not_pass_the_clients_tracestate_on() {
+        let t = Telemetry::with_exporter(Memory::default(), &settings(0.0), counter(), counter());
+        let mut h = HeaderMap::new();
+        // No traceparent, or an invalid one: a new trace, and its tracestate is dropped.
+        h.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        for tp in [None, Some("00-zz-b7ad6b7169203331-01")] {
+            if let Some(tp) = tp {
+                h.insert("traceparent", HeaderValue::from_static(tp));
+            }
+            let cx = t.start_server(&request(&h));
+            let span = ClientSpan::start(&cx, &Method::GET, "up", 443).unwrap();
+            let mut out = h.clone();
+            span.inject(&mut out);
+            assert!(out.get("tracestate").is_none(), "{out:?}");
+            assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
+        }
+        // Without one there is nothing to remove, and nothing is added.
+        let cx = t.start_server(&request(&HeaderMap::new()));
+        let mut out = HeaderMap::new();
+        ClientSpan::start(&cx, &Method::GET, "up", 443)
+            .unwrap()
+            .inject(&mut out);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

@@ -163,7 +163,14 @@ pub struct UpstreamTiming {
     /// The request passed the contract cleanly (not by report mode): an upstream 400 or 422 to
     /// it is contract drift. Forward reads it from the request's context.
     pub validated: bool,
+    /// The address (ip:port) of the connection that answered: the access log's `upstream_addr`.
+    pub addr: Option<std::net::SocketAddr>,
 }
+
+/// The address an upstream response came from, set by the pool on the response head (read by
+/// the forwarder into [`UpstreamTiming::addr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UpstreamAddr(pub std::net::SocketAddr);
 
 /// The problem slug of a response the gateway wrote itself, for the span's `error.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -48,7 +48,8 @@ use crate::endpoints::{
     Endpoint, EndpointMetrics, Endpoints, InFlight, OutlierSettings, Resolve, Source,
 };
 use crate::metrics::MetricSet;
-use crate::outcome::UpstreamErrorKind;
+use crate::otel::{AttemptEnd, UpstreamSpans};
+use crate::outcome::{UpstreamAddr, UpstreamErrorKind};
 use crate::retry::{self, Failure, Replay, RetryBudget, RetryPolicy};
 use crate::upstream::{ConnectError, Connector, SetupError, UpstreamTls};
 use crate::Body;
@@ -380,9 +381,15 @@ impl Pool {
     /// Sends `req` (origin-form URI) on a pooled connection, or a new one, retrying where
     /// section 9 allows. `body`: the request's whole body when it is known (empty, the
     /// validated route's buffered one, or a small streamed one the forwarder collected), so that
-    /// an idempotent request can be replayed.
-    pub(crate) fn send(&self, req: Request<Body>, body: Option<Bytes>) -> SendFuture {
-        Box::pin(self.inner.clone().send(req, body))
+    /// an idempotent request can be replayed. `spans`: the request's trace, one CLIENT span per
+    /// attempt.
+    pub(crate) fn send(
+        &self,
+        req: Request<Body>,
+        body: Option<Bytes>,
+        spans: Option<UpstreamSpans>,
+    ) -> SendFuture {
+        Box::pin(self.inner.clone().send(req, body, spans))
     }
 }
 
@@ -420,6 +427,7 @@ impl Inner {
         self: Arc<Self>,
         req: Request<Body>,
         body: Option<Bytes>,
+        spans: Option<UpstreamSpans>,
     ) -> Result<Response<PooledBody>, PoolError> {
         self.retry.budget.record_request();
         let list = self.endpoints.current().await.map_err(|source| {
@@ -440,8 +448,12 @@ impl Inner {
         let mut retries = 0;
         loop {
             let ep = self.endpoints.pick(&list, &tried);
+            if let Some(spans) = &spans {
+                spans.attempt(&mut req);
+            }
             let (failure, unsent, last) = match self.attempt(&ep, req).await {
-                Ok(res) => {
+                Ok(mut res) => {
+                    res.extensions_mut().insert(UpstreamAddr(ep.addr));
                     let status = res.status();
                     if is_outlier_status(status) {
                         self.endpoints.failure(&ep);
@@ -485,6 +497,12 @@ impl Inner {
                 (None, Some(replay)) => replay.request(),
                 (None, None) => return last,
             };
+            if let Some(spans) = &spans {
+                spans.retrying(match &last {
+                    Ok(res) => AttemptEnd::Answered(res.status()),
+                    Err(e) => AttemptEnd::Failed(e.kind().as_str()),
+                });
+            }
             // The failed response (a 502/503) closes its connection when dropped.
             drop(last);
             self.retry.count(reason);
@@ -495,8 +513,8 @@ impl Inner {
         }
     }
 
-    /// One attempt: one address, one connection, one request, up to the response head. (The
-    /// upstream CLIENT span belongs around this.) A pooled connection found closed before the
+    /// One attempt: one address, one connection, one request, up to the response head (its
+    /// CLIENT span started before by `send`). A pooled connection found closed before the
     /// request was written hands it back, and the next idle one is tried within the attempt.
     async fn attempt(
         self: &Arc<Self>,

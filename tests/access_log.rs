@@ -116,6 +116,8 @@ async fn a_json_line_has_every_field_and_leaves_absent_ones_out() {
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["outcome"], "forwarded");
     assert_eq!(ok["upstream_status"], 200);
+    // The address the pool's connection went to: the mock's own.
+    assert_eq!(ok["upstream_addr"], mock.addr.to_string());
     assert!(ok["duration_us"].as_u64().is_some());
     assert!(ok["upstream_us"].as_u64().unwrap() <= ok["duration_us"].as_u64().unwrap());
     assert_eq!(ok["bytes_in"], EXAMPLE_REQUEST.len());
@@ -175,6 +177,7 @@ async fn a_text_line_carries_the_trace_ids_and_quotes_free_text() {
     assert!(l.contains(r#" path="/o/x\"%20status=999" "#), "{l}");
     assert!(l.contains(" route=other "), "{l}");
     assert!(l.contains(" status=200 outcome=forwarded "), "{l}");
+    assert!(l.contains(&format!(" upstream_addr={} ", mock.addr)), "{l}");
     assert!(!l.contains("QUERYSECRET"), "{l}");
     assert!(!l.contains("status=999 "), "{l}");
     assert!(!l.contains("=\"\""), "{l}");

@@ -513,3 +513,112 @@ async fn tracing_off_forwards_the_clients_trace_context_untouched() {
     assert_eq!(mock.received()[0].values("traceparent"), [tp]);
     let _ = StatusCode::OK;
 }
+
+/// A TLS upstream on 127.0.0.1 that records each request's `traceparent` and closes the
+/// connection before any response byte to the first request, answering the others 200.
+async fn reset_first(leaf: Leaf) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_crypto();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain, leaf.key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                loop {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let tp = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("traceparent:"))
+                        .map(|v| v.trim().to_string())
+                        .unwrap_or_default();
+                    let first = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(tp);
+                        seen.len() == 1
+                    };
+                    if first {
+                        return;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if tls.write_all(ok).await.is_err() || tls.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, recorded)
+}
+
+#[tokio::test]
+async fn each_upstream_attempt_is_its_own_client_span_and_traceparent() {
+    let pki = Pki::new();
+    let (up, seen) = reset_first(pki.leaf(&["localhost"])).await;
+    let otlp = Receiver::start().await;
+    let url = format!("https://localhost:{}", up.port());
+    let gw = start_gateway(traced_config(&url, pki.ca_file(), otlp.url(), 1.0)).await;
+
+    let trace_id = "66666666666666666666666666666666";
+    let mut req = get(gw.public_addr, "/companies/v2/rs/1");
+    req.headers_mut().insert(
+        "traceparent",
+        http::HeaderValue::from_str(&format!("00-{trace_id}-00f067aa0ba902b7-01")).unwrap(),
+    );
+    // The first attempt is reset before the head; the GET is retried and answered.
+    assert_eq!(send(req).await.status, 200);
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let (first, second) = (parse_tp(&sent[0]), parse_tp(&sent[1]));
+    assert_eq!(first.0, trace_id);
+    assert_eq!(second.0, trace_id);
+    assert_ne!(first.1, second.1, "each attempt names its own span");
+
+    let spans = otlp.trace(trace_id, 3).await;
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let server = spans.iter().find(|s| s.kind() == SpanKind::Server).unwrap();
+    let attempt = |id: &str| {
+        spans
+            .iter()
+            .find(|s| s.kind() == SpanKind::Client && s.span_id() == id)
+            .unwrap_or_else(|| panic!("no CLIENT span {id}: {spans:#?}"))
+    };
+    let (reset, answered) = (attempt(&first.1), attempt(&second.1));
+    for c in [reset, answered] {
+        assert_eq!(c.parent_id(), server.span_id());
+        assert_eq!(c.attr("http.request.method").as_deref(), Some("GET"));
+    }
+    assert!(reset.error());
+    assert_eq!(reset.attr("error.type").as_deref(), Some("reset"));
+    assert!(reset.attr("http.response.status_code").is_none());
+    assert!(!answered.error());
+    assert_eq!(
+        answered.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert!(!server.error());
+}
