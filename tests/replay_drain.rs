@@ -69,16 +69,8 @@ impl Drop for Mock {
 
 impl Mock {
     async fn start(ip: [u8; 4], pki: &Pki) -> Mock {
-        init_crypto();
         let leaf = pki.leaf(NAMES);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(leaf.chain, leaf.key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = tls_acceptor(leaf, &[]);
         let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();

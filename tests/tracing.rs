@@ -16,64 +16,17 @@ use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::status::StatusCode as OtlpStatus;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
+use support::otlp::{Got, Spans};
 use support::*;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
-
-/// A span as received, with its resource's service name.
-#[derive(Debug, Clone)]
-struct Got {
-    span: Span,
-    service: String,
-}
-
-impl Got {
-    fn attr(&self, key: &str) -> Option<String> {
-        self.span
-            .attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-            .map(|v| match v {
-                Value::StringValue(s) => s.clone(),
-                Value::IntValue(i) => i.to_string(),
-                Value::BoolValue(b) => b.to_string(),
-                Value::DoubleValue(d) => d.to_string(),
-                other => format!("{other:?}"),
-            })
-    }
-    fn kind(&self) -> SpanKind {
-        SpanKind::try_from(self.span.kind).unwrap_or(SpanKind::Unspecified)
-    }
-    fn error(&self) -> bool {
-        self.span.status.as_ref().map(|s| s.code) == Some(OtlpStatus::Error as i32)
-    }
-    fn trace_id(&self) -> String {
-        hex(&self.span.trace_id)
-    }
-    fn span_id(&self) -> String {
-        hex(&self.span.span_id)
-    }
-    fn parent_id(&self) -> String {
-        hex(&self.span.parent_span_id)
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The in-process collector.
 struct Receiver {
     addr: SocketAddr,
-    spans: Arc<Mutex<Vec<Got>>>,
+    spans: Spans,
     headers: Arc<Mutex<Vec<http::HeaderMap>>>,
-    arrived: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -81,52 +34,26 @@ impl Receiver {
     async fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let spans = Arc::new(Mutex::new(Vec::new()));
+        let spans = Spans::default();
         let headers = Arc::new(Mutex::new(Vec::new()));
-        let arrived = Arc::new(Notify::new());
         let task = {
-            let (spans, headers, arrived) = (spans.clone(), headers.clone(), arrived.clone());
+            let (spans, headers) = (spans.clone(), headers.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
                         continue;
                     };
-                    let (spans, headers, arrived) =
-                        (spans.clone(), headers.clone(), arrived.clone());
+                    let (spans, headers) = (spans.clone(), headers.clone());
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let (spans, headers, arrived) =
-                                (spans.clone(), headers.clone(), arrived.clone());
+                            let (spans, headers) = (spans.clone(), headers.clone());
                             async move {
                                 assert_eq!(req.uri().path(), "/v1/traces");
                                 assert_eq!(req.headers()["content-type"], "application/x-protobuf");
                                 headers.lock().unwrap().push(req.headers().clone());
                                 let body = req.into_body().collect().await.unwrap().to_bytes();
                                 let export = ExportTraceServiceRequest::decode(body).unwrap();
-                                let mut got = spans.lock().unwrap();
-                                for rs in export.resource_spans {
-                                    let service = rs
-                                        .resource
-                                        .iter()
-                                        .flat_map(|r| r.attributes.iter())
-                                        .find(|kv| kv.key == "service.name")
-                                        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-                                        .map(|v| match v {
-                                            Value::StringValue(s) => s.clone(),
-                                            _ => String::new(),
-                                        })
-                                        .unwrap_or_default();
-                                    for ss in rs.scope_spans {
-                                        for span in ss.spans {
-                                            got.push(Got {
-                                                span,
-                                                service: service.clone(),
-                                            });
-                                        }
-                                    }
-                                }
-                                drop(got);
-                                arrived.notify_waiters();
+                                spans.record(export);
                                 let body = ExportTraceServiceResponse::default().encode_to_vec();
                                 let mut res = Response::new(Full::new(Bytes::from(body)));
                                 res.headers_mut().insert(
@@ -147,7 +74,6 @@ impl Receiver {
             addr,
             spans,
             headers,
-            arrived,
             task,
         }
     }
@@ -156,32 +82,12 @@ impl Receiver {
         format!("http://{}", self.addr)
     }
 
-    /// Waits (at most 20 s) until the spans of `trace_id` include `n` spans, and returns them.
     async fn trace(&self, trace_id: &str, n: usize) -> Vec<Got> {
-        let wait = async {
-            loop {
-                let arrived = self.arrived.notified();
-                let got: Vec<Got> = self
-                    .spans
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|s| s.trace_id() == trace_id)
-                    .cloned()
-                    .collect();
-                if got.len() >= n {
-                    return got;
-                }
-                arrived.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), wait)
-            .await
-            .unwrap_or_else(|_| panic!("{n} spans of trace {trace_id} never arrived"))
+        self.spans.trace(trace_id, n).await
     }
 
     fn all(&self) -> Vec<Got> {
-        self.spans.lock().unwrap().clone()
+        self.spans.all()
     }
 }
 
@@ -518,15 +424,7 @@ async fn tracing_off_forwards_the_clients_trace_context_untouched() {
 /// connection before any response byte to the first request, answering the others 200.
 async fn reset_first(leaf: Leaf) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    init_crypto();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(leaf.chain, leaf.key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let acceptor = tls_acceptor(leaf, &[]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -21,13 +21,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
+use support::otlp::{Got, Spans};
 use support::*;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -40,32 +38,6 @@ enum Answer {
     Refuse(u32),
     /// Never answers.
     Stall,
-}
-
-/// A span as received, with its resource's service name.
-#[derive(Debug, Clone)]
-struct Got {
-    span: Span,
-    service: String,
-}
-
-impl Got {
-    fn kind(&self) -> SpanKind {
-        SpanKind::try_from(self.span.kind).unwrap_or(SpanKind::Unspecified)
-    }
-    fn trace_id(&self) -> String {
-        hex(&self.span.trace_id)
-    }
-    fn span_id(&self) -> String {
-        hex(&self.span.span_id)
-    }
-    fn parent_id(&self) -> String {
-        hex(&self.span.parent_span_id)
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One export call as the receiver saw it.
@@ -84,9 +56,8 @@ struct Call {
 /// What the receiver saw, shared with its connections.
 #[derive(Clone, Default)]
 struct Seen {
-    spans: Arc<Mutex<Vec<Got>>>,
+    spans: Spans,
     calls: Arc<Mutex<Vec<Call>>>,
-    arrived: Arc<Notify>,
 }
 
 /// The in-process gRPC collector.
@@ -101,18 +72,7 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Seen::default();
-        let acceptor = tls.map(|leaf| {
-            let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(leaf.chain, leaf.key)
-            .unwrap();
-            cfg.alpn_protocols = vec![b"h2".to_vec()];
-            tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
-        });
+        let acceptor = tls.map(|leaf| tls_acceptor(leaf, &[b"h2"]));
         let task = {
             let seen = seen.clone();
             tokio::spawn(async move {
@@ -148,36 +108,15 @@ impl Receiver {
         Receiver { addr, seen, task }
     }
 
-    /// Waits (at most 20 s) until the spans of `trace_id` include `n` spans, and returns them.
     async fn trace(&self, trace_id: &str, n: usize) -> Vec<Got> {
-        let wait = async {
-            loop {
-                let arrived = self.seen.arrived.notified();
-                let got: Vec<Got> = self
-                    .seen
-                    .spans
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|s| s.trace_id() == trace_id)
-                    .cloned()
-                    .collect();
-                if got.len() >= n {
-                    return got;
-                }
-                arrived.await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), wait)
-            .await
-            .unwrap_or_else(|_| panic!("{n} spans of trace {trace_id} never arrived"))
+        self.seen.spans.trace(trace_id, n).await
     }
 
     /// Waits (at most 20 s) for the first export call.
     async fn first_call(&self) -> Call {
         let wait = async {
             loop {
-                let arrived = self.seen.arrived.notified();
+                let arrived = self.seen.spans.arrived();
                 if let Some(c) = self.seen.calls.lock().unwrap().first() {
                     return c.clone();
                 }
@@ -227,30 +166,10 @@ async fn export(
         length_ok,
         alpn,
     });
-    if let Ok(export) = ExportTraceServiceRequest::decode(message) {
-        let mut got = seen.spans.lock().unwrap();
-        for rs in export.resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                    Value::StringValue(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    got.push(Got {
-                        span,
-                        service: service.clone(),
-                    });
-                }
-            }
-        }
+    match ExportTraceServiceRequest::decode(message) {
+        Ok(export) => seen.spans.record(export),
+        Err(_) => seen.spans.signal(),
     }
-    seen.arrived.notify_waiters();
     let grpc = |res: http::response::Builder| {
         res.status(200)
             .header("content-type", "application/grpc+proto")

@@ -34,6 +34,20 @@ pub fn init_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A TLS acceptor on ring serving `leaf`, offering `alpn` (none: no ALPN).
+pub fn tls_acceptor(leaf: Leaf, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    init_crypto();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain, leaf.key)
+        .expect("server cert");
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+}
+
 /// A private CA, minted for one test.
 pub struct Pki {
     pub ca_pem: String,
@@ -102,6 +116,8 @@ impl Pki {
 }
 
 /// A scratch directory removed on drop.
+pub mod otlp;
+
 pub mod tempdir {
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -218,16 +234,7 @@ impl MockUpstream {
         leaf: Leaf,
         handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
     ) -> MockUpstream {
-        init_crypto();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(leaf.chain, leaf.key)
-            .expect("server cert");
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = tls_acceptor(leaf, &[b"h2", b"http/1.1"]);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
         let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -590,15 +597,7 @@ pub struct FaultServer {
 
 impl FaultServer {
     pub async fn start(leaf: Leaf) -> FaultServer {
-        init_crypto();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(leaf.chain, leaf.key)
-            .expect("cert");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let acceptor = tls_acceptor(leaf, &[]);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let fault = Arc::new(Mutex::new(Fault::None));
