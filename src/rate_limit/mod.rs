@@ -50,6 +50,9 @@ struct Limit {
     /// `RateLimit: "<name>";r=<i>;t=0` for the first remaining counts, made once: a request within
     /// its limits then clones one (a reference count) instead of writing and allocating it.
     states: Vec<HeaderValue>,
+    /// The value for a request that meets a full bucket (the usual case of a client well within
+    /// a limit whose burst is above `READY_STATES`), also made once.
+    full: (u64, HeaderValue),
     /// Mixed into a session key to make this limit's per-replica key (random per process).
     salt: u128,
 }
@@ -167,12 +170,15 @@ impl Limiter {
                 metrics.rate_limited.with_label_values(&[label, &c.name]);
             }
             let ready = u64::from(c.burst()).min(READY_STATES);
+            let rule = Rule::new(c.rate, c.per.0.as_micros() as u64, c.burst());
+            let full = decide(rule, None, 0).remaining;
             limits.push(Limit {
                 name: c.name.clone(),
                 key: c.key,
-                rule: Rule::new(c.rate, c.per.0.as_micros() as u64, c.burst()),
+                rule,
                 policy,
                 states: (0..ready).map(|r| state_header(&c.name, r, 0)).collect(),
+                full: (full, state_header(&c.name, full, 0)),
                 salt: (u128::from(seed(2)) << 64) | u128::from(seed(3)),
             });
         }
@@ -346,10 +352,13 @@ impl Limiter {
         };
         let limit = &self.limits[head.limit];
         let d = head.decision;
-        let ready = (d.reset_secs == 0)
-            .then(|| usize::try_from(d.remaining).ok())
-            .flatten()
-            .and_then(|r| limit.states.get(r));
+        let ready = match (d.reset_secs, limit.full.0 == d.remaining) {
+            (0, true) => Some(&limit.full.1),
+            (0, false) => usize::try_from(d.remaining)
+                .ok()
+                .and_then(|r| limit.states.get(r)),
+            _ => None,
+        };
         let state = match ready {
             Some(state) => state.clone(),
             None => state_header(&limit.name, d.remaining, d.reset_secs),
@@ -613,6 +622,23 @@ mod tests {
         let x = judged(3, false, 0, 2);
         let y = judged(4, false, 0, 9);
         assert_eq!(headline(&[a, x, b, y]), Some(y));
+    }
+
+    #[test]
+    fn a_full_bucket_above_the_ready_values_gets_the_value_made_at_load() {
+        let l = limiter(&[config("big", "*", 1000, None)]).unwrap();
+        assert_eq!(l.limits[0].states.len(), 256);
+        assert_eq!(l.limits[0].full.0, 999);
+        let key = |s: &[u8]| vec![(0, Material::Session(l.session_keys.key(b"b", s)))];
+        // A new key meets a full bucket: the ready value, as written.
+        let first = l.decide_local(&key(b"one"));
+        let v = l.verdict(&first, "update_contact").unwrap().unwrap();
+        assert_eq!(v, "\"big\";r=999;t=0");
+        assert_eq!(v, state_header("big", 999, 0));
+        // The same key again, with the bucket not yet refilled: written per request.
+        let second = l.decide_local(&key(b"one"));
+        let v = l.verdict(&second, "update_contact").unwrap().unwrap();
+        assert_eq!(v, "\"big\";r=998;t=0");
     }
 
     fn limiter(configs: &[RateLimitConfig]) -> Result<Limiter, SetupError> {
