@@ -80,8 +80,11 @@ for mode in positive negative; do
   printf '\n=== schemathesis, %s mode\n' "$mode"
   # Authorization and X-Session-Token are fixed valid values: what the document cannot say about
   # them (a live session) is not what this run tests. The rest of each request is generated.
+  # One worker: with two threads, hypothesis describing lambdas through `ast` on Debian's Python
+  # 3.11 now and then fails inside the interpreter ("AST constructor recursion depth mismatch"),
+  # a runtime error of the tool, not a finding about the gateway.
   if ! "$VENV/bin/st" run "$DOC" --url "http://127.0.0.1:$port" \
-      --mode "$mode" --max-examples "$MAX_EXAMPLES" --seed 1 --workers 2 \
+      --mode "$mode" --max-examples "$MAX_EXAMPLES" --seed 1 --workers 1 \
       --phases examples,coverage,fuzzing \
       --checks not_a_server_error,status_code_conformance,content_type_conformance,negative_data_rejection,positive_data_acceptance \
       -H "Authorization: Bearer st-test-token" -H "X-Session-Token: $token" \
