@@ -453,7 +453,7 @@ fn padded(buf: &mut Vec<u8>, n: u64, width: usize) {
     buf.extend_from_slice(&digits[i..]);
 }
 
-fn ip(buf: &mut Vec<u8>, ip: IpAddr) {
+pub(crate) fn ip(buf: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         // Into a stack buffer from a table of octets and appended once.
         IpAddr::V4(v4) => {
