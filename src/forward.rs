@@ -31,7 +31,7 @@ use crate::body::{client_fault, BodyEnd, ClientFault, WatchedBody};
 use crate::config::UpstreamTarget;
 use crate::context::{ContractState, RequestCtx};
 use crate::error::GatewayError;
-use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_overrides, ConnInfo};
+use crate::headers::{append_via, rewrite_request_headers, strip_hop_by_hop, ConnInfo};
 use crate::otel::{self, ClientSpan, UpstreamSpans};
 use crate::outcome::{Outcome, UpstreamAddr, UpstreamErrorKind, UpstreamTiming};
 use crate::pool::{Pool, PoolError, PooledBody, SendFuture};
@@ -57,7 +57,9 @@ pub fn upstream_request(
     conn: ConnInfo,
 ) -> Result<Request<Body>, GatewayError> {
     let target = &cfg.target;
-    let client_host = req.headers().get(HOST).cloned().or_else(|| {
+    // Taken out before anything else: a `Connection` header naming `Host` does not change the
+    // host the client asked for.
+    let client_host = req.headers_mut().remove(HOST).or_else(|| {
         req.uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -84,12 +86,7 @@ pub fn upstream_request(
     // Origin-form: the pool writes `Host` (HTTP/1) or `:authority` (h2) for the upstream.
     *req.uri_mut() = Uri::from(pq);
     *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    strip_overrides(headers);
-    headers.remove(HOST);
-    set_forwarded(headers, conn, client_host.as_ref());
-    append_via(headers);
+    rewrite_request_headers(req.headers_mut(), conn, client_host.as_ref());
     Ok(req)
 }
 
@@ -127,14 +124,13 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let decided = req
-            .extensions()
-            .get::<RequestCtx>()
-            .map(|ctx| (ctx.undecided(), ctx.conn, ctx.contract()));
-        let trace = req
-            .extensions()
-            .get::<RequestCtx>()
-            .and_then(|ctx| ctx.trace.clone());
+        let (decided, trace) = match req.extensions().get::<RequestCtx>() {
+            Some(ctx) => (
+                Some((ctx.undecided(), ctx.conn, ctx.contract())),
+                ctx.trace.clone(),
+            ),
+            None => (None, None),
+        };
         let (prepared, validated) = match decided {
             // Fail closed: whatever the order of the layers above, a request on an operation
             // goes out only with the contract's decision and, where required, a session verdict.
