@@ -68,6 +68,22 @@ fn fixed_hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// Whether `token` names a fixed hop-by-hop header, in any case. By length first: a token is
+/// compared with at most two names.
+fn is_fixed_hop_by_hop_text(token: &str) -> bool {
+    let is = |name: &str| token.eq_ignore_ascii_case(name);
+    match token.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("keep-alive") || is("connection"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
+}
+
 /// The header names listed in every `Connection` header (lower-cased by `HeaderName`).
 pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
     connection_token_texts(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -107,7 +123,7 @@ fn strip_present(headers: &mut HeaderMap, present: u16) {
         // Tokens naming fixed hop-by-hop headers (`keep-alive`, the usual one) are compared as
         // text: they go below anyway, and no header name is built for them.
         let named: Vec<HeaderName> = connection_token_texts(headers)
-            .filter(|t| !fixed.iter().any(|f| f.as_str().eq_ignore_ascii_case(t)))
+            .filter(|t| !is_fixed_hop_by_hop_text(t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
@@ -450,6 +466,25 @@ mod tests {
         for other in ["host", "content-type", "x-session-token", "tee", "upgrades"] {
             let name = HeaderName::from_static(other);
             assert_eq!(fixed_hop_by_hop_index(&name), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn fixed_hop_by_hop_tokens_are_known_in_any_case_and_nothing_else_is() {
+        for name in fixed_hop_by_hop() {
+            let text = name.as_str();
+            assert!(is_fixed_hop_by_hop_text(text), "{text}");
+            assert!(
+                is_fixed_hop_by_hop_text(&text.to_ascii_uppercase()),
+                "{text}"
+            );
+            let mut longer = text.to_owned();
+            longer.push('s');
+            assert!(!is_fixed_hop_by_hop_text(&longer), "{longer}");
+            assert!(!is_fixed_hop_by_hop_text(&text[1..]), "{text}");
+        }
+        for other in ["", "t", "tf", "x-trailer", "keep-alivf", "upgrad3", "close"] {
+            assert!(!is_fixed_hop_by_hop_text(other), "{other}");
         }
     }
 
