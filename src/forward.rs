@@ -124,12 +124,13 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let (decided, trace) = match req.extensions().get::<RequestCtx>() {
+        let (decided, trace, buffered) = match req.extensions().get::<RequestCtx>() {
             Some(ctx) => (
                 Some((ctx.undecided(), ctx.conn, ctx.contract())),
                 ctx.trace.clone(),
+                buffered(ctx),
             ),
-            None => (None, None),
+            None => (None, None, false),
         };
         let (prepared, validated) = match decided {
             // Fail closed: whatever the order of the layers above, a request on an operation
@@ -192,7 +193,8 @@ impl Service<Request<Body>> for Forward {
                     }
                 } else {
                     // A body still to come is watched; the timer starts when it has been sent.
-                    let (req, body, first) = if req.body().is_end_stream() {
+                    // One already in memory is handed over at once, as an empty one is.
+                    let (req, body, first) = if buffered || req.body().is_end_stream() {
                         (req, None, cfg.request_timeout)
                     } else {
                         let (parts, body) = req.into_parts();
@@ -217,6 +219,16 @@ impl Service<Request<Body>> for Forward {
             span,
         }
     }
+}
+
+/// Whether the request's body is already whole in memory: the contract buffers (and checks) the
+/// body of an operation that declares one before it decides (`Operation::has_body`), so a decided
+/// request on such an operation carries the buffered bytes, not a stream.
+fn buffered(ctx: &RequestCtx) -> bool {
+    ctx.contract() != ContractState::Unchecked
+        && ctx
+            .operation()
+            .is_some_and(crate::contract::Operation::has_body)
 }
 
 type Collect =
@@ -461,6 +473,35 @@ mod tests {
         assert_eq!(out.headers()["via"], "1.1 companies-gateway");
         let custom: Vec<_> = out.headers().get_all("x-custom").iter().collect();
         assert_eq!(custom, vec!["one", "two"]);
+    }
+
+    fn ctx(method: &str, path: &str) -> RequestCtx {
+        use crate::context::Routes;
+        use crate::contract::{Api, CompileOptions};
+        let api = Api::builtin(&CompileOptions::default()).unwrap();
+        let metrics = crate::metrics::Metrics::new(&[1.0]).unwrap();
+        let routes = Arc::new(Routes::new(Arc::new(api), &metrics).unwrap());
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        RequestCtx::new(routes, &req)
+    }
+
+    #[test]
+    fn only_a_decided_body_of_an_operation_that_declares_one_counts_as_buffered() {
+        let mut patch = ctx("PATCH", "/companies/v2/rs/1/contacts/2");
+        assert!(patch.operation().is_some_and(|op| op.has_body()));
+        assert!(!buffered(&patch), "not yet read by the contract");
+        patch.set_contract(ContractState::Passed);
+        assert!(buffered(&patch));
+        patch.set_contract(ContractState::Reported);
+        assert!(buffered(&patch));
+        // Not an operation (the built-in document has one): its body streams through.
+        let mut other = ctx("POST", "/anything");
+        other.set_contract(ContractState::Passed);
+        assert!(!buffered(&other));
     }
 
     #[test]
