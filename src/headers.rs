@@ -334,10 +334,16 @@ fn base_values(
                 Some(hit) if same(hit) => hit.values.clone(),
                 _ => {
                     let values = build_base_values(conn, client_host);
-                    *last = Some(LastBase {
+                    // A copy of the host: the request's value is a view into hyper's whole read
+                    // buffer, which the memo would otherwise keep alive.
+                    let host = match client_host {
+                        None => Some(None),
+                        Some(h) => HeaderValue::from_bytes(h.as_bytes()).ok().map(Some),
+                    };
+                    *last = host.map(|host| LastBase {
                         ip,
                         tls: conn.tls,
-                        host: client_host.cloned(),
+                        host,
                         values: values.clone(),
                     });
                     values
@@ -788,6 +794,16 @@ mod tests {
         for (peer, host) in calls {
             assert_eq!(base_values(peer, host), build_base_values(peer, host));
         }
+        // The memo holds a copy of the host, not the request's buffer.
+        let buffer = bytes::Bytes::from(b"three.example and the rest of a read buffer".to_vec());
+        let h3 = HeaderValue::from_maybe_shared(buffer.slice(..13)).unwrap();
+        assert_eq!(base_values(a, Some(&h3)), build_base_values(a, Some(&h3)));
+        drop(h3);
+        assert!(buffer.is_unique(), "the memo kept a view into the buffer");
+        assert_eq!(
+            base_values(a, Some(&HeaderValue::from_static("three.example"))),
+            build_base_values(a, Some(&HeaderValue::from_static("three.example")))
+        );
         let mut h = HeaderMap::new();
         set_forwarded(&mut h, b, Some(&h1));
         assert_eq!(h["x-forwarded-for"], "203.0.113.8");
