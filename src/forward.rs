@@ -31,7 +31,7 @@ use crate::body::{client_fault, BodyEnd, ClientFault, WatchedBody};
 use crate::config::UpstreamTarget;
 use crate::context::{ContractState, RequestCtx};
 use crate::error::GatewayError;
-use crate::headers::{append_via, set_forwarded, strip_hop_by_hop, strip_overrides, ConnInfo};
+use crate::headers::{append_via, rewrite_request_headers, strip_hop_by_hop, ConnInfo};
 use crate::otel::{self, ClientSpan, UpstreamSpans};
 use crate::outcome::{Outcome, UpstreamAddr, UpstreamErrorKind, UpstreamTiming};
 use crate::pool::{Pool, PoolError, PooledBody, SendFuture};
@@ -57,7 +57,9 @@ pub fn upstream_request(
     conn: ConnInfo,
 ) -> Result<Request<Body>, GatewayError> {
     let target = &cfg.target;
-    let client_host = req.headers().get(HOST).cloned().or_else(|| {
+    // Taken out before anything else: a `Connection` header naming `Host` does not change the
+    // host the client asked for.
+    let client_host = req.headers_mut().remove(HOST).or_else(|| {
         req.uri()
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
@@ -84,12 +86,7 @@ pub fn upstream_request(
     // Origin-form: the pool writes `Host` (HTTP/1) or `:authority` (h2) for the upstream.
     *req.uri_mut() = Uri::from(pq);
     *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    strip_overrides(headers);
-    headers.remove(HOST);
-    set_forwarded(headers, conn, client_host.as_ref());
-    append_via(headers);
+    rewrite_request_headers(req.headers_mut(), conn, client_host.as_ref());
     Ok(req)
 }
 
@@ -127,14 +124,14 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let decided = req
-            .extensions()
-            .get::<RequestCtx>()
-            .map(|ctx| (ctx.undecided(), ctx.conn, ctx.contract()));
-        let trace = req
-            .extensions()
-            .get::<RequestCtx>()
-            .and_then(|ctx| ctx.trace.clone());
+        let (decided, trace, buffered) = match req.extensions().get::<RequestCtx>() {
+            Some(ctx) => (
+                Some((ctx.undecided(), ctx.conn, ctx.contract())),
+                ctx.trace.clone(),
+                buffered(ctx),
+            ),
+            None => (None, None, false),
+        };
         let (prepared, validated) = match decided {
             // Fail closed: whatever the order of the layers above, a request on an operation
             // goes out only with the contract's decision and, where required, a session verdict.
@@ -196,7 +193,8 @@ impl Service<Request<Body>> for Forward {
                     }
                 } else {
                     // A body still to come is watched; the timer starts when it has been sent.
-                    let (req, body, first) = if req.body().is_end_stream() {
+                    // One already in memory is handed over at once, as an empty one is.
+                    let (req, body, first) = if buffered || req.body().is_end_stream() {
                         (req, None, cfg.request_timeout)
                     } else {
                         let (parts, body) = req.into_parts();
@@ -221,6 +219,16 @@ impl Service<Request<Body>> for Forward {
             span,
         }
     }
+}
+
+/// Whether the request's body is already whole in memory: the contract buffers (and checks) the
+/// body of an operation that declares one before it decides (`Operation::has_body`), so a decided
+/// request on such an operation carries the buffered bytes, not a stream.
+fn buffered(ctx: &RequestCtx) -> bool {
+    ctx.contract() != ContractState::Unchecked
+        && ctx
+            .operation()
+            .is_some_and(crate::contract::Operation::has_body)
 }
 
 type Collect =
@@ -465,6 +473,35 @@ mod tests {
         assert_eq!(out.headers()["via"], "1.1 companies-gateway");
         let custom: Vec<_> = out.headers().get_all("x-custom").iter().collect();
         assert_eq!(custom, vec!["one", "two"]);
+    }
+
+    fn ctx(method: &str, path: &str) -> RequestCtx {
+        use crate::context::Routes;
+        use crate::contract::{Api, CompileOptions};
+        let api = Api::builtin(&CompileOptions::default()).unwrap();
+        let metrics = crate::metrics::Metrics::new(&[1.0]).unwrap();
+        let routes = Arc::new(Routes::new(Arc::new(api), &metrics).unwrap());
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        RequestCtx::new(routes, &req)
+    }
+
+    #[test]
+    fn only_a_decided_body_of_an_operation_that_declares_one_counts_as_buffered() {
+        let mut patch = ctx("PATCH", "/companies/v2/rs/1/contacts/2");
+        assert!(patch.operation().is_some_and(|op| op.has_body()));
+        assert!(!buffered(&patch), "not yet read by the contract");
+        patch.set_contract(ContractState::Passed);
+        assert!(buffered(&patch));
+        patch.set_contract(ContractState::Reported);
+        assert!(buffered(&patch));
+        // Not an operation (the built-in document has one): its body streams through.
+        let mut other = ctx("POST", "/anything");
+        other.set_contract(ContractState::Passed);
+        assert!(!buffered(&other));
     }
 
     #[test]

@@ -68,6 +68,22 @@ fn fixed_hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// Whether `token` names a fixed hop-by-hop header, in any case. By length first: a token is
+/// compared with at most two names.
+fn is_fixed_hop_by_hop_text(token: &str) -> bool {
+    let is = |name: &str| token.eq_ignore_ascii_case(name);
+    match token.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("keep-alive") || is("connection"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
+}
+
 /// The header names listed in every `Connection` header (lower-cased by `HeaderName`).
 pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
     connection_token_texts(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -87,22 +103,27 @@ fn connection_token_texts(headers: &HeaderMap) -> impl Iterator<Item = &str> + '
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names, no hashing: most messages carry none, and a response often carries
     // only `Connection: keep-alive`, so only the names present are removed.
-    let fixed = fixed_hop_by_hop();
     let mut present = 0u16;
     for name in headers.keys() {
         if let Some(i) = fixed_hop_by_hop_index(name) {
             present |= 1 << i;
         }
     }
-    if present == 0 {
-        return;
+    if present != 0 {
+        strip_present(headers, present);
     }
+}
+
+/// Removes the fixed hop-by-hop headers whose bits are set in `present` and, when `Connection`
+/// is one, every header it names.
+fn strip_present(headers: &mut HeaderMap, present: u16) {
+    let fixed = fixed_hop_by_hop();
     // `fixed[0]` is `Connection`.
     if present & 1 != 0 {
         // Tokens naming fixed hop-by-hop headers (`keep-alive`, the usual one) are compared as
         // text: they go below anyway, and no header name is built for them.
         let named: Vec<HeaderName> = connection_token_texts(headers)
-            .filter(|t| !fixed.iter().any(|f| f.as_str().eq_ignore_ascii_case(t)))
+            .filter(|t| !is_fixed_hop_by_hop_text(t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
@@ -113,18 +134,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
-    }
-}
-
-/// Removes the method- and URL-override headers (`X-HTTP-Method-Override`, `X-Original-URL`,
-/// ...), from every peer.
-pub(crate) fn strip_overrides(headers: &mut HeaderMap) {
-    // Most requests carry none: one pass over the names decides.
-    if !headers.keys().any(|n| OVERRIDES.contains(&n.as_str())) {
-        return;
-    }
-    for name in OVERRIDES {
-        headers.remove(name);
     }
 }
 
@@ -160,31 +169,79 @@ impl ConnInfo {
 /// `client_host` is the host the client asked for (its `Host` header or the authority of its
 /// target).
 pub fn set_forwarded(headers: &mut HeaderMap, conn: ConnInfo, client_host: Option<&HeaderValue>) {
-    if !conn.trusted {
+    let other = !conn.trusted && headers.keys().any(is_other_forwarded);
+    set_forwarded_found(headers, conn, client_host, other);
+}
+
+/// Which of the names a forwarded request loses are present, from one pass over its header
+/// names: most requests carry none, and then no removal pass runs.
+#[derive(Debug, Default, Clone, Copy)]
+struct Present {
+    /// Bit `i`: `fixed_hop_by_hop()[i]`.
+    hop: u16,
+    overrides: bool,
+    /// `is_other_forwarded`.
+    other_forwarded: bool,
+}
+
+fn scan(headers: &HeaderMap) -> Present {
+    let mut found = Present::default();
+    for name in headers.keys() {
+        if let Some(i) = fixed_hop_by_hop_index(name) {
+            found.hop |= 1 << i;
+        } else if is_override(name.as_str()) {
+            found.overrides = true;
+        } else if is_other_forwarded(name) {
+            found.other_forwarded = true;
+        }
+    }
+    found
+}
+
+/// The request-side rewrite of the headers, in `upstream_request`'s order: hop-by-hop headers,
+/// the method- and URL-override headers, then the forwarded headers and `Via`. `Host` is the
+/// caller's (already taken out as `client_host`). The names are looked at once for all three.
+pub(crate) fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    conn: ConnInfo,
+    client_host: Option<&HeaderValue>,
+) {
+    // A header found here and then removed as one `Connection` names is looked for again below
+    // in vain: the flags may only over-report, never miss one.
+    let found = scan(headers);
+    if found.hop != 0 {
+        strip_present(headers, found.hop);
+    }
+    if found.overrides {
+        for name in OVERRIDES {
+            headers.remove(name);
+        }
+    }
+    set_forwarded_found(
+        headers,
+        conn,
+        client_host,
+        !conn.trusted && found.other_forwarded,
+    );
+    append_via(headers);
+}
+
+/// `set_forwarded`, told whether an untrusted peer sent headers it loses (`other`).
+fn set_forwarded_found(
+    headers: &mut HeaderMap,
+    conn: ConnInfo,
+    client_host: Option<&HeaderValue>,
+    other: bool,
+) {
+    if other {
         remove_other_forwarded(headers);
     }
     let proto = if conn.tls { "https" } else { "http" };
-    let mut ip = String::with_capacity(48);
-    push_ip(&mut ip, conn.peer.ip(), false);
-
-    let mut element = String::with_capacity(64);
-    element.push_str("for=");
-    push_ip(&mut element, conn.peer.ip(), true);
-    if let Some(host) = client_host.and_then(|h| h.to_str().ok()) {
-        element.push_str(";host=");
-        push_quoted(&mut element, host);
-    }
-    element.push_str(";proto=");
-    element.push_str(proto);
-
+    let (ip, element) = base_values(conn, client_host);
     let (xff, forwarded) = if conn.trusted {
-        let extend = |prev: Option<String>, new: &str| match prev {
-            Some(p) => format!("{p}, {new}"),
-            None => new.to_string(),
-        };
         (
-            extend(joined(headers, &X_FORWARDED_FOR), &ip),
-            extend(joined(headers, &FORWARDED), &element),
+            extended(headers, &X_FORWARDED_FOR, ip),
+            extended(headers, &FORWARDED, element),
         )
     } else {
         (ip, element)
@@ -198,8 +255,108 @@ pub fn set_forwarded(headers: &mut HeaderMap, conn: ConnInfo, client_host: Optio
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
-    set_text(headers, &X_FORWARDED_FOR, xff);
-    set_text(headers, &FORWARDED, forwarded);
+    set_value(headers, &X_FORWARDED_FOR, xff);
+    set_value(headers, &FORWARDED, forwarded);
+}
+
+/// A trusted peer's values of `name` with `new` after them (`None`: not a valid header value).
+fn extended(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    new: Option<HeaderValue>,
+) -> Option<HeaderValue> {
+    let new = new?;
+    match joined(headers, name) {
+        None => Some(new),
+        Some(prev) => {
+            // `new` is text: it was made from text.
+            let new = new.to_str().unwrap_or_default();
+            HeaderValue::try_from(format!("{prev}, {new}")).ok()
+        }
+    }
+}
+
+/// The values describing the peer alone: the `X-Forwarded-For` element (its address) and the
+/// `Forwarded` element (`for=...;host=...;proto=...`), `None` if not a valid header value.
+fn build_base_values(
+    conn: ConnInfo,
+    client_host: Option<&HeaderValue>,
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    let proto = if conn.tls { "https" } else { "http" };
+    let mut ip = String::with_capacity(48);
+    push_ip(&mut ip, conn.peer.ip(), false);
+
+    let mut element = String::with_capacity(64);
+    element.push_str("for=");
+    push_ip(&mut element, conn.peer.ip(), true);
+    if let Some(host) = client_host.and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=");
+        push_quoted(&mut element, host);
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
+    (
+        HeaderValue::try_from(ip).ok(),
+        HeaderValue::try_from(element).ok(),
+    )
+}
+
+/// The last peer's base values on this thread, and what they were made from.
+struct LastBase {
+    ip: IpAddr,
+    tls: bool,
+    host: Option<HeaderValue>,
+    values: (Option<HeaderValue>, Option<HeaderValue>),
+}
+
+thread_local! {
+    static LAST_BASE: std::cell::RefCell<Option<LastBase>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `build_base_values`, remembered for the last peer and host on this thread: a keep-alive
+/// connection's requests come from one peer and nearly always name one host, so they share the
+/// values (cloning a `HeaderValue` is a reference count). The values depend on nothing else.
+fn base_values(
+    conn: ConnInfo,
+    client_host: Option<&HeaderValue>,
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    let ip = conn.peer.ip();
+    let same = |last: &LastBase| {
+        last.ip == ip
+            && last.tls == conn.tls
+            && last.host.as_ref().map(HeaderValue::as_bytes)
+                == client_host.map(HeaderValue::as_bytes)
+    };
+    LAST_BASE
+        .try_with(|cell| {
+            let mut last = cell.borrow_mut();
+            match last.as_ref() {
+                Some(hit) if same(hit) => hit.values.clone(),
+                _ => {
+                    let values = build_base_values(conn, client_host);
+                    // A copy of the host: the request's value is a view into hyper's whole read
+                    // buffer, which the memo would otherwise keep alive.
+                    let host = match client_host {
+                        None => Some(None),
+                        Some(h) => HeaderValue::from_bytes(h.as_bytes()).ok().map(Some),
+                    };
+                    *last = host.map(|host| LastBase {
+                        ip,
+                        tls: conn.tls,
+                        host,
+                        values: values.clone(),
+                    });
+                    values
+                }
+            }
+        })
+        // The thread is being torn down: build them.
+        .unwrap_or_else(|_| build_base_values(conn, client_host))
+}
+
+/// Whether `name` is one of `OVERRIDES`.
+fn is_override(name: &str) -> bool {
+    OVERRIDES.contains(&name)
 }
 
 /// Whether `name` is an `X-Forwarded-*` header other than the three the gateway sets, or another
@@ -240,13 +397,13 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// Replaces every `name` header with `value` (dropped if it is not a valid header value).
-fn set_text(headers: &mut HeaderMap, name: &HeaderName, value: String) {
-    match HeaderValue::try_from(value) {
-        Ok(v) => {
+/// Replaces every `name` header with `value` (all dropped when `None`: not a valid value).
+fn set_value(headers: &mut HeaderMap, name: &HeaderName, value: Option<HeaderValue>) {
+    match value {
+        Some(v) => {
             headers.insert(name.clone(), v);
         }
-        Err(_) => {
+        None => {
             headers.remove(name);
         }
     }
@@ -315,6 +472,25 @@ mod tests {
         for other in ["host", "content-type", "x-session-token", "tee", "upgrades"] {
             let name = HeaderName::from_static(other);
             assert_eq!(fixed_hop_by_hop_index(&name), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn fixed_hop_by_hop_tokens_are_known_in_any_case_and_nothing_else_is() {
+        for name in fixed_hop_by_hop() {
+            let text = name.as_str();
+            assert!(is_fixed_hop_by_hop_text(text), "{text}");
+            assert!(
+                is_fixed_hop_by_hop_text(&text.to_ascii_uppercase()),
+                "{text}"
+            );
+            let mut longer = text.to_owned();
+            longer.push('s');
+            assert!(!is_fixed_hop_by_hop_text(&longer), "{longer}");
+            assert!(!is_fixed_hop_by_hop_text(&text[1..]), "{text}");
+        }
+        for other in ["", "t", "tf", "x-trailer", "keep-alivf", "upgrad3", "close"] {
+            assert!(!is_fixed_hop_by_hop_text(other), "{other}");
         }
     }
 
@@ -443,10 +619,20 @@ mod tests {
             ("x-http-methods", "not one of them"),
             ("x-url", "kept"),
         ]);
-        strip_overrides(&mut h);
+        rewrite_request_headers(&mut h, conn("203.0.113.7", &[]), None);
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
-        assert_eq!(left, vec!["x-http-methods", "x-url"]);
+        assert_eq!(
+            left,
+            vec![
+                "forwarded",
+                "via",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-http-methods",
+                "x-url"
+            ]
+        );
     }
 
     #[test]
@@ -501,5 +687,129 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    /// The rewrite as it was: one pass per concern, each function on its own.
+    fn rewrite_reference(h: &mut HeaderMap, conn: ConnInfo, host: Option<&HeaderValue>) {
+        strip_hop_by_hop(h);
+        if h.keys().any(|n| is_override(n.as_str())) {
+            for name in OVERRIDES {
+                h.remove(name);
+            }
+        }
+        set_forwarded(h, conn, host);
+        append_via(h);
+    }
+
+    fn listed(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        h.iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn the_one_pass_rewrite_does_what_the_separate_passes_did() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let sets: [&[(&str, &str)]; 7] = [
+            &[
+                ("content-type", "application/json"),
+                ("authorization", "Bearer x"),
+            ],
+            &[
+                (
+                    "connection",
+                    "x-forwarded-port, X-HTTP-Method-Override, x-forwarded-for",
+                ),
+                ("x-forwarded-port", "1"),
+                ("x-http-method-override", "DELETE"),
+                ("x-forwarded-for", "198.51.100.9"),
+                ("forwarded", "for=198.51.100.9"),
+            ],
+            &[
+                ("x-forwarded-prefix", "/a"),
+                ("x-real-ip", "6.6.6.6"),
+                ("x-original-url", "/b"),
+                ("te", "trailers"),
+                ("keep-alive", "1"),
+            ],
+            &[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2"),
+            ],
+            &[
+                ("forwarded", "for=\"[::1]\""),
+                ("x-forwarded-proto", "https"),
+            ],
+            &[("connection", "close"), ("via", "1.0 fred")],
+            &[("x-forwarded-host", "a.example"), ("upgrade", "h2c")],
+        ];
+        let hosts = [
+            None,
+            Some(HeaderValue::from_static("gw.example")),
+            Some(HeaderValue::from_static("q\"uote")),
+            Some(HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap()),
+        ];
+        let peers = [
+            conn("203.0.113.7", &trusted),
+            conn("10.1.2.3", &trusted),
+            conn("::1", &trusted),
+            ConnInfo::new(
+                SocketAddr::new("10.1.2.3".parse().unwrap(), 1),
+                true,
+                &trusted,
+            ),
+        ];
+        // Every combination, twice over, so that the remembered base values of one are met by
+        // the next with another peer, TLS or host.
+        for _ in 0..2 {
+            for set in sets {
+                for host in &hosts {
+                    for peer in peers {
+                        let mut got = map(set);
+                        rewrite_request_headers(&mut got, peer, host.as_ref());
+                        let mut want = map(set);
+                        rewrite_reference(&mut want, peer, host.as_ref());
+                        assert_eq!(listed(&got), listed(&want), "{set:?} {host:?} {peer:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn remembered_base_values_are_those_of_the_same_peer_and_host() {
+        let a = conn("203.0.113.7", &[]);
+        let b = conn("203.0.113.8", &[]);
+        let h1 = HeaderValue::from_static("one.example");
+        let h2 = HeaderValue::from_static("two.example");
+        let calls = [
+            (a, Some(&h1)),
+            (a, Some(&h1)),
+            (a, Some(&h2)),
+            (b, Some(&h2)),
+            (b, None),
+            (a, None),
+            (a, Some(&h1)),
+        ];
+        for (peer, host) in calls {
+            assert_eq!(base_values(peer, host), build_base_values(peer, host));
+        }
+        // The memo holds a copy of the host, not the request's buffer.
+        let buffer = bytes::Bytes::from(b"three.example and the rest of a read buffer".to_vec());
+        let h3 = HeaderValue::from_maybe_shared(buffer.slice(..13)).unwrap();
+        assert_eq!(base_values(a, Some(&h3)), build_base_values(a, Some(&h3)));
+        drop(h3);
+        assert!(buffer.is_unique(), "the memo kept a view into the buffer");
+        assert_eq!(
+            base_values(a, Some(&HeaderValue::from_static("three.example"))),
+            build_base_values(a, Some(&HeaderValue::from_static("three.example")))
+        );
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, b, Some(&h1));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.8");
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.8;host=\"one.example\";proto=http"
+        );
     }
 }
