@@ -119,7 +119,7 @@ impl Drop for Gateway {
 async fn drains_on(sig: &str) {
     let pki = Pki::new();
     let mock = MockUpstream::start_with(pki.leaf(&["localhost"]), |_| {
-        Reply::ok(EXAMPLE_RESPONSE).delayed(Duration::from_millis(800))
+        Reply::ok(EXAMPLE_RESPONSE).delayed(Duration::from_secs(3))
     })
     .await;
     let mut gw = Gateway::spawn(&pki, &mock.url(""), "", &[]).await;
@@ -133,11 +133,25 @@ async fn drains_on(sig: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     gw.signal(sig);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        send(get(gw.admin, "/readyz")).await.status,
-        503,
-        "not ready while draining"
+    // The signal is handled asynchronously: wait for readiness to drop, well inside the
+    // upstream's delay, so the requests are still in flight when it does.
+    let signalled = Instant::now();
+    loop {
+        let status = send(get(gw.admin, "/readyz")).await.status;
+        if status == 503 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            signalled.elapsed() < Duration::from_secs(2),
+            "still ready 2 s after SIG{sig}: {}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        in_flight.iter().all(|t| !t.is_finished()),
+        "not ready while draining, before the in-flight requests end"
     );
     for t in in_flight {
         let got = t.await.unwrap();
