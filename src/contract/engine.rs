@@ -993,6 +993,11 @@ impl<'a> Path<'a> {
 
 /// RFC 6901 escaping of one reference token: `~` as `~0`, `/` as `~1`.
 pub(crate) fn push_pointer_token(out: &mut String, key: &str) {
+    // The usual key has neither: one copy.
+    if !key.bytes().any(|b| b == b'~' || b == b'/') {
+        out.push_str(key);
+        return;
+    }
     for c in key.chars() {
         match c {
             '~' => out.push_str("~0"),
