@@ -803,6 +803,17 @@ fn codes(result: Result<(), Vec<HeaderProblem>>, header: &str) -> Vec<&'static s
     }
 }
 
+#[test]
+fn the_b64token_class_by_compares_is_the_table() {
+    for b in 0..=255u8 {
+        assert_eq!(
+            b64token_char_by_compares(b),
+            is_b64token_char(b),
+            "{b:#04x}"
+        );
+    }
+}
+
 #[rustfmt::skip]
 #[test]
 fn authorization_table() {
