@@ -121,20 +121,19 @@ impl<'a> ProblemItem<'a> {
     }
 
     fn write(&self, out: &mut Vec<u8>) {
-        out.push(b'{');
-        json::key(out, true, "code");
-        json::string(out, self.code);
-        json::key(out, false, "detail");
+        // Codes are fixed snake_case words: nothing to escape.
+        json::plain(out, b"{\"code\":\"", self.code);
+        out.extend_from_slice(b"\",\"detail\":");
         json::string(out, self.detail);
-        for (name, value) in [
-            ("pointer", self.pointer),
-            ("parameter", self.parameter),
-            ("header", self.header),
-        ] {
-            if let Some(value) = value {
-                json::key(out, false, name);
-                json::string(out, value);
-            }
+        let (name, value): (&[u8], _) = match (self.pointer, self.parameter, self.header) {
+            (Some(p), _, _) => (b",\"pointer\":", p),
+            (None, Some(p), _) => (b",\"parameter\":", p),
+            (None, None, Some(h)) => (b",\"header\":", h),
+            (None, None, None) => (b"", ""),
+        };
+        if !name.is_empty() {
+            out.extend_from_slice(name);
+            json::string(out, value);
         }
         out.push(b'}');
     }
@@ -386,23 +385,23 @@ impl GatewayError {
         };
         // Sized for the usual problem, so writing does not grow the buffer item by item.
         let mut out = Vec::with_capacity(384 + 192 * (items.len() + headers.len()));
-        out.extend_from_slice(b"{\"type\":\"urn:companies-gateway:problem:");
-        // Slugs are fixed lowercase words: nothing to escape.
-        out.extend_from_slice(slug.as_bytes());
-        out.push(b'"');
-        json::key(&mut out, false, "title");
-        json::string(&mut out, title);
-        json::key(&mut out, false, "status");
-        json::uint(&mut out, u64::from(status.as_u16()));
-        json::key(&mut out, false, "detail");
+        // Slugs and titles are fixed words, and the status three digits: nothing to escape, so
+        // they go in with the member names around them as plain bytes.
+        json::plain(
+            &mut out,
+            b"{\"type\":\"urn:companies-gateway:problem:",
+            slug,
+        );
+        json::plain(&mut out, b"\",\"title\":\"", title);
+        json::plain(&mut out, b"\",\"status\":", status.as_str());
+        out.extend_from_slice(b",\"detail\":");
         self.write_detail(&mut out);
-        json::key(&mut out, false, "instance");
+        out.extend_from_slice(b",\"instance\":");
         json::string(&mut out, instance);
-        json::key(&mut out, false, "request_id");
+        out.extend_from_slice(b",\"request_id\":");
         json::string(&mut out, request_id);
         if !items.is_empty() || !headers.is_empty() {
-            json::key(&mut out, false, "errors");
-            out.push(b'[');
+            out.extend_from_slice(b",\"errors\":[");
             let all = headers
                 .iter()
                 .map(ProblemItem::from_header)

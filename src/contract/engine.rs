@@ -13,6 +13,7 @@ use std::fmt::{self, Write as _};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
 
+use super::fast::Fast;
 use super::formats::check_format;
 use super::schema::{as_f64, ty, Additional, Node, NodeId, Schemas};
 use super::*;
@@ -67,9 +68,47 @@ pub(crate) fn check_json(
     // the UTF-8 check of each string, with the same outcome. Otherwise the byte reader finds and
     // reports the bad bytes.
     match std::str::from_utf8(bytes) {
-        Ok(text) => check_document(&cx, serde_json::Deserializer::from_str(text)),
+        Ok(text) => check_fast(&cx, text)
+            .unwrap_or_else(|| check_document(&cx, serde_json::Deserializer::from_str(text))),
         Err(_) => check_document(&cx, serde_json::Deserializer::from_slice(bytes)),
     }
+}
+
+/// The usual body by the fast reader (`fast::Fast`): `None` when it gave up, and then nothing of
+/// its walk is kept (serde_json reads the body again from the start).
+fn check_fast(cx: &Cx<'_>, text: &str) -> Option<Result<(), Violations>> {
+    let mut de = Fast::new(text);
+    let mut report = Report::default();
+    walk_body(cx, &mut report, &mut de)
+        .and_then(|()| de.end())
+        .ok()?;
+    Some(report.verdict())
+}
+
+/// The streaming walk of a whole body, by either reader.
+fn walk_body<'de, D: de::Deserializer<'de>>(
+    cx: &Cx<'_>,
+    report: &mut Report,
+    de: D,
+) -> Result<(), D::Error> {
+    Check {
+        cx,
+        report,
+        path: &ROOT,
+        node: cx.body.root,
+        field: Field::Document,
+    }
+    .deserialize(de)
+}
+
+/// `check_fast` alone, for the tests that it takes the usual body.
+#[cfg(test)]
+pub(crate) fn check_json_fast(
+    schemas: &Schemas,
+    body: &BodySchema,
+    text: &str,
+) -> Option<Result<(), Violations>> {
+    check_fast(&Cx { schemas, body }, text)
 }
 
 /// `check_json` by the `str` reader and by the byte reader, for a test that they agree.
@@ -95,15 +134,7 @@ fn check_document<'de, R: serde_json::de::Read<'de>>(
     // would refuse the 128th level.
     de.disable_recursion_limit();
     let mut report = Report::default();
-    let parsed = Check {
-        cx,
-        report: &mut report,
-        path: &ROOT,
-        node: cx.body.root,
-        field: Field::Document,
-    }
-    .deserialize(&mut de)
-    .and_then(|()| de.end());
+    let parsed = walk_body(cx, &mut report, &mut de).and_then(|()| de.end());
     match parsed {
         Err(error) => Err(Violations::from(vec![Violation {
             field: Field::Document,
@@ -111,8 +142,7 @@ fn check_document<'de, R: serde_json::de::Read<'de>>(
             location: Location::Pointer(String::new()),
             detail: format!("the body is not a single valid JSON document: {error}"),
         }])),
-        Ok(()) if report.violations.is_empty() => Ok(()),
-        Ok(()) => Err(report.violations),
+        Ok(()) => report.verdict(),
     }
 }
 
@@ -149,6 +179,14 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    fn verdict(self) -> Result<(), Violations> {
+        if self.violations.is_empty() {
+            Ok(())
+        } else {
+            Err(self.violations)
+        }
+    }
+
     /// A violation at `path`; `detail` is only called if the violation is listed.
     fn add(&mut self, field: Field, code: Code, path: &Path<'_>, detail: impl FnOnce() -> String) {
         self.violations.push_with(field, code, || {
@@ -955,6 +993,11 @@ impl<'a> Path<'a> {
 
 /// RFC 6901 escaping of one reference token: `~` as `~0`, `/` as `~1`.
 pub(crate) fn push_pointer_token(out: &mut String, key: &str) {
+    // The usual key has neither: one copy.
+    if !key.bytes().any(|b| b == b'~' || b == b'/') {
+        out.push_str(key);
+        return;
+    }
     for c in key.chars() {
         match c {
             '~' => out.push_str("~0"),

@@ -732,6 +732,11 @@ mod fast_paths {
                 let (by_str, by_slice) = builtin_by_both_readers(&text, unknown);
                 prop_assert_eq!(&by_str, &by_slice, "{}", text);
                 prop_assert_eq!(check_body(text.as_bytes(), unknown), by_slice, "{}", text);
+                if unknown == UnknownFields::Reject {
+                    if let Some(fast) = builtin_by_fast_reader(&text) {
+                        prop_assert_eq!(fast, by_str, "{}", text);
+                    }
+                }
             }
         }
     }
@@ -795,6 +800,17 @@ fn codes(result: Result<(), Vec<HeaderProblem>>, header: &str) -> Vec<&'static s
                 p.code
             })
             .collect(),
+    }
+}
+
+#[test]
+fn the_b64token_class_by_compares_is_the_table() {
+    for b in 0..=255u8 {
+        assert_eq!(
+            b64token_char_by_compares(b),
+            is_b64token_char(b),
+            "{b:#04x}"
+        );
     }
 }
 
@@ -1028,4 +1044,56 @@ fn nesting_of_exactly_128_passes_and_129_is_a_syntax_error() {
         )),
         want(&[(F::Document, C::Syntax, "")])
     );
+}
+
+// ----- the fast reader -----
+
+#[test]
+fn the_fast_reader_takes_the_usual_bodies_and_agrees_with_serde_json() {
+    let example = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/shared/contract/examples/update-contact.request.json"
+    ));
+    let taken = [
+        example,
+        r#"{"notify":"yes"}"#,
+        r#" { "notify" : true , "phones" : [ ] } "#,
+        r#"{"notify":true,"phones":["1","2","3","4","5","6"],"name":7}"#,
+        r#"{"notify":true,"x":{"a":[0,{"b":null}],"a":false},"notify":1}"#,
+        r#"{"notify":null,"email":"a@b","comment":"é😀"}"#,
+        "{}",
+        "[]",
+        "123456789012345678",
+        "\"text\"",
+    ];
+    for text in taken {
+        let fast = builtin_by_fast_reader(text).unwrap_or_else(|| panic!("not taken: {text}"));
+        let (by_str, _) = builtin_by_both_readers(text, UnknownFields::Reject);
+        assert_eq!(fast, by_str, "{text}");
+    }
+    let left_to_serde = [
+        r#"{"notify":"y\u00e9s"}"#,
+        r#"{"notify":"a\"b"}"#,
+        "{\"notify\":\"\t\"}",
+        r#"{"notify":-1}"#,
+        r#"{"notify":1.0}"#,
+        r#"{"notify":1e3}"#,
+        r#"{"notify":01}"#,
+        "1234567890123456789",
+        r#"{"notify":true,}"#,
+        "[1,]",
+        "[1 2]",
+        r#"{"notify" true}"#,
+        r#"{notify:true}"#,
+        r#"{"notify":tru}"#,
+        r#"{"notify":truex}"#,
+        "true false",
+        "",
+        "{",
+        r#"{"a":"#,
+        r#"{"a"#,
+    ];
+    for text in left_to_serde {
+        assert!(builtin_by_fast_reader(text).is_none(), "{text}");
+    }
 }
