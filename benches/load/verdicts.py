@@ -54,6 +54,8 @@ def cases(example, bearer, session):
         ("Content-Type in upper case", ok, [auth, tok, ("Content-Type", "Application/JSON")], example),
         ("bearer scheme in lower case", ok, [("Authorization", f"bearer {bearer}"), tok, ctype], example),
         ("bearer token with padding", ok, [("Authorization", "Bearer abc+/=="), tok, ctype], example),
+        ("a comment that looks like a key", ok, [auth, tok, ctype], b'{"notify":true,"comment":"a,\\"notify\\": 1, {\\"x\\":"}'),
+        ("blanks around keys and values", ok, [auth, tok, ctype], b' {\n "notify" :\ttrue ,\r\n"name": "n" } '),
         # invalid: headers (stages 1-3)
         ("no Authorization", ok, [tok, ctype], example),
         ("Basic Authorization", ok, [("Authorization", "Basic dXNlcjpwYXNz"), tok, ctype], example),
@@ -91,6 +93,8 @@ def cases(example, bearer, session):
         ("comment of 2501", ok, [auth, tok, ctype], body(comment="c" * 2501)),
         ("unknown field", ok, [auth, tok, ctype], body(extra=1)),
         ("duplicate key", ok, [auth, tok, ctype], b'{"notify":true,"notify":false}'),
+        ("duplicate key spelt with an escape", ok, [auth, tok, ctype], b'{"notify":true,"no\\u0074ify":false}'),
+        ("a nested object", ok, [auth, tok, ctype], b'{"notify":true,"name":{"a":1,"a":2}}'),
         ("not JSON", ok, [auth, tok, ctype], b'{"notify":tru'),
         ("trailing garbage", ok, [auth, tok, ctype], b'{"notify":true} x'),
         ("an array", ok, [auth, tok, ctype], b'[{"notify":true}]'),

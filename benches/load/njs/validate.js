@@ -14,6 +14,9 @@ var TCHAR = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 var ATEXT = /^[A-Za-z0-9!#$%&'*+\-\/=?^_`{|}~]+$/;
 var LABEL = /^[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?$/;
 var INT64_MAX = '9223372036854775807';
+var QUOTED_LOCAL = /^"([\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$/;
+var ROUTE = /^\/companies\/v2\/rs\/([^\/]*)\/contacts\/([^\/]*)$/;
+// Regular expressions live here, compiled once: njs compiles a literal each time it is evaluated.
 
 function problem(r, status, slug, title, errors, extraHeaders) {
     var p = { type: 'https://companies-gateway.dev/problems/' + slug, title: title, status: status };
@@ -23,14 +26,15 @@ function problem(r, status, slug, title, errors, extraHeaders) {
     r.return(status, JSON.stringify(p));
 }
 
-// The raw values of one request header (nginx folds some repeated headers; count them raw).
-function values(r, lname) {
-    var out = [];
+// The raw values of the three checked headers, in one pass (r.headersIn folds repeats).
+function checkedHeaders(r) {
+    var h = { authorization: [], 'x-session-token': [], 'content-type': [] };
     var raw = r.rawHeadersIn;
     for (var i = 0; i < raw.length; i++) {
-        if (raw[i][0].toLowerCase() === lname) { out.push(raw[i][1]); }
+        var list = h[raw[i][0].toLowerCase()];
+        if (list) { list.push(raw[i][1]); }
     }
-    return out;
+    return h;
 }
 
 function exactlyOne(vals, label) {
@@ -39,8 +43,8 @@ function exactlyOne(vals, label) {
     return null;
 }
 
-function checkAuthorization(r) {
-    var v = values(r, 'authorization');
+function checkAuthorization(h) {
+    var v = h.authorization;
     var e = exactlyOne(v, 'Authorization');
     if (e) { return e; }
     var s = v[0];
@@ -53,8 +57,8 @@ function checkAuthorization(r) {
     return null;
 }
 
-function checkSessionToken(r) {
-    var v = values(r, 'x-session-token');
+function checkSessionToken(h) {
+    var v = h['x-session-token'];
     var e = exactlyOne(v, 'X-Session-Token');
     if (e) { return e; }
     if (v[0].length === 0 || v[0].length > 4096 || !VISIBLE.test(v[0])) { return { header: 'X-Session-Token', code: 'malformed' }; }
@@ -62,8 +66,8 @@ function checkSessionToken(r) {
 }
 
 // application/json in any case, RFC 9110 parameters, a charset other than utf-8 refused.
-function checkContentType(r) {
-    var v = values(r, 'content-type');
+function checkContentType(h) {
+    var v = h['content-type'];
     if (v.length === 0) { return { header: 'Content-Type', code: 'missing' }; }
     for (var i = 1; i < v.length; i++) { if (v[i] !== v[0]) { return { header: 'Content-Type', code: 'repeated' }; } }
     var parts = v[0].split(';');
@@ -90,60 +94,15 @@ function int64(s) {
     return digits <= max;
 }
 
-// A JSON parser that refuses duplicate keys (JSON.parse keeps the last one silently).
-function parseJson(text) {
-    var i = 0;
-    function ws() { while (i < text.length) { var c = text.charCodeAt(i); if (c === 32 || c === 9 || c === 10 || c === 13) { i++; } else { break; } } }
-    function fail(code) { throw { code: code }; }
-    function str() {
-        var start = i; i++;
-        while (i < text.length) {
-            var c = text.charCodeAt(i);
-            if (c === 34) { i++; return JSON.parse(text.substring(start, i)); }
-            if (c === 92) { i += 2; continue; }
-            if (c < 32) { fail('syntax'); }
-            i++;
-        }
-        fail('syntax');
-    }
-    function value(depth) {
-        if (depth > 64) { fail('syntax'); }
-        ws();
-        var c = text.charAt(i);
-        if (c === '{') {
-            i++; var obj = {}; var seen = {}; ws();
-            if (text.charAt(i) === '}') { i++; return obj; }
-            for (;;) {
-                ws(); if (text.charAt(i) !== '"') { fail('syntax'); }
-                var k = str();
-                if (Object.prototype.hasOwnProperty.call(seen, k)) { fail('duplicate_key'); }
-                seen[k] = true;
-                ws(); if (text.charAt(i) !== ':') { fail('syntax'); } i++;
-                obj[k] = value(depth + 1); ws();
-                if (text.charAt(i) === ',') { i++; continue; }
-                if (text.charAt(i) === '}') { i++; return obj; }
-                fail('syntax');
-            }
-        }
-        if (c === '[') {
-            i++; var arr = []; ws();
-            if (text.charAt(i) === ']') { i++; return arr; }
-            for (;;) {
-                arr.push(value(depth + 1)); ws();
-                if (text.charAt(i) === ',') { i++; continue; }
-                if (text.charAt(i) === ']') { i++; return arr; }
-                fail('syntax');
-            }
-        }
-        if (c === '"') { return str(); }
-        var m = /^(-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+\-]?[0-9]+)?|true|false|null)/.exec(text.substring(i, i + 400));
-        if (!m) { fail('syntax'); }
-        i += m[0].length;
-        return JSON.parse(m[0]);
-    }
-    var v = value(0); ws();
-    if (i !== text.length) { fail('syntax'); }
-    return v;
+// JSON.parse keeps the last of duplicate keys silently. A body with no error otherwise has no
+// nested object (the schema allows none), so a duplicate can only be at the top level, where it
+// shows as more "key": pairs in the text than keys parsed. Inside a string every '"' is escaped,
+// so a '"' after '{' or ',' (and blanks) always starts a real key.
+var KEY = /[{,][ \t\r\n]*"(?:[^"\\]|\\.)*"[ \t\r\n]*:/g;
+
+function keysInText(text) {
+    var m = text.match(KEY);
+    return m ? m.length : 0;
 }
 
 // Code points, as the contract's maxLength counts them.
@@ -166,7 +125,7 @@ function email(s) {
     if (local.length > 64 || domain.length > 254 || domain.length === 0) { return false; }
     var localOk;
     if (local.charAt(0) === '"') {
-        localOk = /^"([\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$/.test(local);
+        localOk = QUOTED_LOCAL.test(local);
     } else {
         var atoms = local.split('.');
         localOk = true;
@@ -190,11 +149,12 @@ function checkString(errors, v, pointer, max, nullable) {
 
 function checkBody(body, errors) {
     var doc;
-    try { doc = parseJson(body); } catch (e) { errors.push({ pointer: '', code: e.code || 'syntax' }); return; }
+    try { doc = JSON.parse(body); } catch (e) { errors.push({ pointer: '', code: 'syntax' }); return; }
     if (type(doc) !== 'object') { errors.push({ pointer: '', code: 'type' }); return; }
+    var before = errors.length;
     if (!Object.prototype.hasOwnProperty.call(doc, 'notify')) { errors.push({ pointer: '/notify', code: 'required' }); }
     for (var k in doc) {
-        var v = doc[k], at = '/' + k.replace(/~/g, '~0').replace(/\//g, '~1');
+        var v = doc[k], at = '/' + (k.indexOf('~') < 0 && k.indexOf('/') < 0 ? k : k.split('~').join('~0').split('/').join('~1'));
         if (k === 'notify') { if (typeof v !== 'boolean') { errors.push({ pointer: at, code: 'type' }); } }
         else if (k === 'name') { checkString(errors, v, at, 250, false); }
         else if (k === 'email') { if (checkString(errors, v, at, 250, true) && !email(v)) { errors.push({ pointer: at, code: 'format' }); } }
@@ -206,19 +166,23 @@ function checkBody(body, errors) {
         }
         else { errors.push({ pointer: at, code: 'unknown_field' }); }
     }
+    if (errors.length === before && keysInText(body) !== Object.keys(doc).length) {
+        errors.push({ pointer: '', code: 'duplicate_key' });
+    }
 }
 
 function updateContact(r) {
     // The contract names PATCH only; any other method is forwarded as it is, as the gateway does.
     if (r.method !== 'PATCH') { return r.internalRedirect('@upstream'); }
-    var e = checkAuthorization(r);
+    var h = checkedHeaders(r);
+    var e = checkAuthorization(h);
     if (e) { return problem(r, 401, 'unauthorized', 'Unauthorized', [e], { 'WWW-Authenticate': 'Bearer' }); }
-    e = checkSessionToken(r);
+    e = checkSessionToken(h);
     if (e) { return problem(r, 401, 'unauthorized', 'Unauthorized', [e], { 'WWW-Authenticate': 'Bearer' }); }
-    e = checkContentType(r);
+    e = checkContentType(h);
     if (e) { return problem(r, 415, 'unsupported-media-type', 'Unsupported Media Type', [e]); }
     var errors = [];
-    var m = /^\/companies\/v2\/rs\/([^\/]*)\/contacts\/([^\/]*)$/.exec(r.uri);
+    var m = ROUTE.exec(r.uri);
     if (!m || !int64(m[1])) { errors.push({ parameter: 'companyId', code: 'integer' }); }
     if (!m || !int64(m[2])) { errors.push({ parameter: 'contactId', code: 'integer' }); }
     checkBody(r.requestText || '', errors);
