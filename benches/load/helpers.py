@@ -630,8 +630,8 @@ def cmd_report(args):
         return mark(f(rps, 0) + (" ‡" if short is not None and short < 0.97 else ""), clean)
 
     if any(r["kind"] == "open50" for r in rows):
-        w("CPU per request at the same request rate: every proxy served "
-          f"{meta.get('rate50', '?')} req/s (50% of nginx's maximum) in the open loop, so none was "
+        w("CPU per request at the same request rate: every proxy was offered "
+          f"{meta.get('rate50', '?')} req/s (50% of nginx's maximum) in the open loop, so none that kept up (no ‡) was "
           "saturated and the generator's core was equally idle for all; beside it, the closed-loop "
           "figure, where the proxy that saturates handles more events per wake-up. User / system "
           "CPU s / 10k req (`/proc`), ratios to nginx in the same round, medians.")
