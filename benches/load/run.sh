@@ -46,9 +46,9 @@
 #   PROXY_CPU [0] LOAD_CPU [1]  the two cores
 #   KEEP_TMP [0]          1: keep the temp dir (configs, certs, logs) for inspection
 #   PROFILE []            a row name (gateway, gateway-h2, gateway-reject, gateway-miss, nginx,
-#                         haproxy, floor): instead of the benchmark, profile that proxy with perf
-#                         during one closed-loop run of DURATION seconds and print its hottest
-#                         functions (installs linux-perf from Debian when perf is missing)
+#                         haproxy, floor, nginx-njs, caddy): instead of the benchmark, profile that
+#                         proxy with perf during one closed-loop run of DURATION seconds and print
+#                         its hottest functions (installs linux-perf from Debian when perf is missing)
 #
 # Needs: root or sudo-less apt for the first run (nginx, haproxy, wrk), cargo for oha, python3,
 # openssl, taskset, curl. Sends traffic to 127.0.0.1 only; every loop is bounded.
@@ -524,8 +524,9 @@ fi
 
 if [[ -n $PROFILE ]]; then
   [[ -n ${PORT[$PROFILE]:-} && $PROFILE != gateway-mem && $PROFILE != gateway-big ]] \
-    || die "PROFILE must be one of nginx haproxy gateway gateway-h2 gateway-reject gateway-miss floor"
+    || die "PROFILE must be one of nginx haproxy gateway gateway-h2 gateway-reject gateway-miss floor (nginx-njs with NJS=1, caddy with CADDY=1)"
   [[ $PROFILE != floor || $FLOOR == 1 ]] || die "PROFILE=floor needs FLOOR=1"
+  [[ -n ${PID[$PROFILE]:-} ]] || die "PROFILE=$PROFILE: that row was not started (NJS=1? CADDY=1?)"
   if ! command -v perf >/dev/null || ! perf version >/dev/null 2>&1; then
     log "installing linux-perf from Debian"
     SUDO=""
