@@ -381,6 +381,8 @@ def cmd_hold(args):
 LABELS = {
     "nginx": "nginx proxy_pass",
     "haproxy": "HAProxy",
+    "nginx-njs": "nginx + njs validating the contract",
+    "caddy": "Caddy reverse_proxy (GOMAXPROCS=1)",
     "floor": "floor: hyper + rustls, no gateway logic",
     "gateway": "gateway (valid PATCH, upstream h1)",
     "gateway-h2": "gateway (valid PATCH, upstream h2)",
@@ -489,12 +491,22 @@ def cmd_report(args):
         )
         return mark(text, clean)
 
-    def cpu25(p):
-        rs, clean = pick(runs(p, "open25"))
+    def cpu50(p):
+        rs, clean = pick(runs(p, "open50"))
         if not rs:
             return "–"
-        rat, c_rat = ratio(p, "open25")
+        rat, c_rat = ratio(p, "open50")
         return mark(f"{f(median(r['cpu_s_per_10k'] for r in rs), 3)} ({f(rat, 2)})", clean and c_rat)
+
+    def user_sys(p, kind):
+        rs, clean = pick(runs(p, kind))
+        if not rs:
+            return "–"
+        return mark(f"{f(median(r['user_s_per_10k'] for r in rs), 3)} / "
+                    f"{f(median(r['sys_s_per_10k'] for r in rs), 3)}", clean)
+
+    open_kinds = [k for k in ("open25", "open50", "open75")
+                  if any(r["kind"] == k for r in rows)] or ["open25", "open50", "open75"]
 
     def clean_count(p, kinds):
         rs = [r for r in rows if r["proxy"] == p and r["kind"] in kinds]
@@ -511,7 +523,8 @@ def cmd_report(args):
     w(f"- Rounds: {meta['rounds']} (proxies interleaved in each round; every figure is the median "
       f"over rounds). Closed loop: wrk -t1 -c{meta['conns']} -d{meta['duration']}s after a "
       f"{meta['warmup']}s warm-up. Open loop: oha -c{meta['conns']} -z{meta['open_duration']}s "
-      f"--latency-correction at {meta['rates']} req/s = 25/50/75% of nginx's maximum "
+      f"--latency-correction at {meta['rates']} req/s = "
+      f"{str(meta.get('open_pcts', '25 50 75')).replace(' ', '/')}% of nginx's maximum "
       f"({meta['nginx_max']:.0f} req/s in calibration).")
     w("- Pinning: each proxy `taskset -c 0` with one worker; the upstream and the load generators "
       f"`taskset -c 1`. h2 upstream: {meta.get('h2_upstream', '?')}.")
@@ -522,7 +535,7 @@ def cmd_report(args):
     w("| proxy | req/s (closed loop) | CPU s / 10k req | ratio to nginx | "
       "p50 / p99 / p99.9 @25% (ms) | @50% (ms) | @75% (ms) | peak RSS MB | "
       "upstream conns / 1k req | non-2xx, errors | proxy CPU % | clean runs closed, open | "
-      "CPU s / 10k @25% (ratio) |")
+      "CPU s / 10k @50% (ratio) |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     peak = meta.get("peak_rss_kb", {})
     for p in proxies:
@@ -539,7 +552,7 @@ def cmd_report(args):
           f"{open_cell(p, 'open75')} | {f(rss / 1024 if rss else None, 1)} | "
           f"{mark(f(conns, 3), c_conns)} | {non2xx}, {errs} | {mark(f(pc, 0), c_pc)} | "
           f"{clean_count(p, ('closed',))}, {clean_count(p, ('open25', 'open50', 'open75'))} | "
-          f"{cpu25(p)} |")
+          f"{cpu50(p)} |")
     w("")
     w("Per-round CPU ratios to nginx (same round; * = a contended run in the pair): " + "; ".join(
         f"{p}: " + ", ".join(f"{x:.3f}{'' if c else '*'}" for x, c in ratio_pairs(p))
@@ -580,14 +593,14 @@ def cmd_report(args):
     achieved = []
     for p in proxies:
         cells = []
-        for kind in ("open25", "open50", "open75"):
+        for kind in open_kinds:
             rs, _ = pick(runs(p, kind))
-            if rs:
-                cells.append(f(median(r["rps"] for r in rs), 0))
-        if cells:
+            cells.append(f(median(r["rps"] for r in rs), 0) if rs else "–")
+        if any(c != "–" for c in cells):
             achieved.append(f"{p}: " + " / ".join(cells))
     if achieved:
-        w("Open loop, achieved req/s at 25/50/75% (target " + str(meta["rates"]).replace(" ", " / ")
+        w("Open loop, achieved req/s at " + "/".join(k[4:] for k in open_kinds) + "% (target "
+          + str(meta["rates"]).replace(" ", " / ")
           + "): " + "; ".join(achieved) + ". ‡: below 97% of the target rate, so the latencies are "
           "mostly queueing; ‡p: the proxy used ≥ 90% of its core (it is the limit); ‡g: core 1 (load "
           "generator + upstream) was ≥ 95% busy (the bench's limit, not the proxy's).")
@@ -609,6 +622,37 @@ def cmd_report(args):
                                 "cswitches", "faults")]
             w(f"| {LABELS[p]} | " + " | ".join(mark(c, clean) for c in cells) + " |")
         w("")
+    def achieved50(p, rs, clean):
+        if not rs:
+            return "–"
+        rps = median(r["rps"] for r in rs)
+        short = median(r["rps"] / r["target_rps"] for r in rs if r["rps"] and r["target_rps"])
+        return mark(f(rps, 0) + (" ‡" if short is not None and short < 0.97 else ""), clean)
+
+    if any(r["kind"] == "open50" for r in rows):
+        w("CPU per request at the same request rate: every proxy was offered "
+          f"{meta.get('rate50', '?')} req/s (50% of nginx's maximum) in the open loop, so none that kept up (no ‡) was "
+          "saturated and the generator's core was equally idle for all; beside it, the closed-loop "
+          "figure, where the proxy that saturates handles more events per wake-up. User / system "
+          "CPU s / 10k req (`/proc`), ratios to nginx in the same round, medians.")
+        w("")
+        w("| proxy | closed loop: CPU s / 10k | user / sys | ratio to nginx | "
+          "open loop @50%: CPU s / 10k | user / sys | ratio to nginx | achieved req/s |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for p in proxies:
+            cpu, c_cpu = closed_value(p, "cpu_s_per_10k")
+            rat, c_rat = ratio(p)
+            rs, clean = pick(runs(p, "open50"))
+            o_rat, c_o = ratio(p, "open50")
+            w(f"| {LABELS[p]} | {mark(f(cpu, 3), c_cpu)} | {user_sys(p, 'closed')} | "
+              f"{mark(f(rat, 3), c_rat)} | "
+              f"{mark(f(median(r['cpu_s_per_10k'] for r in rs), 3), clean) if rs else '–'} | "
+              f"{user_sys(p, 'open50')} | {mark(f(o_rat, 3), c_o) if rs else '–'} | "
+              f"{achieved50(p, rs, clean)} |")
+        w("")
+        w("‡: under 97% of the target rate, the proxy (or core 1, see the main table's ‡p / ‡g) could not keep up, and its figure is "
+          "not at the same rate as the others'.")
+        w("")
     others = [r for r in rows if r["kind"] != "calibration" and r["clean"] != 1]
     if others:
         w(f"Contended runs ({len(others)} of {sum(1 for r in rows if r['kind'] != 'calibration')}), "
@@ -622,13 +666,16 @@ def cmd_report(args):
     if mem:
         w("## Gateway memory")
         w("")
-        w("| state | VmRSS MB | VmHWM MB | target |")
-        w("|---|---:|---:|---|")
+        w("| state | VmRSS MB | VmHWM MB | bytes each (VmRSS over idle) | target |")
+        w("|---|---:|---:|---:|---|")
         count = mem.get("sessions", {}).get("count", 1000000)
-        for key, label, target in (
-            ("idle", "idle (after start and one request)", 20),
-            ("conns", "1,000 open keep-alive connections", 64),
-            ("sessions", f"{count:,} cached sessions", 200),
+        idle_kb = mem.get("idle", {}).get("rss_kb")
+        # Peak RSS targets: issues 7 and 16 for idle and connections, issue 20 for 1M sessions
+        # (issue 7 asked for 200 MB there).
+        for key, label, target, n in (
+            ("idle", "idle (after start and one request)", 20, None),
+            ("conns", "1,000 open keep-alive connections", 64, 1000),
+            ("sessions", f"{count:,} cached sessions", 240, count),
         ):
             m = mem.get(key)
             if m:
@@ -637,10 +684,13 @@ def cmd_report(args):
                 if key == "sessions" and count != 1000000:
                     mem_verdict = "n/a (the target is for 1,000,000)"
                 note = f" ({m['note']})" if m.get("note") else ""
+                each = "–"
+                if n and idle_kb is not None:
+                    each = f"{(m['rss_kb'] - idle_kb) * 1024 / n:.0f} B a {'connection' if key == 'conns' else 'session'}"
                 w(f"| {label}{note} | {m['rss_kb'] / 1024:.1f} | {m['hwm_kb'] / 1024:.1f} | "
-                  f"≤ {target} MB: {mem_verdict} |")
+                  f"{each} | ≤ {target} MB: {mem_verdict} |")
             elif key == "sessions":
-                w(f"| {label} | – | – | ≤ {target} MB: not run (set BIG_CACHE=1) |")
+                w(f"| {label} | – | – | – | ≤ {target} MB: not run (set BIG_CACHE=1) |")
         w("")
 
     # Targets
@@ -671,14 +721,42 @@ def cmd_report(args):
 
     w("| target | measured | verdict |")
     w("|---|---:|---|")
-    w(f"| CPU per forwarded valid PATCH ≤ nginx's (ratio ≤ 1.0) | {f(g, 3)} | "
-      f"{v2(None if g is None else g <= 1.0, g_clean)} |")
+    # Issue 20's targets. The logged row against nginx with its access log on, same round.
+    def ratio_to(p, base, kind="closed"):
+        base_runs = {r["round"]: r for r in runs(base, kind)}
+        pairs = [(r["cpu_s_per_10k"] / base_runs[r["round"]]["cpu_s_per_10k"],
+                  r["clean"] == 1 and base_runs[r["round"]]["clean"] == 1)
+                 for r in runs(p, kind)
+                 if r["round"] in base_runs and r["cpu_s_per_10k"] is not None
+                 and base_runs[r["round"]]["cpu_s_per_10k"]]
+        clean = [x for x, c in pairs if c]
+        return (median(clean), True) if clean else (median(x for x, _ in pairs), False)
+
+    logged, logged_clean = (ratio_to("gateway-log", "nginx-log")
+                            if "gateway-log" in proxies and "nginx-log" in proxies else (None, True))
+    g50_ratio, g50_clean = ratio("gateway", "open50") if "gateway" in proxies else (None, True)
+    wins = sum(1 for k in use if g50[k]["p99_ms"] is not None and n50[k]["p99_ms"] is not None
+               and g50[k]["p99_ms"] <= n50[k]["p99_ms"])
+    w(f"| CPU per forwarded PATCH vs nginx, access log off, median ≤ 1.15 | {f(g, 3)} | "
+      f"{v2(None if g is None else g <= 1.15, g_clean)} |")
+    w(f"| the same at 50% of nginx's maximum rate (open loop) | {f(g50_ratio, 3)} | "
+      f"{v2(None if g50_ratio is None else g50_ratio <= 1.15, g50_clean)} |")
+    w(f"| CPU per forwarded PATCH vs nginx, access log on for both, median ≤ 1.15 | {f(logged, 3)} | "
+      f"{v2(None if logged is None else logged <= 1.15, logged_clean)} |")
     w(f"| moonshot: ratio ≤ 0.67 | {f(g, 3)} | {v2(None if g is None else g <= 0.67, g_clean)} |")
-    w(f"| CPU per local rejection ≤ 1/3 of nginx's per forwarded request | {f(rej, 3)} | "
-      f"{v2(None if rej is None else rej <= 1 / 3, rej_clean)} |")
-    w(f"| p99 at 50% of nginx's max rate ≤ nginx's (same rounds) | {f(gp)} ms vs {f(np_)} ms | "
+    w(f"| CPU per local rejection ≤ 0.45 of nginx's per forwarded request | {f(rej, 3)} | "
+      f"{v2(None if rej is None else rej <= 0.45, rej_clean)} |")
+    w(f"| p99 at 50% of nginx's max rate ≤ nginx's (same rounds; issue 20: in 4 of 5 runs) | "
+      f"{f(gp)} ms vs {f(np_)} ms; ≤ in {wins} of {len(use)} rounds | "
       + (f"{v2(None if gp is None or np_ is None else gp <= np_, True)} |" if gp_clean else
          "inconclusive: no round in which both runs were clean |"))
+    for peer in ("nginx-njs", "caddy"):
+        if peer in proxies and "gateway" in proxies:
+            # Where the gateway stands against what a team would otherwise run (no target).
+            x, x_clean = ratio_to("gateway", peer)
+            y, y_clean = ratio_to("gateway", peer, "open50")
+            w(f"| gateway's CPU per forwarded PATCH over {LABELS[peer]}'s (closed loop; at 50%) | "
+              f"{f(x, 3)}; {f(y, 3)} | no target{'' if x_clean else ' (contended runs only)'} |")
     w(f"| upstream connections opened at steady state ≤ 1 / 1,000 req | {f(conns, 3)} | "
       f"{v2(None if conns is None else conns <= 1.0, conns_clean)} |")
     w("")

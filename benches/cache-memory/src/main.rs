@@ -12,14 +12,19 @@ use companies_gateway::session::cache::{
 #[global_allocator]
 static ALLOCATOR: Cap<mimalloc::MiMalloc> = Cap::new(mimalloc::MiMalloc, usize::MAX);
 
-/// The process's peak resident set, in MiB.
-fn peak_rss_mib() -> f64 {
+/// A `/proc/self/status` figure in kB (`VmHWM`, `VmRSS`), in MiB.
+fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The process's peak resident set, in MiB.
+fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
 }
 
 fn mib(bytes: usize) -> f64 {
@@ -74,12 +79,18 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    // The most the allocator had handed out at once during the fill (the probe's own baseline
+    // included), against what stays: a gap is transient garbage (e.g. a table's old arrays).
+    let peak_live = ALLOCATOR.max_allocated().saturating_sub(base_live);
     println!(
-        "{which}: {held} entries, {:.1} MiB live in the allocator ({:.0} B an entry), \
-         peak RSS {:.1} MiB (+{:.1} MiB)",
+        "{which}: {held} entries, {:.1} MiB live in the allocator ({:.0} B an entry; peak live \
+         {:.1} MiB), RSS {:.1} MiB, peak RSS {:.1} MiB (+{:.1} MiB, {:.0} B an entry)",
         mib(live),
         live as f64 / held.max(1) as f64,
+        mib(peak_live),
+        status_mib("VmRSS:"),
         peak_rss_mib(),
         peak_rss_mib() - base_rss,
+        (peak_rss_mib() - base_rss) * 1024.0 * 1024.0 / held.max(1) as f64,
     );
 }
