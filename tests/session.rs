@@ -321,6 +321,62 @@ async fn an_upstream_401_is_learned() {
     assert_eq!(send(request(&gw, "b", "other")).await.status, 200);
 }
 
+/// Sends `req` on `conn` (one keep-alive HTTP/1.1 connection to the gateway).
+async fn send_on(
+    conn: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> u16 {
+    use http_body_util::BodyExt;
+    // Origin-form with a Host header, as a client on its own connection sends it.
+    let (mut parts, body) = req.into_parts();
+    let host = parts.uri.authority().expect("authority").to_string();
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .expect("path")
+        .as_str()
+        .parse()
+        .unwrap();
+    parts.headers.insert("host", host.parse().unwrap());
+    let req = Request::from_parts(parts, body);
+    conn.ready().await.expect("connection ready");
+    let res = conn.send_request(req).await.expect("response");
+    let status = res.status().as_u16();
+    res.into_body().collect().await.expect("body");
+    status
+}
+
+#[tokio::test]
+async fn a_session_revoked_between_two_requests_on_one_connection_is_checked_again() {
+    // The gateway runs on this test's one thread, so its requests share one thread's memo of the
+    // last valid verdict: the revocation must end the memo, not only the cache entry.
+    let pki = Pki::new();
+    let mock = MockUpstream::start(pki.leaf(&["localhost"])).await;
+    let gw = start_gateway(test_config(&mock.url(""), Some(pki.ca_file()))).await;
+    let tcp = tokio::net::TcpStream::connect(gw.public_addr)
+        .await
+        .unwrap();
+    let (mut conn, driver) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(driver);
+    // A miss, then a hit (remembered), then a remembered verdict the upstream refuses.
+    assert_eq!(send_on(&mut conn, request(&gw, "b", "s")).await, 200);
+    assert_eq!(send_on(&mut conn, request(&gw, "b", "s")).await, 200);
+    mock.push_reply(Reply::status(401));
+    assert_eq!(send_on(&mut conn, request(&gw, "b", "s")).await, 401);
+    assert_eq!(mock.count(), 3);
+    // Byte-identical tokens on the same connection: judged again, and refused locally.
+    assert_eq!(send_on(&mut conn, request(&gw, "b", "s")).await, 401);
+    assert_eq!(mock.count(), 3, "the revoked session was not forwarded");
+    assert_eq!(
+        metric(&gw, "gateway_session_cache_lookups_total{result=\"hit\"}").await,
+        3.0,
+        "a remembered verdict counts as a cache hit, as the lookup it saves would"
+    );
+}
+
 #[tokio::test]
 async fn learning_can_be_turned_off() {
     let pki = Pki::new();

@@ -12,6 +12,22 @@ use moka::future::Cache;
 use moka::policy::EvictionPolicy;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
+/// Bumped after every write to any session cache (insert, invalidation, clearing): a verdict
+/// remembered outside the cache (`super::memo`) stands only while this has not moved since it was
+/// read, before the lookup that found the verdict.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The write generation; read before a lookup whose verdict is to be remembered.
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// Called after (never before) a write to a cache, so that no lookup can see the old entry with
+/// the new generation.
+pub(crate) fn bump_generation() {
+    GENERATION.fetch_add(1, Ordering::Release);
+}
+
 /// Wall-clock time as a duration since the Unix epoch. Tests inject a manual one.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Duration;

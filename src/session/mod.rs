@@ -6,6 +6,7 @@
 pub mod cache;
 pub(crate) mod introspect;
 pub mod jwt;
+mod memo;
 pub(crate) mod shared;
 
 use std::future::Future;
@@ -106,6 +107,18 @@ impl Session {
         authorization: &HeaderValue,
         session: &HeaderValue,
     ) -> Result<Key, GatewayError> {
+        self.decide_with(authorization, session, None).await
+    }
+
+    /// `decide`; with `remember`, a fresh valid hit is also kept in this thread's memo.
+    async fn decide_with(
+        &self,
+        authorization: &HeaderValue,
+        session: &HeaderValue,
+        remember: Option<&Arc<Session>>,
+    ) -> Result<Key, GatewayError> {
+        // Read before the lookup: a write after it moves the generation past the memo's.
+        let generation = cache::generation();
         let key = self
             .cache
             .hasher
@@ -114,6 +127,16 @@ impl Session {
         let old = self.cache.cache.get(&key).await.map(Entry::from);
         if let Some(entry) = old.filter(|e| e.is_fresh(now)) {
             self.metrics.cache_lookup(CacheResult::Hit);
+            if let (Some(this), Verdict::Valid) = (remember, entry.verdict) {
+                memo::remember(
+                    this,
+                    authorization.as_bytes(),
+                    session.as_bytes(),
+                    key,
+                    entry.expires,
+                    generation,
+                );
+            }
             return Self::answer(entry.verdict).map(|()| key);
         }
         // Boxed, so that the hit path's future stays small.
@@ -148,6 +171,7 @@ impl Session {
         };
         if old.is_some() {
             self.cache.cache.invalidate(&key).await;
+            cache::bump_generation();
         }
 
         let tier = self.cache.shared.as_deref();
@@ -166,6 +190,7 @@ impl Session {
                             .cache
                             .insert(key, Packed::stamped(entry, now))
                             .await;
+                        cache::bump_generation();
                         self.update_gauge();
                         return Self::answer(entry.verdict).map(|()| key);
                     }
@@ -177,6 +202,7 @@ impl Session {
                 .cache
                 .insert(key, Packed::stamped(entry, now))
                 .await;
+            cache::bump_generation();
             self.update_gauge();
             return Ok(key);
         };
@@ -246,6 +272,7 @@ impl Session {
                 }
             })
             .await;
+        cache::bump_generation();
         if !ran.load(Ordering::Relaxed) {
             self.metrics.session_coalesced.inc();
         }
@@ -280,6 +307,7 @@ impl Session {
             .cache
             .insert(key, Packed::stamped(entry, now))
             .await;
+        cache::bump_generation();
         if let (Some(tier), Some(tokens)) = (&self.cache.shared, tokens) {
             tier.put(tier.id(&tokens.0, &tokens.1), entry, now, false, key);
         }
@@ -376,6 +404,35 @@ where
             .get(AUTHORIZATION)
             .cloned()
             .unwrap_or(HeaderValue::from_static(""));
+        // This thread's last valid verdict, when it stands for these very tokens.
+        let remembered = memo::lookup(
+            &self.session,
+            authorization.as_bytes(),
+            token.as_bytes(),
+            self.session.cache.now(),
+            cache::generation(),
+        );
+        if let Some(key) = remembered {
+            self.session.metrics.cache_lookup(CacheResult::Hit);
+            let tokens = self
+                .session
+                .cache
+                .shared
+                .is_some()
+                .then(|| Box::new((authorization, token)));
+            let mut req = req;
+            if let Some(ctx) = req.extensions_mut().get_mut::<RequestCtx>() {
+                ctx.set_session(SessionVerdict { key: Some(key) });
+            }
+            return ResponseFuture {
+                state: State::Calling {
+                    fut: self.inner.call(req),
+                    key: Some(key),
+                    tokens,
+                },
+                session: self.session.clone(),
+            };
+        }
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let session = self.session.clone();
@@ -385,8 +442,11 @@ where
             .shared
             .is_some()
             .then(|| Box::new((authorization.clone(), token.clone())));
-        let deciding: Deciding =
-            Box::pin(async move { session.decide(&authorization, &token).await });
+        let deciding: Deciding = Box::pin(async move {
+            session
+                .decide_with(&authorization, &token, Some(&session))
+                .await
+        });
         ResponseFuture {
             state: State::Deciding {
                 deciding,

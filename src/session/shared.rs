@@ -62,6 +62,7 @@ impl SharedTier {
                         .is_some_and(|p| Entry::from(p).verdict == Verdict::Valid)
                     {
                         cache.invalidate(&key).await;
+                        super::cache::bump_generation();
                     }
                 }
             },
@@ -71,6 +72,7 @@ impl SharedTier {
                 {
                     tracing::warn!(error = %e, "could not clear local valid verdicts");
                 }
+                super::cache::bump_generation();
             },
         );
         SharedTier {
