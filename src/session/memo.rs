@@ -9,6 +9,8 @@ use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use subtle::ConstantTimeEq;
+
 use super::cache::Key;
 use super::Session;
 
@@ -35,12 +37,14 @@ impl Memo {
         now: Duration,
         generation: u64,
     ) -> Option<Key> {
+        // The memo may hold another client's tokens (it is per thread, not per connection):
+        // compared in constant time, as the cache's keyed hash never revealed how much matched.
+        let same_tokens = self.token.ct_eq(token) & self.authorization.ct_eq(authorization);
         (std::ptr::eq(self.session.as_ptr(), Arc::as_ptr(session))
             && self.generation == generation
             && now < self.expires
-            && self.token == token
-            && self.authorization == authorization)
-            .then_some(self.key)
+            && bool::from(same_tokens))
+        .then_some(self.key)
     }
 
     /// Remembers a valid verdict found by a lookup made under `generation` (read before it).
