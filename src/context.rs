@@ -88,6 +88,21 @@ impl RequestCtx {
         }
     }
 
+    /// A context for `method` and `path` under the built-in document, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn builtin_for_test(method: &str, path: &str) -> RequestCtx {
+        use crate::contract::CompileOptions;
+        let api = Api::builtin(&CompileOptions::default()).expect("the built-in document");
+        let metrics = Metrics::new(&[1.0]).expect("metrics");
+        let routes = Routes::new(Arc::new(api), &metrics).expect("its routes");
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .expect("a request");
+        RequestCtx::new(Arc::new(routes), &req)
+    }
+
     pub fn route(&self) -> Match {
         self.route
     }

@@ -476,17 +476,7 @@ mod tests {
     }
 
     fn ctx(method: &str, path: &str) -> RequestCtx {
-        use crate::context::Routes;
-        use crate::contract::{Api, CompileOptions};
-        let api = Api::builtin(&CompileOptions::default()).unwrap();
-        let metrics = crate::metrics::Metrics::new(&[1.0]).unwrap();
-        let routes = Arc::new(Routes::new(Arc::new(api), &metrics).unwrap());
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .body(())
-            .unwrap();
-        RequestCtx::new(routes, &req)
+        RequestCtx::builtin_for_test(method, path)
     }
 
     #[test]

@@ -543,19 +543,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::Routes;
-    use crate::contract::{Api, CompileOptions};
 
     fn ctx(method: &str, path: &str) -> RequestCtx {
-        let api = Api::builtin(&CompileOptions::default()).unwrap();
-        let metrics = Metrics::new(&[1.0]).unwrap();
-        let routes = Arc::new(Routes::new(Arc::new(api), &metrics).unwrap());
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .body(())
-            .unwrap();
-        RequestCtx::new(routes, &req)
+        RequestCtx::builtin_for_test(method, path)
     }
 
     #[test]
