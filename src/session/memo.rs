@@ -9,8 +9,6 @@ use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use subtle::ConstantTimeEq;
-
 use super::cache::Key;
 use super::Session;
 
@@ -39,12 +37,13 @@ impl Memo {
     ) -> Option<Key> {
         // The memo may hold another client's tokens (it is per thread, not per connection):
         // compared in constant time, as the cache's keyed hash never revealed how much matched.
-        let same_tokens = self.token.ct_eq(token) & self.authorization.ct_eq(authorization);
+        let same_tokens =
+            same_bytes(&self.token, token) & same_bytes(&self.authorization, authorization);
         (std::ptr::eq(self.session.as_ptr(), Arc::as_ptr(session))
             && self.generation == generation
             && now < self.expires
-            && bool::from(same_tokens))
-        .then_some(self.key)
+            && same_tokens)
+            .then_some(self.key)
     }
 
     /// Remembers a valid verdict found by a lookup made under `generation` (read before it).
@@ -79,6 +78,24 @@ impl Memo {
             generation: 0,
         }
     }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends only on their lengths: the differences
+/// of all eight-byte words are gathered before one test (no early exit, unlike `==`). `subtle`'s
+/// byte-wise `ct_eq` costs ~1.2k instructions more per request for the bench's tokens.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |c: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        u64::from_ne_bytes(w)
+    };
+    a.chunks(8)
+        .zip(b.chunks(8))
+        .fold(0u64, |diff, (x, y)| diff | (word(x) ^ word(y)))
+        == 0
 }
 
 thread_local! {
@@ -139,6 +156,21 @@ mod tests {
             on_verifier_error: OnVerifierError::Reject,
             metrics: Metrics::new(&[1.0]).unwrap(),
         })
+    }
+
+    #[test]
+    fn same_bytes_is_equality() {
+        let text: Vec<u8> = (0..40u8).collect();
+        for len in 0..text.len() {
+            let a = &text[..len];
+            assert!(same_bytes(a, a));
+            for at in 0..len {
+                let mut b = a.to_vec();
+                b[at] ^= 0x20;
+                assert!(!same_bytes(a, &b), "{len} {at}");
+            }
+            assert!(!same_bytes(a, &text[..len + 1]));
+        }
     }
 
     #[test]
