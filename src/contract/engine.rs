@@ -1212,7 +1212,7 @@ impl<'de> Visitor<'de> for Check<'_, '_, '_> {
         let mut count = 0usize;
         while let Some(key) = map.next_key_seed(KeySeed)? {
             let path = self.path.child(Step::Key(&key));
-            let named = node.properties.iter().position(|(name, _)| **name == *key);
+            let named = node.property_index(&key);
             let repeated = match named {
                 Some(i) if i < 64 => {
                     let before = seen;

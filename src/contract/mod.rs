@@ -25,6 +25,7 @@ pub(crate) mod fast;
 mod formats;
 mod headers;
 mod load;
+mod names;
 mod params;
 mod problems;
 mod schema;

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use regex::Regex;
 use serde_json::{Map, Number, Value};
 
+use super::names::{self, Name};
 use super::{Field, LoadError, UnknownFields};
 
 /// Index of a node in `Schemas::nodes`.
@@ -94,6 +95,8 @@ pub(crate) struct Node {
     pub enum_values: Option<Vec<Value>>,
     pub const_value: Option<Value>,
     pub properties: Vec<(Box<str>, NodeId)>,
+    /// Each property's name as `names::position` compares it, by index.
+    pub property_names: Vec<Name>,
     /// The label of each property, by index (for a body's top level).
     pub property_fields: Vec<Field>,
     pub required: Vec<(Box<str>, Field)>,
@@ -137,6 +140,7 @@ impl Node {
             enum_values: None,
             const_value: None,
             properties: Vec::new(),
+            property_names: Vec::new(),
             property_fields: Vec::new(),
             required: Vec::new(),
             required_at: Vec::new(),
@@ -169,10 +173,18 @@ impl Node {
 
     /// The node of property `key`, if the schema names it.
     pub(crate) fn property(&self, key: &str) -> Option<NodeId> {
-        self.properties
-            .iter()
-            .find(|(name, _)| &**name == key)
-            .map(|&(_, id)| id)
+        let i = self.property_index(key)?;
+        self.properties.get(i).map(|&(_, id)| id)
+    }
+
+    /// Where `key` is among the properties.
+    #[inline]
+    pub(crate) fn property_index(&self, key: &str) -> Option<usize> {
+        names::position(&self.property_names, key, |i| {
+            self.properties
+                .get(i)
+                .is_some_and(|(name, _)| &**name == key)
+        })
     }
 }
 
@@ -728,6 +740,11 @@ impl<'d> Compiler<'d> {
             || node.not.is_some()
             || node.enum_values.is_some()
             || node.const_value.is_some();
+        node.property_names = node
+            .properties
+            .iter()
+            .map(|(name, _)| Name::of(name))
+            .collect();
         node.property_fields = node
             .properties
             .iter()
